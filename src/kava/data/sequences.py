@@ -1,0 +1,146 @@
+"""Teacher and student sequences, and their padded batches (SPEC.md §1, §2).
+
+Each piece is tokenised on its own and the ids are concatenated, so segment
+boundaries are exact whatever the tokenizer does with spaces:
+
+    Q = [bos] + question          C = " " + " ".join(steps)       (drop-last: steps[:-1])
+    P = " The answer is:"          A = " 72" + [eos]
+
+    teacher = Q + C + P + A                    CE on C, P, A
+    student = Q + <bot> + <latent>×M + <eot> + P + A      CE on P, A
+    direct  = Q + P + A                        CE on P, A (the No-CoT baseline)
+
+The CODI position is the last token of P (its next token is the first answer token),
+found from the segment lengths, never by searching the text: a tokenizer that splits
+" 72" into " " + "72" (Llama 3) cannot shift it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kava.config import PromptConfig
+from kava.data.train_sets import ReasoningExample
+
+IGNORE = -100
+SPECIAL_TOKENS = ("<bot>", "<eot>", "<latent>")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    bot: int
+    eot: int
+    latent: int
+
+
+@dataclass
+class Encoded:
+    q: list[int]
+    c: list[int]
+    p: list[int]
+    a: list[int]
+
+
+class SequenceBuilder:
+    def __init__(self, tokenizer, prompt: PromptConfig, special: SpecialIds, drop_last_step: bool = True):
+        self.tok = tokenizer
+        self.prompt = prompt
+        self.special = special
+        self.drop_last_step = drop_last_step
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.bos = self._bos_ids()
+        self.p_ids = self._enc(" " + prompt.answer_prefix)
+
+    def _enc(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _bos_ids(self) -> list[int]:
+        bos = self.tok.bos_token_id
+        if self.prompt.add_bos == "never" or bos is None:
+            return []
+        if self.prompt.add_bos == "always":
+            return [bos]
+        ids = self.tok("a", add_special_tokens=True)["input_ids"]
+        return [bos] if ids and ids[0] == bos else []
+
+    def question_ids(self, question: str) -> list[int]:
+        return self.bos + self._enc(self.prompt.question_template.format(question=question.strip()))
+
+    def cot_steps(self, steps) -> list[str]:
+        steps = list(steps)
+        return steps[:-1] if self.drop_last_step and steps else steps
+
+    def encode(self, ex: ReasoningExample) -> Encoded:
+        steps = self.cot_steps(ex.steps)
+        c = self._enc(" " + " ".join(steps)) if steps else []
+        a = self._enc(" " + ex.answer) + ([self.eos_id] if self.eos_id is not None else [])
+        return Encoded(q=self.question_ids(ex.question), c=c, p=list(self.p_ids), a=a)
+
+    def teacher_length(self, e: Encoded) -> int:
+        return len(e.q) + len(e.c) + len(e.p) + len(e.a)
+
+    def student_length(self, e: Encoded, num_latents: int) -> int:
+        return len(e.q) + 1 + num_latents + 1 + len(e.p) + len(e.a)
+
+    # ----- batches -------------------------------------------------------------------------
+
+    def teacher_batch(self, items: list[Encoded], with_cot: bool = True) -> dict[str, torch.Tensor]:
+        """Right-padded Q + C + P + A (or Q + P + A with with_cot=False).
+
+        Returns input_ids, attention_mask, labels (C, P, A; or P, A), cot_mask, query_mask
+        (P + A rows, for R-KV importance), codi_index (last token of P), all [B, S] / [B].
+        """
+        seqs, labels, cot, query, codi = [], [], [], [], []
+        for e in items:
+            c = e.c if with_cot else []
+            ids = e.q + c + e.p + e.a
+            seqs.append(ids)
+            labels.append([IGNORE] * len(e.q) + c + e.p + e.a)
+            cot.append([0] * len(e.q) + [1] * len(c) + [0] * (len(e.p) + len(e.a)))
+            query.append([0] * (len(e.q) + len(c)) + [1] * (len(e.p) + len(e.a)))
+            codi.append(len(e.q) + len(c) + len(e.p) - 1)
+        width = max(map(len, seqs))
+
+        def pad(rows, value):
+            return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+        return {
+            "input_ids": pad(seqs, self.pad_id),
+            "attention_mask": pad([[1] * len(s) for s in seqs], 0),
+            "labels": pad(labels, IGNORE),
+            "cot_mask": pad(cot, 0).bool(),
+            "query_mask": pad(query, 0).bool(),
+            "codi_index": torch.tensor(codi),
+        }
+
+    def question_batch(self, questions: list[list[int]], add_bot: bool) -> dict[str, torch.Tensor]:
+        """Left-padded question ids (+ <bot>), so latent blocks and answers line up."""
+        rows = [q + ([self.special.bot] if add_bot else []) for q in questions]
+        width = max(map(len, rows))
+        return {
+            "input_ids": torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows]),
+            "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]),
+        }
+
+    def student_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        """Left-padded Q + <bot>; right-padded suffix <eot> + P + A with labels on P and A.
+
+        suffix_codi_index is the index of the last P token inside the suffix.
+        """
+        q = self.question_batch([e.q for e in items], add_bot=True)
+        suffixes = [[self.special.eot] + e.p + e.a for e in items]
+        width = max(map(len, suffixes))
+        ids = [s + [self.pad_id] * (width - len(s)) for s in suffixes]
+        mask = [[1] * len(s) + [0] * (width - len(s)) for s in suffixes]
+        labels = [[IGNORE] + s[1:] + [IGNORE] * (width - len(s)) for s in suffixes]
+        return {
+            "q_ids": q["input_ids"],
+            "q_mask": q["attention_mask"],
+            "suffix_ids": torch.tensor(ids),
+            "suffix_mask": torch.tensor(mask),
+            "suffix_labels": torch.tensor(labels),
+            "suffix_codi_index": torch.tensor([len(e.p) for e in items]),
+        }

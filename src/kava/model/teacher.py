@@ -1,0 +1,100 @@
+"""The teacher: the same weights read Q + C + P + A (SPEC.md §3) and give the targets.
+
+One pass with gradient (its CE on C, P, A is part of the loss). The distillation targets
+are taken from it and detached: the R-KV-compressed CoT keys/values (§4) and the
+hidden states at the last token of P for the CODI loss. `teacher_targets:
+separate_pass` takes the targets from a second, no-grad, eval-mode pass instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kava.compression import RKVSelection, rkv_select
+from kava.model.cache import kv_of
+from kava.model.capture import capture_importance
+from kava.model.kava_model import KavaModel
+from kava.model.positions import position_ids_from_mask
+from kava.model.student import causal_ce
+
+
+@dataclass
+class TeacherOutput:
+    ce: torch.Tensor | None
+    selections: list[RKVSelection] | None  # per layer, detached
+    codi_hidden: list[torch.Tensor] | None  # per layer [B, d], detached
+
+
+def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str):
+    mask = batch["attention_mask"]
+    kwargs = dict(
+        input_ids=batch["input_ids"],
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        use_cache=want_targets,
+        output_hidden_states=want_targets,
+    )
+    needs_importance = want_targets and method in ("rkv", "attention")
+    if needs_importance:
+        with capture_importance(batch["query_mask"], mask.bool()) as importance:
+            out = model.lm(**kwargs)
+        return out, importance
+    return model.lm(**kwargs), None
+
+
+def _targets(model, out, importance, batch, budget, lam, method, generator):
+    kv = kv_of(out.past_key_values)
+    selections = []
+    for layer, (k, v) in enumerate(kv):
+        imp = importance[layer] if importance is not None else None
+        selections.append(
+            rkv_select(
+                k.detach(),
+                v.detach(),
+                None,
+                batch["cot_mask"],
+                batch["query_mask"],
+                budget,
+                lam=lam,
+                method=method,
+                generator=generator,
+                importance=imp,
+            )
+        )
+    idx = batch["codi_index"]
+    rows = torch.arange(idx.shape[0], device=idx.device)
+    codi = [h[rows, idx].detach() for h in out.hidden_states[1:]]
+    return selections, codi
+
+
+def teacher_forward(
+    model: KavaModel,
+    batch: dict[str, torch.Tensor],
+    *,
+    budget: int,
+    lam: float = 0.1,
+    method: str = "rkv",
+    with_ce: bool = True,
+    want_targets: bool = True,
+    separate_pass: bool = False,
+    generator: torch.Generator | None = None,
+) -> TeacherOutput:
+    ce = selections = codi = None
+    if with_ce:
+        out, importance = _teacher_pass(model, batch, want_targets and not separate_pass, method)
+        ce = causal_ce(out.logits, batch["labels"])
+        if want_targets and not separate_pass:
+            selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator)
+        del out
+    if want_targets and (separate_pass or not with_ce):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out, importance = _teacher_pass(model, batch, True, method)
+                selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator)
+        finally:
+            model.train(was_training)
+    return TeacherOutput(ce=ce, selections=selections, codi_hidden=codi)

@@ -1,0 +1,1 @@
+"""Training: the KaVa objective, checkpoints and the accelerate training loop."""

@@ -1,0 +1,69 @@
+"""The training objective as one module, so DDP/FSDP wrap a single forward (SPEC.md §5).
+
+`method: kava` — L = CE_student + CE_teacher + α₁·L_CODI + α₂·L_KV (α₂ = 0 is PCCoT);
+`method: cot` — the teacher's CE alone (CoT fine-tuning baseline);
+`method: direct` — CE on Q + P + A (No-CoT fine-tuning baseline).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kava.config import KavaConfig
+from kava.losses import codi_loss, kv_loss
+from kava.model.kava_model import KavaModel
+from kava.model.student import causal_ce, student_forward
+from kava.model.teacher import teacher_forward
+
+
+class KavaObjective(nn.Module):
+    def __init__(self, model: KavaModel, cfg: KavaConfig):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        method = self.cfg.train.method
+        if method == "cot":
+            t = batch["teacher"]
+            ce = causal_ce(self.model.lm(**_lm_args(t)).logits, t["labels"])
+            return {"loss": ce, "ce_teacher": ce.detach()}
+        if method == "direct":
+            t = batch["direct"]
+            ce = causal_ce(self.model.lm(**_lm_args(t)).logits, t["labels"])
+            return {"loss": ce, "ce_student": ce.detach()}
+        k = self.cfg.kava
+        want_targets = k.alpha_codi > 0 or k.alpha_kv > 0
+        student = student_forward(self.model, batch["student"])
+        teacher = teacher_forward(
+            self.model,
+            batch["teacher"],
+            budget=self.cfg.latent.num_latents,
+            lam=k.rkv_lambda,
+            method=k.compression,
+            with_ce=k.teacher_ce,
+            want_targets=want_targets,
+            separate_pass=k.teacher_targets == "separate_pass",
+        )
+        loss = student.ce
+        out = {"ce_student": student.ce.detach()}
+        if teacher.ce is not None:
+            loss = loss + teacher.ce
+            out["ce_teacher"] = teacher.ce.detach()
+        if k.alpha_codi > 0:
+            lc = codi_loss(student.codi_hidden, teacher.codi_hidden)
+            loss = loss + k.alpha_codi * lc
+            out["codi"] = lc.detach()
+        if k.alpha_kv > 0:
+            lk = kv_loss(student.latent_kv, teacher.selections, k.kv_loss, k.kv_loss_layer_std)
+            loss = loss + k.alpha_kv * lk
+            out["kv"] = lk.detach()
+        out["loss"] = loss
+        return out
+
+
+def _lm_args(t: dict[str, torch.Tensor]) -> dict:
+    from kava.model.positions import position_ids_from_mask
+
+    return dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=position_ids_from_mask(t["attention_mask"]))

@@ -1,0 +1,260 @@
+"""The training loop (accelerate): AdamW, warm-up + cosine schedule, gradient accumulation
+to the config's global batch, clipping, seeding, JSONL logging, atomic checkpoints, resume.
+
+Data order is a seeded permutation per epoch; optimizer step `s` always consumes the same
+`global_batch_size` examples, split evenly across processes and then into micro-batches,
+so a run on N processes sees the same batches as a run on one, and a resumed run
+continues exactly where the interrupted one stopped (optimizer, scheduler, RNG restored).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kava.config import KavaConfig, config_to_dict
+from kava.data.sequences import Encoded, SequenceBuilder
+from kava.data.train_sets import load_training_examples
+from kava.errors import KavaError
+from kava.io import append_jsonl, atomic_write_yaml, read_jsonl
+from kava.training.checkpoint import (
+    load_trainable_state,
+    load_training_state,
+    prune_checkpoints,
+    save_checkpoint,
+    step_checkpoints,
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def word_vocabulary_for(cfg: KavaConfig) -> list[str] | None:
+    """Words of the synthetic task, for the tiny word-level tokenizer."""
+    if cfg.model.tiny.tokenizer != "word":
+        return None
+    from kava.data.synthetic import SyntheticTaskConfig, synthetic_vocabulary
+
+    s = cfg.data.synthetic
+    return synthetic_vocabulary(
+        SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
+    )
+
+
+def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple[list[Encoded], int]:
+    """Tokenise; drop (and count) examples longer than data.max_length — never truncate them."""
+    kept, dropped = [], 0
+    M = cfg.latent.num_latents
+    for ex in examples:
+        e = builder.encode(ex)
+        if builder.teacher_length(e) > cfg.data.max_length or builder.student_length(e, M) > cfg.data.max_length + M + 2:
+            dropped += 1
+            continue
+        kept.append(e)
+    return kept, dropped
+
+
+def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device) -> dict:
+    if method == "direct":
+        parts = {"direct": builder.teacher_batch(items, with_cot=False)}
+    elif method == "cot":
+        parts = {"teacher": builder.teacher_batch(items)}
+    else:
+        parts = {"teacher": builder.teacher_batch(items), "student": builder.student_batch(items)}
+    return {k: {n: t.to(device) for n, t in v.items()} for k, v in parts.items()}
+
+
+@dataclass
+class Schedule:
+    steps_per_epoch: int
+    total_steps: int
+    accumulation: int
+
+
+def plan_schedule(cfg: KavaConfig, num_examples: int, world_size: int) -> Schedule:
+    t = cfg.train
+    per_step = t.micro_batch_size * world_size
+    if t.global_batch_size % per_step:
+        raise KavaError(
+            f"train.global_batch_size ({t.global_batch_size}) must be a multiple of micro_batch_size × processes "
+            f"({t.micro_batch_size} × {world_size})"
+        )
+    spe = num_examples // t.global_batch_size
+    if spe == 0:
+        raise KavaError(
+            f"the training set has {num_examples} usable examples, fewer than train.global_batch_size "
+            f"({t.global_batch_size}); lower the batch size or add data"
+        )
+    total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * spe))
+    return Schedule(spe, total, t.global_batch_size // per_step)
+
+
+def step_indices(step: int, n: int, cfg: KavaConfig, spe: int) -> list[int]:
+    """The dataset indices consumed by optimizer step `step` (all processes together)."""
+    epoch, offset = divmod(step, spe)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    G = cfg.train.global_batch_size
+    return perm[offset * G : (offset + 1) * G].tolist()
+
+
+def _make_scheduler(optimizer, cfg: KavaConfig, total: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.train.lr_scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total), num_training_steps=total)
+
+
+def _trackers(cfg: KavaConfig):
+    names = [x for x in cfg.train.loggers if x != "jsonl"]
+    for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if name in names:
+            import importlib.util
+
+            if importlib.util.find_spec(module) is None:
+                raise KavaError(f"train.loggers asks for {name} but it is not installed: pip install {module}")
+    return names
+
+
+def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> Path:
+    """Train; returns the path of checkpoint-final."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from kava.model.capture import enable_capture
+    from kava.model.kava_model import build_kava_model, trainable_parameters
+    from kava.training.objective import KavaObjective
+
+    out_dir = Path(cfg.output_dir)
+    final = out_dir / "checkpoint-final"
+    existing = step_checkpoints(out_dir)
+    if final.is_dir():
+        if resume:
+            print(f"kava: {final} exists; the run is complete, nothing to resume", file=sys.stderr)
+            return final
+        raise KavaError(f"{out_dir} already holds a finished run; choose another --output-dir")
+    if existing and not resume:
+        raise KavaError(f"{out_dir} holds checkpoints of an earlier run; pass --resume to continue it or choose another --output-dir")
+
+    trackers = _trackers(cfg)
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=trackers or None,
+        project_dir=str(out_dir),
+    )
+    seed_everything(cfg.seed)
+    is_main = accelerator.is_main_process
+    log = (lambda *a: print(*a, file=sys.stderr)) if is_main else (lambda *a: None)
+
+    train_rows, _val_rows = load_training_examples(cfg.data)
+    model, tok, builder = build_kava_model(cfg, accelerator.device, word_vocabulary=word_vocabulary_for(cfg))
+    data, dropped = encode_dataset(train_rows, builder, cfg)
+    log(f"kava: {len(data)} training examples ({dropped} dropped as longer than data.max_length={cfg.data.max_length})")
+    if not data:
+        raise KavaError(f"every training example is longer than data.max_length={cfg.data.max_length}; raise it")
+    if cfg.train.method == "kava" and cfg.kava.compression in ("rkv", "attention"):
+        enable_capture(model.backbone)
+    sched = plan_schedule(cfg, len(data), accelerator.num_processes)
+
+    objective = KavaObjective(model, cfg)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=cfg.train.weight_decay)
+    scheduler = _make_scheduler(optimizer, cfg, sched.total_steps)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+
+    start = 0
+    log_path = out_dir / "train_log.jsonl"
+    if resume and existing:
+        step, ckpt = existing[-1]
+        load_trainable_state(model, ckpt)
+        state = load_training_state(ckpt, optimizer, scheduler)
+        start = state["step"]
+        if is_main and log_path.is_file():
+            kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
+            from kava.io import atomic_write_text
+            import json
+
+            atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+        log(f"kava: resuming from {ckpt} (step {start}/{sched.total_steps})")
+    elif is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if log_path.exists():
+            log_path.unlink()
+    if is_main:
+        atomic_write_yaml(out_dir / "config.yaml", config_to_dict(cfg))
+    if trackers:
+        accelerator.init_trackers(cfg.run_name, config=config_to_dict(cfg))
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    micro = cfg.train.micro_batch_size
+    per_rank = micro * sched.accumulation
+    state = {"step": start, "total_steps": sched.total_steps, "steps_per_epoch": sched.steps_per_epoch}
+    bar = tqdm(total=sched.total_steps, initial=start, desc="train", disable=not (is_main and show_progress), dynamic_ncols=True)
+    objective.train()
+    for step in range(start, sched.total_steps):
+        t0 = time.perf_counter()
+        idx = step_indices(step, len(data), cfg, sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
+        sums: dict[str, float] = {}
+        tokens = 0
+        for a in range(sched.accumulation):
+            items = [data[i] for i in idx[a * micro : (a + 1) * micro]]
+            batch = make_batch(builder, items, cfg.train.method, accelerator.device)
+            tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
+            sync = a == sched.accumulation - 1
+            ctx = accelerator.no_sync(objective) if not sync else _null()
+            with ctx:
+                losses = objective(batch)
+                accelerator.backward(losses["loss"] / sched.accumulation)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / sched.accumulation
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            t = torch.tensor([sums[k] for k in sorted(sums)], device=accelerator.device)
+            t = accelerator.reduce(t, reduction="mean")
+            sums = dict(zip(sorted(sums), t.tolist()))
+        state["step"] = step + 1
+        state["epoch"] = (step + 1) / sched.steps_per_epoch
+        record = {"step": step + 1, "epoch": round(state["epoch"], 4), **{k: round(v, 6) for k, v in sums.items()},
+                  "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - t0, 4),
+                  "tokens": tokens * world}
+        if is_main:
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == sched.total_steps:
+                append_jsonl(log_path, record)
+                if trackers:
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
+            bar.set_postfix(loss=f"{sums['loss']:.4f}")
+            bar.update(1)
+        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < sched.total_steps:
+            accelerator.wait_for_everyone()
+            if is_main:
+                save_checkpoint(out_dir / f"checkpoint-{step + 1}", model, tok, cfg, state, optimizer, scheduler)
+                prune_checkpoints(out_dir, cfg.train.keep_last)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if is_main:
+        save_checkpoint(final, model, tok, cfg, state)
+        log(f"kava: wrote {final}")
+    if trackers:
+        accelerator.end_training()
+    return final
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
