@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

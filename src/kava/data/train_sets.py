@@ -171,7 +171,7 @@ def load_training_examples(cfg: DataConfig) -> tuple[list[ReasoningExample], lis
             s.num_test,
         )
         train = [_from_row(r, "synthetic") for r in splits["train"]]
-        val = [_from_row(r, "synthetic") for r in splits["val"]]
+        val = [_from_row(r, "synthetic") for r in splits["validation"]]
     elif cfg.source == "offline":
         if cfg.dataset not in OFFLINE_TRAIN_SETS:
             raise KavaError(

@@ -20,6 +20,7 @@ European decimal commas (`3,5`) and space-separated thousands (`1 234`) are not 
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from decimal import Decimal, InvalidOperation
@@ -73,8 +74,8 @@ def _value(m: re.Match) -> float | None:
     return -value if negative else value
 
 
-def _numbers(text: str) -> list[float]:
-    """Every number in `text`, in order."""
+def _numbers(text: str) -> list[tuple[int, float]]:
+    """Every number in `text` as (start offset, value), in order."""
     out = []
     for m in _NUMBER_RE.finditer(text):
         try:
@@ -82,13 +83,8 @@ def _numbers(text: str) -> list[float]:
         except (ValueError, OverflowError):
             v = None
         if v is not None:
-            out.append(v)
+            out.append((m.start(), v))
     return out
-
-
-def _first_number(text: str) -> float | None:
-    numbers = _numbers(text)
-    return numbers[0] if numbers else None
 
 
 def parse_number(s) -> float | None:
@@ -160,14 +156,15 @@ def extract_answer(text: str, prefix: str = ANSWER_PREFIX) -> float | None:
         starts = [m.end() for m in _prefix_regex(prefix).finditer(text)]
     if not starts and _GSM8K_MARKER in text:
         starts = [m.end() for m in re.finditer(re.escape(_GSM8K_MARKER), text)]
-    if starts:
-        for start in reversed(starts):
-            v = _first_number(text[start:])
-            if v is not None:
-                return v
-        return None
     numbers = _numbers(text)
-    return numbers[-1] if numbers else None
+    if starts:
+        offsets = [offset for offset, _ in numbers]
+        for start in reversed(starts):
+            k = bisect.bisect_left(offsets, start)
+            if k < len(numbers):
+                return numbers[k][1]
+        return None
+    return numbers[-1][1] if numbers else None
 
 
 def _decimals(x: float) -> int:
@@ -182,7 +179,7 @@ def _decimals(x: float) -> int:
 def is_correct(
     pred: float | None,
     gold: float,
-    rel_tol: float = 1e-9,
+    rel_tol: float = 1e-14,
     abs_tol: float = 1e-9,
     *,
     min_rounded_decimals: int | None = 2,
@@ -195,9 +192,11 @@ def is_correct(
       has 664 integer answers of 10,000 or more (up to 9.3e12), where a relative tolerance
       of 1e-4 would accept an answer that is off by one (or by millions).
     - Otherwise `math.isclose(pred, gold, rel_tol, abs_tol)`. The defaults only absorb
-      floating-point noise in golds computed by Python (3244047.0999999996 vs 3244047.1);
-      the absolute tolerance is small because GSM-Hard has answers as small as 3.5e-07,
-      where an absolute tolerance of 1e-6 would accept 0.
+      floating-point noise in golds computed by Python (3244047.0999999996 vs 3244047.1,
+      55938720.00000001 vs 55938720: GSM-Hard's noisy golds are one float64 ulp, ~2e-16,
+      off; 1e-14 is ~50 ulps yet still rejects 9284017268534 for 9284017268534.4). The
+      absolute tolerance is small because GSM-Hard has answers as small as 3.5e-07, where
+      an absolute tolerance of 1e-6 would accept 0.
     - A rounded prediction of a non-integer gold is correct when it is the gold correctly
       rounded (either way on a tie) to the decimals the prediction has, it has at least
       `min_rounded_decimals` of them (None turns this rule off), and it is within 1% of

@@ -1,0 +1,1 @@
+"""Benchmarks: `kava bench speed|infer|quality` (measured side by side in one run)."""

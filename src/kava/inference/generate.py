@@ -1,0 +1,156 @@
+"""Batched generation with the KV cache, in three modes, counting forward passes (SPEC.md §2).
+
+    latent  (the student)  Q + <bot> -> pass 0 + T Jacobi passes -> <eot> + P -> answer tokens
+            forward passes = 1 + T + 1 + (generated tokens − 1)
+    cot     (the teacher)  Q -> chain of thought, answer prefix and answer, decoded freely
+            forward passes = generated tokens (the prefill makes the first)
+    direct  (No-CoT)       Q + P -> answer tokens; forward passes = generated tokens
+
+Questions are left-padded and positions follow the mask, so a batch gives the answers
+of batch size 1. A model call counts once for each example still running in it;
+finished examples are dropped from the batch and the cache instead of being decoded on.
+Generated tokens include the final EOS when the model emits one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from kava.data.sequences import SequenceBuilder
+from kava.model.cache import select_batch
+from kava.model.kava_model import KavaModel
+from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
+from kava.model.student import run_latents
+
+MODES = ("latent", "cot", "direct")
+DEFAULT_MAX_NEW_TOKENS = {"latent": 16, "direct": 16, "cot": 256}
+
+
+@dataclass
+class Generation:
+    question: str
+    text: str  # the decoded generated tokens (special tokens removed)
+    token_ids: list[int]
+    forward_passes: int
+    mode: str
+    latent_hidden: torch.Tensor | None = field(default=None, repr=False)  # [M, d], latent mode
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _decode_loop(model, cache, mask, logits, passes, max_new_tokens, eos_ids, temperature, top_p, generator):
+    """Greedy/sampled decoding of every example until EOS or the budget; returns token lists."""
+    B = logits.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    running = torch.arange(B, device=logits.device)
+    nxt = _pick(logits, temperature, top_p, generator)
+    while True:
+        keep = []
+        for j, b in enumerate(running.tolist()):
+            t = int(nxt[j])
+            tokens[b].append(t)
+            if t not in eos_ids and len(tokens[b]) < max_new_tokens:
+                keep.append(j)
+        if not keep:
+            return tokens
+        if len(keep) < len(running):
+            k = torch.tensor(keep, device=logits.device)
+            select_batch(cache, k)
+            running, mask, nxt = running[k], mask[k], nxt[k]
+        mask = extend_mask(mask, 1)
+        out = model.lm(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=positions_for_new(mask, 1),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        for b in running.tolist():
+            passes[b] += 1
+        nxt = _pick(out.logits[:, -1], temperature, top_p, generator)
+
+
+@torch.no_grad()
+def generate(
+    model: KavaModel,
+    builder: SequenceBuilder,
+    questions: list[str],
+    mode: str = "latent",
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    return_latents: bool = False,
+) -> list[Generation]:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if not questions:
+        return []
+    max_new = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[mode]
+    device = model.device
+    q_ids = [builder.question_ids(q) for q in questions]
+    passes = [0] * len(questions)
+    latent_hidden = None
+    if mode == "latent":
+        qb = builder.question_batch(q_ids, add_bot=True)
+        state = run_latents(model, qb["input_ids"].to(device), qb["attention_mask"].to(device))
+        latent_hidden = state.hidden
+        for b in range(len(questions)):
+            passes[b] += state.passes
+        prompt = torch.tensor([[builder.special.eot] + builder.p_ids], device=device).expand(len(questions), -1)
+        mask = extend_mask(state.mask, prompt.shape[1])
+        out = model.lm(
+            input_ids=prompt,
+            attention_mask=mask,
+            position_ids=positions_for_new(mask, prompt.shape[1]),
+            past_key_values=state.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = state.cache
+    else:
+        if mode == "direct":
+            q_ids = [q + builder.p_ids for q in q_ids]
+        qb = builder.question_batch(q_ids, add_bot=False)
+        mask = qb["attention_mask"].to(device)
+        out = model.lm(
+            input_ids=qb["input_ids"].to(device),
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+    for b in range(len(questions)):
+        passes[b] += 1
+    eos_ids = {builder.eos_id} if builder.eos_id is not None else set()
+    tokens = _decode_loop(model, cache, mask, out.logits[:, -1], passes, max_new, eos_ids, temperature, top_p, generator)
+    tok = builder.tok
+    return [
+        Generation(
+            question=q,
+            text=tok.decode(t, skip_special_tokens=True).strip(),
+            token_ids=t,
+            forward_passes=passes[b],
+            mode=mode,
+            latent_hidden=latent_hidden[b].cpu() if (return_latents and latent_hidden is not None) else None,
+        )
+        for b, (q, t) in enumerate(zip(questions, tokens))
+    ]

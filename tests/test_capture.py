@@ -1,0 +1,154 @@
+"""The captured R-KV importance equals the one read from full eager attention maps (SPEC.md §4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kava.compression import importance_from_attn, rkv_select
+from kava.model.cache import kv_of
+from kava.model.capture import capture_importance, enable_capture
+from kava.model.positions import position_ids_from_mask
+from kava.model.teacher import teacher_forward
+
+ARCHS = ["tiny-llama", "tiny-qwen2"]
+
+
+def _teacher_inputs(tb):
+    mask = tb["attention_mask"]
+    return dict(input_ids=tb["input_ids"], attention_mask=mask, position_ids=position_ids_from_mask(mask))
+
+
+def _loop_importance(attn: torch.Tensor, query_mask: torch.Tensor, h_kv: int) -> torch.Tensor:
+    """Slow reference: for each example and kv head, max over the group's query heads, mean over P+A rows."""
+    B, H_q, S, _ = attn.shape
+    G = H_q // h_kv
+    out = torch.zeros(B, h_kv, S)
+    for b in range(B):
+        rows = [i for i in range(S) if query_mask[b, i]]
+        for h in range(h_kv):
+            acc = torch.zeros(S)
+            for i in rows:
+                acc += torch.stack([attn[b, h * G + g, i] for g in range(G)]).amax(0)
+            out[b, h] = acc / len(rows)
+    return out
+
+
+def _eager_reference(build_model, name, tb):
+    model, _, _ = build_model(name, attn="eager", capture=False)
+    assert model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        out = model.lm(**_teacher_inputs(tb), output_attentions=True, use_cache=True)
+    h_kv = model.config.num_key_value_heads
+    return out, [importance_from_attn(a, tb["query_mask"], h_kv) for a in out.attentions]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+def test_capture_equals_eager_attention(build_model, examples, name, base):
+    model, _, builder = build_model(name, attn=base, capture=True)
+    cfg = model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2)  # GQA, groups of 2
+    assert cfg._attn_implementation.endswith(base)
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    mask = tb["attention_mask"]
+    assert (mask[:, -1] == 0).any() and mask[:, 0].all(), "teacher batch must be right padded"
+
+    ref_out, ref = _eager_reference(build_model, name, tb)
+    with torch.no_grad(), capture_importance(tb["query_mask"], mask.bool()) as imp:
+        out = model.lm(**_teacher_inputs(tb))
+    assert sorted(imp) == list(range(model.num_layers))
+    for layer in range(model.num_layers):
+        assert imp[layer].shape == (3, 2, mask.shape[1])
+        torch.testing.assert_close(imp[layer], ref[layer], atol=1e-6, rtol=1e-5)
+        # padding keys get nothing; every real P+A row distributes mass 1 over the keys it sees
+        assert (imp[layer][~mask.bool()[:, None, :].expand_as(imp[layer])] == 0).all()
+    # the layers differ (the comparison is not between trivially equal tensors)
+    assert not torch.allclose(ref[0], ref[-1], atol=1e-4)
+    # and the model computed the same thing as the eager reference model
+    torch.testing.assert_close(out.logits[mask.bool()], ref_out.logits[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_importance_reference_matches_loop(build_model, examples):
+    """importance_from_attn on real eager maps agrees with a per-row loop (max over group, mean over rows)."""
+    _, _, builder = build_model("tiny-llama")
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    out, ref = _eager_reference(build_model, "tiny-llama", tb)
+    for layer in (0, len(ref) - 1):
+        loop = _loop_importance(out.attentions[layer], tb["query_mask"], 2)
+        torch.testing.assert_close(ref[layer], loop, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+def test_enable_capture_does_not_change_logits(build_model, examples, base):
+    model, _, builder = build_model("tiny-llama", attn=base, capture=False)
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    mask = tb["attention_mask"].bool()
+    with torch.no_grad():
+        before = model.lm(**_teacher_inputs(tb), use_cache=True)
+        enable_capture(model.backbone)
+        enable_capture(model.backbone)  # idempotent
+        assert model.config._attn_implementation == "kava_capture_" + base
+        after = model.lm(**_teacher_inputs(tb), use_cache=True)
+        with capture_importance(tb["query_mask"], mask) as imp:
+            during = model.lm(**_teacher_inputs(tb), use_cache=True)
+    assert len(imp) == model.num_layers
+    torch.testing.assert_close(after.logits, before.logits, atol=0, rtol=0)
+    torch.testing.assert_close(during.logits, before.logits, atol=0, rtol=0)
+    for (k0, v0), (k1, v1) in zip(kv_of(before.past_key_values), kv_of(during.past_key_values)):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+
+
+def test_capture_inactive_outside_block(build_model, examples):
+    model, _, builder = build_model("tiny-llama", capture=True)
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    with capture_importance(tb["query_mask"], tb["attention_mask"].bool()) as imp:
+        pass
+    with torch.no_grad():
+        model.lm(**_teacher_inputs(tb))
+    assert imp == {}
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_teacher_forward_selection_matches_eager_reference(build_model, examples, name):
+    """End to end: teacher_forward's R-KV selections equal rkv_select fed the full eager attention."""
+    model, _, builder = build_model(name, capture=True)
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    M = model.num_latents
+    with torch.no_grad():
+        to = teacher_forward(model, tb, budget=M, lam=0.5)
+    ref_out, _ = _eager_reference(build_model, name, tb)
+    for layer, (k, v) in enumerate(kv_of(ref_out.past_key_values)):
+        ref = rkv_select(k, v, ref_out.attentions[layer], tb["cot_mask"], tb["query_mask"], M, lam=0.5)
+        sel = to.selections[layer]
+        assert torch.equal(sel.positions, ref.positions)
+        assert torch.equal(sel.slot_mask, ref.slot_mask)
+        torch.testing.assert_close(sel.keys, ref.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sel.values, ref.values, atol=1e-5, rtol=1e-5)
+        # every selected slot is a CoT position
+        for b in range(3):
+            assert tb["cot_mask"][b, sel.positions[b][sel.slot_mask[b]]].all()
+
+
+def test_teacher_forward_without_enable_capture_is_clear(build_model, examples):
+    """teacher_forward(method='rkv') on a model whose attention was never wrapped by enable_capture
+    gets an empty importance dict; it must not die with a bare `KeyError: 0` deep inside _targets
+    (it should enable the capture itself, or raise an error that says to call enable_capture)."""
+    model, _, builder = build_model("tiny-llama", capture=False)
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    with torch.no_grad():
+        try:
+            to = teacher_forward(model, tb, budget=model.num_latents)
+        except KeyError as err:
+            pytest.fail(f"teacher_forward without enable_capture raised a bare KeyError({err})")
+        except (RuntimeError, ValueError) as err:
+            assert "capture" in str(err).lower()
+        else:
+            assert len(to.selections) == model.num_layers
+
+
+def test_enable_capture_rejects_unknown_implementation(build_model):
+    model, _, _ = build_model("tiny-llama", capture=False)
+    model.backbone.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="not supported"):
+        enable_capture(model.backbone)

@@ -1,0 +1,71 @@
+"""Config schema: every shipped config loads; bad input is a one-line KavaError."""
+
+from pathlib import Path
+
+import pytest
+
+from kava.config import config_from_dict, load_config
+from kava.errors import KavaError
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+MINIMAL = {"model": {"name": "tiny-llama"}, "data": {"dataset": "x.jsonl", "source": "local"}}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#"), "each config starts with a comment saying what it is"
+
+
+def test_paper_configs_follow_table6():
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "llama3b_aug_nl.yaml")
+    assert (cfg.kava.rkv_lambda, cfg.latent.projection, cfg.kava.alpha_codi, cfg.kava.alpha_kv) == (0.0, False, 20, 2)
+    q = load_config(Path(__file__).parent.parent / "configs" / "qwen05b_aug.yaml")
+    assert (q.train.lr, q.train.weight_decay, q.kava.kv_loss) == (5e-4, 0.01, "mse")
+    for p in CONFIGS:
+        c = load_config(p)
+        if c.data.source == "hub":
+            assert (c.lora.r, c.lora.alpha, c.lora.dropout) == (128, 32, 0.1)
+            assert (c.latent.num_latents, c.latent.num_iterations, c.train.global_batch_size) == (24, 3, 128)
+            assert c.train.grad_clip == 2.0
+
+
+def test_overrides_are_typed():
+    cfg = config_from_dict(MINIMAL, ["train.lr=1e-4", "latent.num_latents=12", "lora.enabled=false", "train.loggers=[jsonl]"])
+    assert cfg.train.lr == 1e-4 and cfg.latent.num_latents == 12 and cfg.lora.enabled is False
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lrr=1"], "unknown key 'train.lrr'"),
+        (["kava.rkv_lambda=1.5"], "kava.rkv_lambda"),
+        (["kava.compression=topk"], "kava.compression"),
+        (["train.global_batch_size=10", "train.micro_batch_size=4"], "multiple of"),
+        (["nonsense"], "key.path=value"),
+    ],
+)
+def test_bad_values_are_clear_errors(overrides, message):
+    with pytest.raises(KavaError) as err:
+        config_from_dict(MINIMAL, overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(KavaError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(KavaError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(KavaError, match="mapping"):
+        load_config(scalar)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("model: {name: tiny-llama}\n")
+    with pytest.raises(KavaError, match="missing key 'data'"):
+        load_config(missing)
