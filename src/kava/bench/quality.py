@@ -1,0 +1,279 @@
+"""`kava bench quality`: does the method work? No-CoT, CoT, PCCoT and KaVa on one budget.
+
+Every method is trained from scratch with the same code, model, data, optimizer steps,
+batch and learning-rate schedule (`configs/synthetic_tiny.yaml`: a ~1M-parameter Llama,
+word-and-digit tokenizer, generated 4-step arithmetic word problems), then answers the
+same held-out problems (the generator's test split) in its own mode:
+
+    no_cot  train.method=direct                    evaluated with mode=direct
+    cot     train.method=cot, all CoT steps        evaluated with mode=cot
+    pccot   kava with kava.alpha_kv=0              evaluated with mode=latent
+    kava    the config as it is                    evaluated with mode=latent
+
+`--ablations` adds KaVa with each other compression method, without the CODI loss,
+without the projection and with the last CoT step kept. The table reports accuracy,
+mean forward passes per question and, for the latent methods, the share of the
+No-CoT → CoT gap they close; `--seeds N` repeats every run with seeds 0..N-1 (training
+order and model initialisation) and reports mean ± sample std. The budget is fixed in
+optimizer steps, not in wall time, so a result does not depend on the machine.
+
+Layout of `--output-dir` (default `runs/bench_quality`)::
+
+    runs/<run>-seed<s>/   the training run (checkpoints, train_log.jsonl, config.yaml)
+                          predictions.jsonl, result.json (written last: the run is done)
+    results.json          every run's result and the summary per method
+    results.md            the markdown table that is printed
+
+Resumable: a run whose result.json exists is not repeated; an interrupted training
+continues from its last checkpoint and an interrupted evaluation from its predictions.
+`docs/quality.md` has the measured table and what it shows.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kava.errors import KavaError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "synthetic_tiny.yaml"
+COT_MAX_NEW_TOKENS = 128  # the CoT of a test problem is ~45 tokens; a model that rambles is cut off
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    label: str
+    mode: str  # evaluation mode of kava.inference.generate
+    overrides: tuple[str, ...] = ()
+
+
+BASELINES = (
+    Run("no_cot", "No-CoT", "direct", ("train.method=direct",)),
+    Run("cot", "CoT", "cot", ("train.method=cot", "data.drop_last_step=false")),
+    Run("pccot", "PCCoT", "latent", ("kava.alpha_kv=0",)),
+    Run("kava", "KaVa", "latent", ()),
+)
+ABLATIONS = (
+    Run("kava_crop", "KaVa, crop", "latent", ("kava.compression=crop",)),
+    Run("kava_attention", "KaVa, attention only (λ=1)", "latent", ("kava.compression=attention",)),
+    Run("kava_redundancy", "KaVa, redundancy only (λ=0)", "latent", ("kava.compression=redundancy",)),
+    Run("kava_random", "KaVa, random", "latent", ("kava.compression=random",)),
+    Run("kava_no_codi", "KaVa, no CODI loss", "latent", ("kava.alpha_codi=0",)),
+    Run("kava_no_projection", "KaVa, no projection", "latent", ("latent.projection=false",)),
+    Run("kava_keep_last", "KaVa, last CoT step kept", "latent", ("data.drop_last_step=false",)),
+)
+ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "quality",
+        help="CPU-scale quality: No-CoT, CoT, PCCoT and KaVa trained on one budget",
+        description=(
+            "Train No-CoT, CoT, PCCoT and KaVa from scratch with the same budget on the generated "
+            "arithmetic task and compare accuracy and forward passes on its held-out test split."
+        ),
+        epilog="example: kava bench quality --output-dir runs/bench_quality --seeds 3",
+    )
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base config (default: configs/synthetic_tiny.yaml)")
+    p.add_argument("--output-dir", default="runs/bench_quality", help="where runs and tables go (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per method (default: 1)")
+    p.add_argument("--ablations", action="store_true", help="also the compression, CODI, projection and last-step ablations")
+    p.add_argument("--only", nargs="+", metavar="RUN", choices=sorted(ALL_RUNS), help="only these runs")
+    p.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's train.max_steps)")
+    p.add_argument("--test-size", type=int, help="held-out test problems (default: the config's data.synthetic.num_test)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default: 1, fastest for this model size on a shared 2-core machine)")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="questions per generation batch (default: 64)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides applied to every run")
+    p.set_defaults(func=_cmd_quality)
+
+
+def _cmd_quality(args) -> int:
+    if args.seeds < 1:
+        raise KavaError(f"--seeds must be at least 1, got {args.seeds}")
+    runs = list(BASELINES + (ABLATIONS if args.ablations else ()))
+    if args.only:
+        runs = [ALL_RUNS[n] for n in args.only]
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.max_steps={args.steps}")
+    if args.test_size is not None:
+        overrides.append(f"data.synthetic.num_test={args.test_size}")
+    summary = run_quality(
+        args.config, runs, seeds=args.seeds, output_dir=args.output_dir, overrides=overrides,
+        threads=args.threads, eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
+    )
+    print(summary["table"])
+    return 0
+
+
+def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides: list[str]):
+    """The KavaConfig of one run: the base config, the run's switches, the seed, the folder."""
+    from kava.config import load_config
+
+    return load_config(
+        config,
+        [*overrides, *run.overrides, f"seed={seed}", f"model.tiny.seed={seed}", f"output_dir={run_dir}",
+         f"run_name=quality-{run.name}-seed{seed}"],
+    )
+
+
+def held_out_examples(cfg) -> list:
+    """The generator's held-out test split for the config's task, as evaluation examples."""
+    from kava.data.eval_sets import EvalExample
+    from kava.data.synthetic import SyntheticTaskConfig, generate_splits
+
+    s = cfg.data.synthetic
+    if s.num_test < 1:
+        raise KavaError("the benchmark needs test problems: set data.synthetic.num_test (or --test-size) to at least 1")
+    task = SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
+    rows = generate_splits(task, 0, 0, s.num_test)["test"]
+    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"]) for i, r in enumerate(rows)]
+
+
+def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool = True) -> dict:
+    """Train (or resume) one run, evaluate it on the test split, write result.json; returns it."""
+    from kava.evaluation.evaluate import evaluate_dataset
+    from kava.io import atomic_write_json, read_jsonl
+    from kava.training.checkpoint import load_checkpoint
+    from kava.training.trainer import train
+
+    run_dir = Path(cfg.output_dir)
+    if cfg.data.source != "synthetic":
+        raise KavaError("kava bench quality needs a config with data.source: synthetic (its test split is generated)")
+    t0 = time.perf_counter()
+    final = train(cfg, resume=True, show_progress=progress)
+    train_wall = time.perf_counter() - t0
+    log = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").is_file() else []
+    model, _tok, builder, _ = load_checkpoint(final)
+    t0 = time.perf_counter()
+    res = evaluate_dataset(
+        model, builder, held_out_examples(cfg), mode=run.mode, batch_size=eval_batch_size,
+        max_new_tokens=COT_MAX_NEW_TOKENS if run.mode == "cot" else None,
+        predictions_path=run_dir / "predictions.jsonl", progress=progress, dataset="synthetic-test",
+    )
+    last = log[-1] if log else {}
+    result = {
+        "run": run.name, "label": run.label, "mode": run.mode, "seed": cfg.seed,
+        "accuracy": res["accuracy"], "n": res["n"], "correct": res["correct"],
+        "forward_passes_mean": res["forward_passes_mean"], "generated_tokens_mean": res["generated_tokens_mean"],
+        "steps": int(last.get("step", 0)),
+        "train_seconds": round(sum(float(r.get("seconds", 0.0)) for r in log), 1),
+        "train_wall_seconds": round(train_wall, 1),
+        "eval_seconds": round(time.perf_counter() - t0, 1),
+        "final_losses": {k: v for k, v in last.items() if k in ("loss", "ce_student", "ce_teacher", "codi", "kv")},
+        "overrides": list(run.overrides),
+    }
+    atomic_write_json(run_dir / "result.json", result)
+    return result
+
+
+def run_quality(
+    config: str | Path,
+    runs: list[Run],
+    seeds: int = 1,
+    output_dir: str | Path = "runs/bench_quality",
+    overrides: list[str] | None = None,
+    threads: int | None = 1,
+    eval_batch_size: int = 64,
+    progress: bool = True,
+) -> dict:
+    """Every run × seed (skipping finished ones), then results.json and results.md."""
+    import json
+
+    import torch
+
+    from kava.io import atomic_write_json, atomic_write_text
+
+    if threads:
+        torch.set_num_threads(threads)
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    out = Path(output_dir)
+    overrides = list(overrides or [])
+    results: list[dict] = []
+    t_start = time.perf_counter()
+    for seed in range(seeds):
+        for run in runs:
+            run_dir = out / "runs" / f"{run.name}-seed{seed}"
+            done = run_dir / "result.json"
+            if done.is_file():
+                result = json.loads(done.read_text())
+                print(f"quality: {run.name} seed {seed}: done earlier ({result['accuracy']:.1f}%)", file=sys.stderr)
+            else:
+                print(f"quality: {run.name} seed {seed}: training", file=sys.stderr)
+                cfg = run_config(config, run, seed, run_dir, overrides)
+                result = train_and_evaluate(cfg, run, eval_batch_size, progress)
+                print(f"quality: {run.name} seed {seed}: {result['accuracy']:.1f}% "
+                      f"({result['forward_passes_mean']:.1f} forward passes)", file=sys.stderr)
+            results.append(result)
+    summary = summarize(results, runs)
+    summary["wall_seconds_this_invocation"] = round(time.perf_counter() - t_start, 1)
+    summary["table"] = format_table(summary)
+    atomic_write_json(out / "results.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
+    atomic_write_text(out / "results.md", summary["table"] + "\n")
+    return summary
+
+
+def summarize(results: list[dict], runs: list[Run]) -> dict:
+    """Per method: accuracy and forward passes, mean ± sample std over seeds; gap closed."""
+    from kava.experiments.stats import summarize as mean_std
+
+    methods = {}
+    for run in runs:
+        rs = [r for r in results if r["run"] == run.name]
+        if not rs:
+            continue
+        acc = mean_std(r["accuracy"] for r in rs)
+        fwd = mean_std(r["forward_passes_mean"] for r in rs)
+        methods[run.name] = {
+            "label": run.label, "mode": run.mode, "seeds": [r["seed"] for r in rs],
+            "accuracy_mean": acc["mean"], "accuracy_std": acc["std"],
+            "forward_passes_mean": fwd["mean"], "forward_passes_std": fwd["std"],
+            "train_seconds_mean": sum(r["train_seconds"] for r in rs) / len(rs),
+            "eval_seconds_mean": sum(r["eval_seconds"] for r in rs) / len(rs),
+            "steps": rs[0]["steps"], "n_test": rs[0]["n"],
+        }
+    lo, hi = methods.get("no_cot"), methods.get("cot")
+    for m in methods.values():
+        gap = None
+        if lo and hi and m["mode"] == "latent" and hi["accuracy_mean"] > lo["accuracy_mean"]:
+            gap = (m["accuracy_mean"] - lo["accuracy_mean"]) / (hi["accuracy_mean"] - lo["accuracy_mean"])
+        m["gap_closed"] = gap
+        m["forward_pass_ratio_to_cot"] = m["forward_passes_mean"] / hi["forward_passes_mean"] if hi else None
+    total = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
+    return {"methods": methods, "seconds_total": round(total, 1)}
+
+
+def format_table(summary: dict) -> str:
+    from kava.experiments.stats import format_mean_std, format_number
+
+    methods = summary["methods"]
+    seeds = max((len(m["seeds"]) for m in methods.values()), default=0)
+    n_test = next(iter(methods.values()))["n_test"] if methods else 0
+    steps = next(iter(methods.values()))["steps"] if methods else 0
+    lines = [
+        f"Synthetic test split: {n_test} problems; {steps} optimizer steps per run; "
+        f"{seeds} seed{'s' if seeds != 1 else ''} (mean ± sample std)",
+        "",
+        "| method | eval mode | accuracy (%) | forward passes | × CoT passes | gap closed | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in methods.values():
+        gap = "-" if m["gap_closed"] is None else f"{100 * m['gap_closed']:.0f}%"
+        ratio = "-" if m["forward_pass_ratio_to_cot"] is None else f"{m['forward_pass_ratio_to_cot']:.2f}"
+        lines.append(
+            f"| {m['label']} | {m['mode']} | {format_mean_std(m['accuracy_mean'], m['accuracy_std'] if seeds > 1 else None)} "
+            f"| {format_mean_std(m['forward_passes_mean'], m['forward_passes_std'] if seeds > 1 else None)} | {ratio} "
+            f"| {gap} | {format_number(m['train_seconds_mean'], 0)} | {format_number(m['eval_seconds_mean'], 0)} |"
+        )
+    lines.append("")
+    lines.append(f"Total train + eval time: {summary['seconds_total'] / 60:.1f} min")
+    return "\n".join(lines)
