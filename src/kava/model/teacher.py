@@ -14,7 +14,7 @@ import torch
 
 from kava.compression import RKVSelection, rkv_select
 from kava.model.cache import kv_of
-from kava.model.capture import capture_importance
+from kava.model.capture import capture_importance, enable_capture
 from kava.model.kava_model import KavaModel
 from kava.model.positions import position_ids_from_mask
 from kava.model.student import causal_ce
@@ -38,6 +38,7 @@ def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want
     )
     needs_importance = want_targets and want_kv and method in ("rkv", "attention")
     if needs_importance:
+        enable_capture(model.backbone)  # idempotent; numerically identical attention
         with capture_importance(batch["query_mask"], mask.bool()) as importance:
             out = model.lm(**kwargs)
         return out, importance

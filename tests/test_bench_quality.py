@@ -1,0 +1,155 @@
+"""`kava bench quality` end to end on a tiny budget, its table and its resumability."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import kava.bench.quality as quality
+from kava.cli import main
+from kava.errors import KavaError
+
+TINY = [
+    "--steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress",
+    "data.synthetic.num_train=32", "data.synthetic.num_val=0",
+    "train.global_batch_size=8", "train.micro_batch_size=8", "train.save_every=1",
+    "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.intermediate_size=64",
+    "latent.num_latents=3", "latent.num_iterations=1",
+]
+
+
+def _bench(out, *extra):
+    return main(["bench", "quality", "--output-dir", str(out), *extra, *TINY])
+
+
+def test_default_config_and_every_run_validate(tmp_path):
+    for seed in (0, 1):
+        for run in quality.ALL_RUNS.values():
+            cfg = quality.run_config(quality.DEFAULT_CONFIG, run, seed, tmp_path / run.name, [])
+            assert cfg.seed == seed and cfg.model.tiny.seed == seed and cfg.data.source == "synthetic"
+    kava = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path, [])
+    pccot = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["pccot"], 0, tmp_path, [])
+    assert kava.kava.alpha_kv > 0 and pccot.kava.alpha_kv == 0
+    assert pccot.model_dump(exclude={"kava", "output_dir", "run_name"}) == kava.model_dump(exclude={"kava", "output_dir", "run_name"})
+
+
+def test_same_budget_for_every_method(tmp_path):
+    cfgs = [quality.run_config(quality.DEFAULT_CONFIG, r, 0, tmp_path, []) for r in quality.ALL_RUNS.values()]
+    assert len({(c.train.max_steps, c.train.global_batch_size, c.train.lr, c.train.lr_scheduler, c.train.warmup_ratio)
+                for c in cfgs}) == 1
+
+
+def test_held_out_examples_are_the_generators_test_split(tmp_path):
+    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path, ["data.synthetic.num_test=5"])
+    from kava.data.synthetic import SyntheticTaskConfig, generate_splits
+
+    s = cfg.data.synthetic
+    rows = generate_splits(SyntheticTaskConfig(s.num_steps, s.max_value, tuple(s.operations), s.seed), 10, 0, 5)
+    ex = quality.held_out_examples(cfg)
+    assert [e.question for e in ex] == [r["question"] for r in rows["test"]]
+    assert not {e.question for e in ex} & {r["question"] for r in rows["train"]}
+
+
+def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bench"
+    assert _bench(out) == 0
+    printed = capsys.readouterr().out
+    for label in ("No-CoT", "CoT", "PCCoT", "KaVa"):
+        assert f"| {label} |" in printed
+    assert (out / "results.md").read_text().strip() == printed.strip()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"no_cot", "cot", "pccot", "kava"}
+    by_run = {r["run"]: r for r in results["runs"]}
+    assert {r["mode"] for r in results["runs"]} == {"direct", "cot", "latent"}
+    assert by_run["kava"]["steps"] == 2 and by_run["kava"]["n"] == 6
+    # latent mode: 1 + T + 1 + (answer tokens - 1) passes; CoT writes its chain, so it makes more
+    assert by_run["kava"]["forward_passes_mean"] >= 3
+    for name in ("no_cot", "cot", "pccot", "kava"):
+        assert (out / "runs" / f"{name}-seed0" / "result.json").is_file()
+        assert (out / "runs" / f"{name}-seed0" / "predictions.jsonl").is_file()
+
+    # Finished runs are not repeated.
+    def fail(*a, **k):
+        raise AssertionError("a finished run was repeated")
+
+    monkeypatch.setattr(quality, "train_and_evaluate", fail)
+    assert _bench(out) == 0
+    assert capsys.readouterr().out.strip() == printed.strip()
+    monkeypatch.undo()
+
+    # A run interrupted after training is evaluated again without retraining.
+    kava_dir = out / "runs" / "kava-seed0"
+    log_before = (kava_dir / "train_log.jsonl").read_text()
+    (kava_dir / "result.json").unlink()
+    (kava_dir / "predictions.jsonl").unlink()
+    trained = []
+    real_train = quality.train_and_evaluate
+
+    def spy(cfg, run, *a, **k):
+        trained.append(run.name)
+        return real_train(cfg, run, *a, **k)
+
+    monkeypatch.setattr(quality, "train_and_evaluate", spy)
+    assert _bench(out) == 0
+    assert trained == ["kava"]
+    assert (kava_dir / "train_log.jsonl").read_text() == log_before
+    assert json.loads((kava_dir / "result.json").read_text())["accuracy"] == by_run["kava"]["accuracy"]
+
+
+def test_interrupted_training_continues_from_its_checkpoint(tmp_path, capsys):
+    out = tmp_path / "bench"
+    run_dir = out / "runs" / "no_cot-seed0"
+    assert _bench(out, "--only", "no_cot", "--steps", "1") == 0  # the first step of a 2-step run
+    full = json.loads((out / "results.json").read_text())["runs"][0]
+    assert full["steps"] == 1
+    # Pretend the 2-step run stopped after step 1: keep checkpoint-1, drop the final one.
+    import shutil
+
+    shutil.rmtree(out)
+    assert _bench(out, "--only", "no_cot", "--steps", "3") == 0
+    log = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    shutil.rmtree(run_dir / "checkpoint-final")
+    (run_dir / "result.json").unlink()
+    keep = [x for x in (run_dir / "train_log.jsonl").read_text().splitlines()][:1]
+    (run_dir / "train_log.jsonl").write_text("\n".join(keep) + "\n")
+    for ckpt in run_dir.glob("checkpoint-*"):
+        if ckpt.name != "checkpoint-1":
+            shutil.rmtree(ckpt)
+    assert _bench(out, "--only", "no_cot", "--steps", "3") == 0
+    resumed = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in log])
+
+
+def test_seeds_give_mean_and_std(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert _bench(out, "--only", "no_cot", "--seeds", "2") == 0
+    printed = capsys.readouterr().out
+    assert "2 seeds" in printed and " ± " in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"]["no_cot"]["seeds"] == [0, 1]
+    assert sorted(r["seed"] for r in results["runs"]) == [0, 1]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["bench", "quality", "--only", "nonsense"])
+    assert main(["bench", "quality", "--seeds", "0", "--output-dir", str(tmp_path)]) == 2
+    with pytest.raises(KavaError):
+        quality.held_out_examples(quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path,
+                                                     ["data.synthetic.num_test=0"]))
+
+
+def test_gap_closed_in_summary():
+    runs = [quality.ALL_RUNS[n] for n in ("no_cot", "cot", "kava")]
+    res = [
+        {"run": "no_cot", "seed": 0, "accuracy": 10.0, "forward_passes_mean": 5.0, "train_seconds": 1, "eval_seconds": 1, "steps": 1, "n": 4},
+        {"run": "cot", "seed": 0, "accuracy": 90.0, "forward_passes_mean": 50.0, "train_seconds": 1, "eval_seconds": 1, "steps": 1, "n": 4},
+        {"run": "kava", "seed": 0, "accuracy": 70.0, "forward_passes_mean": 8.0, "train_seconds": 1, "eval_seconds": 1, "steps": 1, "n": 4},
+    ]
+    s = quality.summarize(res, runs)
+    assert s["methods"]["kava"]["gap_closed"] == pytest.approx(0.75)
+    assert s["methods"]["kava"]["forward_pass_ratio_to_cot"] == pytest.approx(0.16)
+    assert s["methods"]["no_cot"]["gap_closed"] is None
+    assert "| KaVa | latent | 70.0 | 8.0 | 0.16 | 75% |" in quality.format_table(s)
