@@ -124,12 +124,15 @@ def test_resume_after_an_interruption(monkeypatch, tmp_path):
     }
 
 
-def test_resume_refuses_a_file_from_another_mode_or_dataset(monkeypatch, tmp_path):
+def test_resume_refuses_a_file_from_another_mode_budget_or_dataset(monkeypatch, tmp_path):
     monkeypatch.setattr(ev, "generate", FakeGenerate())
     path = tmp_path / "pred.jsonl"
     ev.evaluate_dataset(None, fake_builder(), EXAMPLES[:2], mode="latent", predictions_path=path, progress=False)
     with pytest.raises(KavaError, match="latent'-mode answers, not 'direct'"):
         ev.evaluate_dataset(None, fake_builder(), EXAMPLES[:2], mode="direct", predictions_path=path, progress=False)
+    with pytest.raises(KavaError, match="max_new_tokens=16, not 4"):
+        ev.evaluate_dataset(None, fake_builder(), EXAMPLES[:2], mode="latent", max_new_tokens=4, predictions_path=path,
+                            progress=False)
     other = [EvalExample("q0", "another question?", 1.0, "1")]
     with pytest.raises(KavaError, match="another question"):
         ev.evaluate_dataset(None, fake_builder(), other, mode="latent", predictions_path=path, progress=False)

@@ -151,6 +151,14 @@ def test_base_model_latent_mode(capsys):
     assert "latent mode" in _error(capsys, ["infer", "--model", "tiny-llama", "--show-latents", "--question", Q])
 
 
+def test_unavailable_device(tiny_checkpoint, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert "no CUDA GPU" in _error(capsys, ["infer", "--checkpoint", str(tiny_checkpoint), "--device", "cuda", "--question", Q])
+
+
 def test_bad_input_file(tmp_path, tiny_checkpoint, capsys):
     assert "input file not found" in _error(capsys, ["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "x.txt")])
     empty = tmp_path / "empty.txt"

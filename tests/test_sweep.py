@@ -102,7 +102,7 @@ def test_sweep_produces_tree_and_skips_finished_seeds(tmp_path, config):
     assert all(dev is None for *_, dev in runner.calls)
     train_argv = runner.calls[0][2]
     assert train_argv[3:] == ["train", "--config", str(config.resolve()), "--output-dir",
-                              str((run_dir / "seed_42").resolve()), "--seed", "42"]
+                              str((run_dir / "seed_42").resolve()), "--seed", "42", "--no-progress"]
 
     meta = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert meta["run_name"] == "kava_llama1b" and meta["seeds"] == [42, 43, 44] and meta["datasets"] == DATASETS

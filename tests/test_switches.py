@@ -302,3 +302,63 @@ def test_causal_ce_is_the_mean_over_labelled_tokens():
     labels = torch.tensor([[IGNORE, 3, IGNORE, 5]])
     ref = torch.nn.functional.cross_entropy(logits[0, [0, 2]], torch.tensor([3, 5]))
     torch.testing.assert_close(causal_ce(logits, labels), ref)
+
+
+# -- keys before or after RoPE -------------------------------------------------------------
+
+
+def test_unrotate_keys_gives_the_keys_before_rope():
+    """unrotate_keys(cached keys, their positions) equals k_proj's output, captured in the model."""
+    from kava.model.rope import unrotate_keys
+
+    cfg, model, builder = _setup()
+    t = _batch(cfg, builder)["teacher"]
+    raw = {}
+    attn = model.backbone.model.layers[0].self_attn
+    hook = attn.k_proj.register_forward_hook(lambda m, i, o: raw.setdefault("k", o))
+    with torch.no_grad():
+        out = model.lm(input_ids=t["input_ids"], attention_mask=t["attention_mask"], use_cache=True,
+                       position_ids=torch.arange(t["input_ids"].shape[1]).expand_as(t["input_ids"]))
+    hook.remove()
+    B, S = t["input_ids"].shape
+    expected = raw["k"].view(B, S, -1, attn.head_dim).transpose(1, 2)
+    cached = out.past_key_values.layers[0].keys
+    assert not torch.allclose(cached, expected, atol=1e-4)
+    pos = torch.arange(S).expand(B, S)
+    torch.testing.assert_close(unrotate_keys(model.backbone, cached, pos), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_keys_pre_rope_changes_the_kv_term_not_the_values(monkeypatch):
+    cfg, model, builder = _setup()
+    seen = []
+    real = objective_module.kv_loss
+    monkeypatch.setattr(objective_module, "kv_loss", lambda s, t, *a: seen.append((s, t)) or real(s, t, *a))
+    post = KavaObjective(model, cfg)(_batch(cfg, builder))["kv"]
+    cfg.kava.kv_keys = "pre_rope"
+    pre = KavaObjective(model, cfg)(_batch(cfg, builder))["kv"]
+    assert not torch.isclose(pre, post)
+    (s_post, t_post), (s_pre, t_pre) = seen
+    torch.testing.assert_close(s_pre[0][1], s_post[0][1])  # values carry no RoPE
+    torch.testing.assert_close(t_pre[0].values, t_post[0].values)
+    assert not torch.allclose(t_pre[0].keys, t_post[0].keys)
+    # a key unrotated at its own position keeps its norm (RoPE is a rotation)
+    torch.testing.assert_close(t_pre[0].keys.norm(dim=-1), t_post[0].keys.norm(dim=-1))
+
+
+def test_pre_rope_student_keys_are_the_latent_k_proj_outputs():
+    """The latent slots' positions used to undo RoPE are the ones the student ran at (left padding too)."""
+    cfg, model, builder = _setup()
+    batch = _batch(cfg, builder)
+    M = cfg.latent.num_latents
+    raw = []
+    attn = model.backbone.model.layers[0].self_attn
+    hook = attn.k_proj.register_forward_hook(lambda m, i, o: raw.append(o))
+    with torch.no_grad():
+        student = student_forward(model, batch["student"])
+        teacher = teacher_forward(model, batch["teacher"], budget=M, with_ce=False)
+    hook.remove()
+    last_latent_pass = [o for o in raw if o.shape[1] == M][-1]
+    B = last_latent_pass.shape[0]
+    expected = last_latent_pass.view(B, M, -1, attn.head_dim).transpose(1, 2)
+    s_kv, _ = objective_module._unrotated(model, batch, student.latent_kv, teacher.selections)
+    torch.testing.assert_close(s_kv[0][0], expected, atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ A user mistake (`KavaError`) prints one line, `error: ...`, and exits with code 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -69,7 +70,7 @@ def _extra_commands():
     import importlib
 
     found = []
-    for module in ("kava.evaluation.cli", "kava.experiments.cli", "kava.bench.cli"):
+    for module in ("kava.evaluation.cli", "kava.experiments.cli", "kava.bench.cli", "kava.demo"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -93,8 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            print(f"error: no space left on the device while writing {err.filename or 'a file'}; "
+                  "free some space (or point --output-dir / KAVA_CACHE_DIR elsewhere) and run the command again",
+                  file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

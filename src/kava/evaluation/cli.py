@@ -100,6 +100,7 @@ def _dataset_key(name: str) -> str:
 
 
 def _add_evaluate(sub) -> None:
+    from kava.data.eval_sets import EVAL_DATASETS
     p = sub.add_parser(
         "evaluate",
         help="accuracy and forward passes on GSM8k, GSM-Hard, SVAMP, ... (latent, cot or direct mode)",
@@ -113,7 +114,7 @@ def _add_evaluate(sub) -> None:
     _add_model_options(p)
     p.add_argument(
         "--datasets", nargs="+", default=["gsm8k", "gsm8k-hard", "svamp"], metavar="NAME",
-        help="gsm8k, gsm8k-hard, svamp, svamp-test300, multiarith, multiarith-test180, asdiv, mawps, "
+        help=f"{', '.join(EVAL_DATASETS)}, "
         "or a .jsonl file with question and answer (default: gsm8k gsm8k-hard svamp)",
     )
     p.add_argument("--source", choices=("hub", "offline"), default="hub",

@@ -16,12 +16,12 @@ number from each answer (`extract_prediction`), scores it (`is_correct`) and ret
 
 Predictions file (JSONL, one record per example):
     id, question, gold, gold_text, text, answer (extracted, null when none), correct,
-    forward_passes, generated_tokens, mode, seconds
+    forward_passes, generated_tokens, mode, max_new_tokens, seconds
 Each batch's records are appended (and fsynced) as soon as the batch is done; at the end
 the file is rewritten atomically in the dataset's order. When the file already holds
 records for some ids of this evaluation, they are kept and not generated again (resume);
-a record made in another mode, or for another question under the same id, is an error
-(use another file). Records of ids outside this evaluation (say, from a run with a larger
+a record made in another mode or with another `max_new_tokens`, or for another question
+under the same id, is an error (use another file). Records of ids outside this evaluation (say, from a run with a larger
 `limit`) stay in the file but do not count.
 """
 
@@ -65,7 +65,7 @@ def _pstd(xs: list[float]) -> float | None:
     return float(math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs)))
 
 
-def _load_done(path: Path, examples: list[EvalExample], mode: str) -> dict[str, dict]:
+def _load_done(path: Path, examples: list[EvalExample], mode: str, max_new_tokens: int) -> dict[str, dict]:
     """Records already in the predictions file for this evaluation's ids (checked)."""
     if not path.is_file():
         return {}
@@ -86,6 +86,11 @@ def _load_done(path: Path, examples: list[EvalExample], mode: str) -> dict[str, 
                 f"predictions file {path} holds {rec.get('mode')!r}-mode answers, not {mode!r}; "
                 "use another output file or folder (or delete it)"
             )
+        if rec.get("max_new_tokens", max_new_tokens) != max_new_tokens:
+            raise KavaError(
+                f"predictions file {path} was made with max_new_tokens={rec['max_new_tokens']}, not {max_new_tokens}; "
+                "use another output file or folder (or delete it)"
+            )
         if rec.get("question") != ex.question:
             raise KavaError(
                 f"predictions file {path}, record {i}: id {ex.id} has another question there; "
@@ -99,7 +104,7 @@ def _load_done(path: Path, examples: list[EvalExample], mode: str) -> dict[str, 
     return done
 
 
-def _record(ex: EvalExample, gen, mode: str, prefix: str, seconds: float) -> dict:
+def _record(ex: EvalExample, gen, mode: str, prefix: str, seconds: float, max_new_tokens: int) -> dict:
     pred = extract_prediction(gen.text, mode, prefix)
     return {
         "id": ex.id,
@@ -112,6 +117,7 @@ def _record(ex: EvalExample, gen, mode: str, prefix: str, seconds: float) -> dic
         "forward_passes": gen.forward_passes,
         "generated_tokens": gen.generated_tokens,
         "mode": mode,
+        "max_new_tokens": max_new_tokens,
         "seconds": round(seconds, 6),
     }
 
@@ -169,7 +175,8 @@ def evaluate_dataset(
         raise KavaError(f"{where} have duplicate example id {dup!r}; ids must be unique")
     prefix = builder.prompt.answer_prefix
     path = Path(predictions_path) if predictions_path is not None else None
-    done = _load_done(path, examples, mode) if path is not None else {}
+    budget = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[mode]
+    done = _load_done(path, examples, mode, budget) if path is not None else {}
     resumed = len(done)
 
     todo = [ex for ex in examples if ex.id not in done]
@@ -187,7 +194,7 @@ def evaluate_dataset(
             gens = generate(model, builder, [ex.question for ex in batch], mode=mode, max_new_tokens=max_new_tokens)
             share = (time.perf_counter() - t0) / len(batch)
             for ex, gen in zip(batch, gens):
-                rec = _record(ex, gen, mode, prefix, share)
+                rec = _record(ex, gen, mode, prefix, share, budget)
                 done[ex.id] = rec
                 correct += rec["correct"]
                 if path is not None:
@@ -202,7 +209,7 @@ def evaluate_dataset(
     result = summarize([done[ex.id] for ex in examples], mode, dataset)
     result["resumed"] = resumed
     result["batch_size"] = batch_size
-    result["max_new_tokens"] = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[mode]
+    result["max_new_tokens"] = budget
     return result
 
 

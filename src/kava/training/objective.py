@@ -57,11 +57,32 @@ class KavaObjective(nn.Module):
             loss = loss + k.alpha_codi * lc
             out["codi"] = lc.detach()
         if k.alpha_kv > 0:
-            lk = kv_loss(student.latent_kv, teacher.selections, k.kv_loss, k.kv_loss_layer_std)
+            student_kv, selections = student.latent_kv, teacher.selections
+            if k.kv_keys == "pre_rope":
+                student_kv, selections = _unrotated(self.model, batch, student_kv, selections)
+            lk = kv_loss(student_kv, selections, k.kv_loss, k.kv_loss_layer_std)
             loss = loss + k.alpha_kv * lk
             out["kv"] = lk.detach()
         out["loss"] = loss
         return out
+
+
+def _unrotated(model: KavaModel, batch, student_kv, selections):
+    """RoPE undone on the student's latent keys and the teacher's kept keys (`kava.kv_keys: pre_rope`)."""
+    from kava.model.positions import position_ids_from_mask
+    from kava.model.rope import unrotate_keys
+
+    M = student_kv[0][0].shape[2]
+    q_mask = batch["student"]["q_mask"]
+    # latent slot i follows the real tokens of Q + <bot>: its position is their count + i
+    s_pos = q_mask.sum(-1, keepdim=True) + torch.arange(M, device=q_mask.device)
+    t_pos_all = position_ids_from_mask(batch["teacher"]["attention_mask"])
+    out_s, out_t = [], []
+    for (ks, vs), sel in zip(student_kv, selections, strict=True):
+        out_s.append((unrotate_keys(model.backbone, ks, s_pos), vs))
+        t_pos = t_pos_all.gather(1, sel.positions.flatten(1)).view_as(sel.positions)
+        out_t.append(sel._replace(keys=unrotate_keys(model.backbone, sel.keys, t_pos)))
+    return out_s, out_t
 
 
 def _lm_args(t: dict[str, torch.Tensor]) -> dict:

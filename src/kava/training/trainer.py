@@ -225,11 +225,12 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
             t = torch.tensor([sums[k] for k in sorted(sums)], device=accelerator.device)
             t = accelerator.reduce(t, reduction="mean")
             sums = dict(zip(sorted(sums), t.tolist()))
+            tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), reduction="sum").item())
         state["step"] = step + 1
         state["epoch"] = (step + 1) / sched.steps_per_epoch
         record = {"step": step + 1, "epoch": round(state["epoch"], 4), **{k: round(v, 6) for k, v in sums.items()},
                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - t0, 4),
-                  "tokens": tokens * world}
+                  "tokens": tokens}
         if is_main:
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == sched.total_steps:
                 append_jsonl(log_path, record)

