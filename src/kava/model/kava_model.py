@@ -8,6 +8,8 @@ full model otherwise), wraps it with LoRA from the config, and attaches the proj
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -32,9 +34,75 @@ class LatentProjection(nn.Module):
         return self.net(h.float()).to(h.dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def _fast_trainable_tokens_class():
+    """A subclass of peft's TrainableTokensLayer that gives the same outputs without
+    materialising the merged [vocabulary, d] weight at every call.
+
+    peft builds `W = base.index_copy(0, rows, delta)` (a full copy of the embedding) for
+    every embedding lookup and every lm-head call, and on the tied lm head its backward
+    computes the gradient of that whole matrix ([V, d]: as many FLOPs as the head's
+    forward) only to read the trainable rows. Here the base weight is used as it is and
+    the trainable rows are put in afterwards: an embedding lookup takes the delta rows
+    where the ids are trainable tokens; the lm head computes the logits with the base
+    weight and overwrites the trainable tokens' columns with `x @ deltaᵀ`. Anything
+    unusual (merged, disabled, max_norm, sparse, ...) falls back to peft's own code.
+    `tests/test_perf_equivalence.py` checks outputs and gradients against peft's path.
+    """
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    class FastTrainableTokensLayer(TrainableTokensLayer):
+        def forward_adapters(self, x, active_adapters, *args, **kwargs):
+            base = self.base_layer
+            if self.disable_adapters or not active_adapters or self.merged or args or kwargs:
+                return super().forward_adapters(x, active_adapters, *args, **kwargs)
+            self._check_overlapping_tokens(active_adapters)
+            rows = [i for a in active_adapters for i in self.token_indices[a]]
+            index = torch.tensor(rows, device=base.weight.device)
+            delta = torch.cat([self.trainable_tokens_delta[a].to(base.weight) for a in active_adapters])
+            if isinstance(base, nn.Embedding):
+                if base.max_norm is not None or base.scale_grad_by_freq or base.sparse or base.padding_idx in rows:
+                    return super().forward_adapters(x, active_adapters)
+                out = torch.nn.functional.embedding(x, base.weight, padding_idx=base.padding_idx)
+                match = x[..., None] == index  # [..., K]
+                slot = match.to(torch.int8).argmax(-1)  # (no host sync: always taken, as peft's output always has a grad)
+                out = torch.where(match.any(-1)[..., None], delta[slot], out)
+                scale = self._get_embed_scale()
+                return out * scale.to(out.dtype) if scale is not None else out
+            if isinstance(base, nn.Linear) and base.bias is None:
+                out = torch.nn.functional.linear(x, base.weight)
+                return out.index_copy_(-1, index, torch.nn.functional.linear(x, delta))
+            return super().forward_adapters(x, active_adapters)
+
+    FastTrainableTokensLayer.__module__ = __name__  # picklable as kava.model.kava_model.FastTrainableTokensLayer
+    return FastTrainableTokensLayer
+
+
+def __getattr__(name: str):
+    if name == "FastTrainableTokensLayer":
+        return _fast_trainable_tokens_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def use_fast_trainable_tokens(backbone) -> int:
+    """Switch peft's trainable-token layers inside `backbone` to the fast subclass; returns how many."""
+    try:
+        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    except ImportError:
+        return 0
+    fast = _fast_trainable_tokens_class()
+    n = 0
+    for module in backbone.modules():
+        if type(module) is TrainableTokensLayer:
+            module.__class__ = fast
+            n += 1
+    return n
+
+
 class KavaModel(nn.Module):
     def __init__(self, backbone, special: SpecialIds, num_latents: int, num_iterations: int, projection: bool):
         super().__init__()
+        use_fast_trainable_tokens(backbone)
         self.backbone = backbone
         self.special = special
         self.num_latents = num_latents

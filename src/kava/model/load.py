@@ -153,4 +153,9 @@ def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_voc
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = True
+        # transformers drops the cache of checkpointed layers (a replayed layer would append to it
+        # twice); kava's training passes use replay-safe caches (kava.model.cache.pass_cache).
+        for module in model.modules():
+            if hasattr(module, "_can_checkpoint_with_cache"):
+                module._can_checkpoint_with_cache = True
     return model, tok

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kava.model.cache import KV, cache_from_kv, kv_of, slice_kv
+from kava.model.cache import KV, cache_from_kv, kv_of, pass_cache, slice_kv
 from kava.model.kava_model import KavaModel
 from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
 
@@ -49,6 +49,7 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
         inputs_embeds=torch.cat([q_emb, lat], dim=1),
         attention_mask=mask,
         position_ids=position_ids_from_mask(mask),
+        past_key_values=pass_cache(None, model.config),
         use_cache=True,
         output_hidden_states=True,
         logits_to_keep=1,
@@ -59,7 +60,7 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
     latent_pos = positions_for_new(mask, M)
     cache = out.past_key_values
     for _ in range(T):
-        cache = cache_from_kv(prefix_kv, model.config)
+        cache = pass_cache(prefix_kv, model.config)
         out = model.lm(
             inputs_embeds=latent_inputs(model, hidden),
             attention_mask=mask,
@@ -71,7 +72,9 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
         )
         hidden = out.hidden_states[-1]
         cache = out.past_key_values
-    return LatentState(cache=cache, mask=mask, hidden=hidden, latent_kv=slice_kv(kv_of(cache), Lq, None), passes=1 + T)
+    final_kv = kv_of(cache)  # (pass caches serve one pass: hand on a plain cache over the same tensors)
+    return LatentState(cache=cache_from_kv(final_kv, model.config), mask=mask, hidden=hidden,
+                       latent_kv=slice_kv(final_kv, Lq, None), passes=1 + T)
 
 
 @dataclass
@@ -91,7 +94,7 @@ def student_forward(model: KavaModel, batch: dict[str, torch.Tensor]) -> Student
         input_ids=suffix_ids,
         attention_mask=mask,
         position_ids=positions_for_new(mask, suffix_ids.shape[1]),
-        past_key_values=state.cache,
+        past_key_values=pass_cache(kv_of(state.cache), model.config),
         use_cache=True,
         output_hidden_states=True,
     )
@@ -100,6 +103,35 @@ def student_forward(model: KavaModel, batch: dict[str, torch.Tensor]) -> Student
     rows = torch.arange(idx.shape[0], device=idx.device)
     codi = [h[rows, idx] for h in out.hidden_states[1:]]
     return StudentOutput(ce=ce, latent_kv=state.latent_kv, codi_hidden=codi, logits=out.logits)
+
+
+# Architectures whose logits are exactly lm_head(last hidden state) (no soft-capping or scaling).
+_PLAIN_HEAD_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def lm_with_ce(model: KavaModel, labels: torch.Tensor, **kwargs):
+    """(output of model.lm(**kwargs), mean next-token CE on `labels`).
+
+    Equal to `causal_ce(model.lm(**kwargs).logits, labels)`, but for the plain-head
+    architectures the vocabulary projection is computed only at the positions whose next
+    token is labelled (the CoT, P and A of a teacher sequence: not the question, not the
+    padding), from the final hidden state; `out.logits` then holds the last position only.
+    This saves the head's FLOPs and the [B, S, V] logits (and their float32 copy and
+    gradient) on every unlabelled position.
+    """
+    if getattr(model.config.get_text_config(), "model_type", None) not in _PLAIN_HEAD_TYPES:
+        out = model.lm(**kwargs)
+        return out, causal_ce(out.logits, labels)
+    out = model.lm(**{**kwargs, "output_hidden_states": True, "logits_to_keep": 1})
+    return out, labelled_ce(model, out.hidden_states[-1], labels)
+
+
+def labelled_ce(model: KavaModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """causal_ce(lm_head(hidden), labels), the head run on the labelled positions only."""
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.backbone.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), target[keep])
 
 
 def causal_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from kava.compression import RKVSelection, rkv_select
-from kava.model.cache import kv_of
+from kava.model.cache import kv_of, pass_cache
 from kava.model.capture import capture_importance, enable_capture
 from kava.model.kava_model import KavaModel
 from kava.model.positions import position_ids_from_mask
-from kava.model.student import causal_ce
+from kava.model.student import lm_with_ce
 
 
 @dataclass
@@ -27,22 +27,31 @@ class TeacherOutput:
     codi_hidden: list[torch.Tensor] | None  # per layer [B, d], detached
 
 
-def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want_kv: bool = True):
+def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want_kv: bool = True, with_ce: bool = False):
+    """(model output, importance or None, CE or None)."""
     mask = batch["attention_mask"]
     kwargs = dict(
         input_ids=batch["input_ids"],
         attention_mask=mask,
         position_ids=position_ids_from_mask(mask),
         use_cache=want_targets,
+        past_key_values=pass_cache(None, model.config) if want_targets else None,
         output_hidden_states=want_targets,
     )
     needs_importance = want_targets and want_kv and method in ("rkv", "attention")
+
+    def run():
+        if with_ce:
+            return lm_with_ce(model, batch["labels"], **kwargs)
+        return model.lm(**kwargs), None
+
     if needs_importance:
         enable_capture(model.backbone)  # idempotent; numerically identical attention
         with capture_importance(batch["query_mask"], mask.bool()) as importance:
-            out = model.lm(**kwargs)
-        return out, importance
-    return model.lm(**kwargs), None
+            out, ce = run()
+        return out, importance, ce
+    out, ce = run()
+    return out, None, ce
 
 
 def _targets(model, out, importance, batch, budget, lam, method, generator, want_kv=True):
@@ -85,8 +94,7 @@ def teacher_forward(
     """want_targets=False: CE only. want_kv=False (PCCoT): the CODI targets only, no R-KV."""
     ce = selections = codi = None
     if with_ce:
-        out, importance = _teacher_pass(model, batch, want_targets and not separate_pass, method, want_kv)
-        ce = causal_ce(out.logits, batch["labels"])
+        out, importance, ce = _teacher_pass(model, batch, want_targets and not separate_pass, method, want_kv, with_ce=True)
         if want_targets and not separate_pass:
             selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator, want_kv)
         del out
@@ -95,7 +103,7 @@ def teacher_forward(
         model.eval()
         try:
             with torch.no_grad():
-                out, importance = _teacher_pass(model, batch, True, method, want_kv)
+                out, importance, _ = _teacher_pass(model, batch, True, method, want_kv)
                 selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator, want_kv)
         finally:
             model.train(was_training)

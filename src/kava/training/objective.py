@@ -13,7 +13,7 @@ from torch import nn
 from kava.config import KavaConfig
 from kava.losses import codi_loss, kv_loss
 from kava.model.kava_model import KavaModel
-from kava.model.student import causal_ce, student_forward
+from kava.model.student import lm_with_ce, student_forward
 from kava.model.teacher import teacher_forward
 
 
@@ -23,33 +23,51 @@ class KavaObjective(nn.Module):
         self.model = model
         self.cfg = cfg
 
-    def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def two_phase(self) -> bool:
+        """Whether `forward_backward` runs this objective in two phases (KaVa: the teacher's
+        forward and backward, then the student's), so that the teacher's activations are freed
+        before the student's are made. The gradients equal one backward of the whole loss:
+        the student's terms only see the teacher's detached targets."""
+        return self.cfg.train.method == "kava"
+
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]], phase: str | None = None, teacher=None) -> dict[str, torch.Tensor]:
+        """phase None: the whole objective. phase "teacher": the teacher pass only; returns its
+        CE as `loss` (when trained) and its detached targets as `teacher`. phase "student": the
+        student's CE and the distillation terms toward `teacher` (the teacher's CE excluded)."""
         method = self.cfg.train.method
         if method == "cot":
             t = batch["teacher"]
-            ce = causal_ce(self.model.lm(**_lm_args(t)).logits, t["labels"])
+            _, ce = lm_with_ce(self.model, t["labels"], **_lm_args(t))
             return {"loss": ce, "ce_teacher": ce.detach()}
         if method == "direct":
             t = batch["direct"]
-            ce = causal_ce(self.model.lm(**_lm_args(t)).logits, t["labels"])
+            _, ce = lm_with_ce(self.model, t["labels"], **_lm_args(t))
             return {"loss": ce, "ce_student": ce.detach()}
         k = self.cfg.kava
         want_targets = k.alpha_codi > 0 or k.alpha_kv > 0
+        if phase in (None, "teacher"):
+            teacher = teacher_forward(
+                self.model,
+                batch["teacher"],
+                budget=self.cfg.latent.num_latents,
+                lam=k.rkv_lambda,
+                method=k.compression,
+                with_ce=k.teacher_ce,
+                want_targets=want_targets,
+                separate_pass=k.teacher_targets == "separate_pass",
+                want_kv=k.alpha_kv > 0,
+            )
+            if phase == "teacher":
+                first = {"teacher": teacher}
+                if teacher.ce is not None:
+                    first.update(loss=teacher.ce, ce_teacher=teacher.ce.detach())
+                return first
+        elif phase != "student" or teacher is None:
+            raise ValueError(f"phase must be None, 'teacher' or 'student' (with teacher=), got {phase!r}")
         student = student_forward(self.model, batch["student"])
-        teacher = teacher_forward(
-            self.model,
-            batch["teacher"],
-            budget=self.cfg.latent.num_latents,
-            lam=k.rkv_lambda,
-            method=k.compression,
-            with_ce=k.teacher_ce,
-            want_targets=want_targets,
-            separate_pass=k.teacher_targets == "separate_pass",
-            want_kv=k.alpha_kv > 0,
-        )
         loss = student.ce
         out = {"ce_student": student.ce.detach()}
-        if teacher.ce is not None:
+        if teacher.ce is not None and phase is None:
             loss = loss + teacher.ce
             out["ce_teacher"] = teacher.ce.detach()
         if k.alpha_codi > 0:

@@ -9,6 +9,7 @@ continues exactly where the interrupted one stopped (optimizer, scheduler, RNG r
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -106,6 +107,33 @@ def step_indices(step: int, n: int, cfg: KavaConfig, spe: int) -> list[int]:
     perm = torch.randperm(n, generator=g)
     G = cfg.train.global_batch_size
     return perm[offset * G : (offset + 1) * G].tolist()
+
+
+def forward_backward(objective, batch: dict, backward, no_sync=None) -> dict:
+    """One micro-batch: the objective's losses, and `backward(loss)` on their sum.
+
+    KaVa runs in two phases (`KavaObjective.two_phase`): the teacher's forward and the
+    backward of its CE, then the student's forward and the backward of the rest. The
+    gradients are those of one backward of the sum (the student only sees the teacher's
+    detached targets), but the teacher's activations are freed before the student's are
+    made, so the peak memory is that of the larger pass, not of both. `no_sync()` (DDP:
+    `accelerator.no_sync(objective)`) wraps the first phase, so gradients are reduced once.
+    """
+    inner = getattr(objective, "module", objective)
+    if not getattr(inner, "two_phase", lambda: False)():
+        losses = objective(batch)
+        backward(losses["loss"])
+        return losses
+    with no_sync() if no_sync is not None else contextlib.nullcontext():
+        first = objective(batch, phase="teacher")
+        if "loss" in first:
+            backward(first["loss"])
+    teacher = first.pop("teacher")
+    losses = objective(batch, phase="student", teacher=teacher)
+    backward(losses["loss"])
+    losses = {**first, **losses}
+    losses["loss"] = losses["loss"].detach() + (first["loss"].detach() if "loss" in first else 0)
+    return losses
 
 
 def _make_scheduler(optimizer, cfg: KavaConfig, total: int):
@@ -213,8 +241,8 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
             sync = a == sched.accumulation - 1
             ctx = accelerator.no_sync(objective) if not sync else _null()
             with ctx:
-                losses = objective(batch)
-                accelerator.backward(losses["loss"] / sched.accumulation)
+                losses = forward_backward(objective, batch, lambda loss: accelerator.backward(loss / sched.accumulation),
+                                          no_sync=lambda: accelerator.no_sync(objective))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / sched.accumulation
         grad_norm = accelerator.clip_grad_norm_(params, cfg.train.grad_clip)
