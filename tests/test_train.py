@@ -134,3 +134,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys, data_file):
     assert "training data file not found" in capsys.readouterr().err
     assert main(["train", "--config", str(cfg), "train.bogus=1"]) == 2
     assert "unknown key 'train.bogus'" in capsys.readouterr().err
+
+
+def test_validation_loss_is_logged(tmp_path, data_file):
+    cfg = _cfg(tmp_path, data_file, **{"train.max_steps": 2, "train.eval_every": 1, "data.val_size": 8,
+                                       "train.eval_max_examples": 4})
+    final = train(cfg, show_progress=False)
+    log = read_jsonl(final.parent / "train_log.jsonl")
+    val = [r for r in log if r.get("split") == "validation"]
+    assert [r["step"] for r in val] == [1, 2]
+    assert {"loss", "ce_student", "ce_teacher", "codi", "kv"} <= set(val[0])
+    assert all(r["loss"] > 0 for r in val)

@@ -130,6 +130,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(1, ge=1)
     save_every: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps")
     keep_last: int = Field(2, ge=1, description="step checkpoints kept on disk")
+    eval_every: int | None = Field(None, ge=1, description="validation loss every N optimizer steps (and at the end)")
+    eval_max_examples: int = Field(256, ge=1, description="validation examples used for the validation loss")
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
 
     @model_validator(mode="after")

@@ -184,10 +184,11 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
     is_main = accelerator.is_main_process
     log = (lambda *a: print(*a, file=sys.stderr)) if is_main else (lambda *a: None)
 
-    train_rows, _val_rows = load_training_examples(cfg.data)
+    train_rows, val_rows = load_training_examples(cfg.data)
     model, tok, builder = build_kava_model(cfg, accelerator.device, word_vocabulary=word_vocabulary_for(cfg))
     data, dropped = encode_dataset(train_rows, builder, cfg)
     log(f"kava: {len(data)} training examples ({dropped} dropped as longer than data.max_length={cfg.data.max_length})")
+    val_data = encode_dataset(val_rows, builder, cfg)[0][: cfg.train.eval_max_examples] if cfg.train.eval_every else []
     if not data:
         raise KavaError(f"every training example is longer than data.max_length={cfg.data.max_length}; raise it")
     if cfg.train.method == "kava" and cfg.kava.compression in ("rkv", "attention"):
@@ -266,6 +267,12 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
             bar.set_postfix(loss=f"{sums['loss']:.4f}")
             bar.update(1)
+        if val_data and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
+            val = validation_losses(objective, builder, val_data, cfg, accelerator)
+            if is_main:
+                append_jsonl(log_path, {"step": step + 1, "split": "validation", **val})
+                if trackers:
+                    accelerator.log({f"val_{k}": v for k, v in val.items()}, step=step + 1)
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < sched.total_steps:
             accelerator.wait_for_everyone()
             if is_main:
@@ -279,6 +286,31 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
     if trackers:
         accelerator.end_training()
     return final
+
+
+@torch.no_grad()
+def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, accelerator) -> dict:
+    """Mean of each loss term over the validation examples (eval mode, sharded over processes)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = data[rank::world]
+    micro = cfg.train.micro_batch_size
+    was_training = objective.training
+    objective.eval()
+    sums: dict[str, float] = {}
+    try:
+        for start in range(0, len(mine), micro):
+            items = mine[start : start + micro]
+            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device))
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(items)
+    finally:
+        objective.train(was_training)
+    keys = sorted(sums) or ["loss"]
+    t = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(len(mine))], device=accelerator.device)
+    if world > 1:
+        t = accelerator.reduce(t, reduction="sum")
+    count = max(float(t[-1]), 1.0)
+    return {k: round(float(v) / count, 6) for k, v in zip(keys, t[:-1].tolist())}
 
 
 class _null:
