@@ -33,7 +33,7 @@ def register(sub) -> None:
         epilog="example: kava demo --output-dir demo  (about 15 minutes on 2 CPU cores)",
     )
     p.add_argument("--output-dir", default="demo", help="where everything is written (default: demo)")
-    p.add_argument("--train-steps", type=int, default=30, help="KaVa optimizer steps (default: 30)")
+    p.add_argument("--train-steps", type=int, default=20, help="KaVa optimizer steps (default: 20)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step (default: 8)")
     p.add_argument("--eval-limit", type=int, default=16, help="questions per dataset (default: 16)")
     p.add_argument("--cot-max-new-tokens", type=int, default=96, help="CoT decoding budget (default: 96)")

@@ -20,7 +20,6 @@ hold on a noisy machine. Results go to the screen and to `--output` (JSON).
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 import sys
@@ -167,10 +166,7 @@ def measure_inference(
         raise KavaError("a base model has no latent tokens; benchmark a kava checkpoint or use --model")
     if lengths not in ("natural", "fixed"):
         raise KavaError(f"lengths must be natural or fixed, got {lengths!r}")
-    gen_builder = builder
     if lengths == "fixed":
-        gen_builder = copy.copy(builder)
-        gen_builder.eos_id = None  # decode exactly max_new_tokens
         cot_tokens = cot_tokens or DEFAULT_COT_TOKENS
         budget = {"latent": answer_tokens, "direct": answer_tokens, "cot": cot_tokens}
     else:
@@ -186,8 +182,8 @@ def measure_inference(
                 t0 = time.perf_counter()
                 gens = []
                 for start in range(0, len(questions), bs):
-                    gens += generate(model, gen_builder, questions[start:start + bs], mode=mode,
-                                     max_new_tokens=budget[mode])
+                    gens += generate(model, builder, questions[start:start + bs], mode=mode,
+                                     max_new_tokens=budget[mode], ignore_eos=lengths == "fixed")
                 _sync(device)
                 dt = time.perf_counter() - t0
                 if rep >= warmup:

@@ -110,7 +110,9 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     return_latents: bool = False,
+    ignore_eos: bool = False,
 ) -> list[Generation]:
+    """ignore_eos: decode exactly max_new_tokens (speed benchmarks of untrained models)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     if not questions:
@@ -154,7 +156,7 @@ def generate(
         cache = out.past_key_values
     for b in range(len(questions)):
         passes[b] += 1
-    eos_ids = stop_token_ids(model, builder)
+    eos_ids = set() if ignore_eos else stop_token_ids(model, builder)
     tokens = _decode_loop(model, cache, mask, out.logits[:, -1], passes, max_new, eos_ids, temperature, top_p, generator)
     tok = builder.tok
     return [

@@ -53,6 +53,11 @@ class _PassLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def replays_layers(model) -> bool:
+    """Whether `model`'s forward runs checkpointed layers that the backward pass replays."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def pass_cache(kv: KV | None, config) -> DynamicCache:
     """A cache for one training forward pass over `kv` (None: no prefix).
 

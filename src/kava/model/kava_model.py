@@ -58,14 +58,18 @@ def _fast_trainable_tokens_class():
                 return super().forward_adapters(x, active_adapters, *args, **kwargs)
             self._check_overlapping_tokens(active_adapters)
             rows = [i for a in active_adapters for i in self.token_indices[a]]
-            index = torch.tensor(rows, device=base.weight.device)
+            key = (tuple(rows), base.weight.device)
+            cached = self.__dict__.get("_kava_index")
+            if cached is None or cached[0] != key:  # (no host-to-device copy per call)
+                cached = self.__dict__["_kava_index"] = (key, torch.tensor(rows, device=base.weight.device))
+            index = cached[1]
             delta = torch.cat([self.trainable_tokens_delta[a].to(base.weight) for a in active_adapters])
             if isinstance(base, nn.Embedding):
                 if base.max_norm is not None or base.scale_grad_by_freq or base.sparse or base.padding_idx in rows:
                     return super().forward_adapters(x, active_adapters)
                 out = torch.nn.functional.embedding(x, base.weight, padding_idx=base.padding_idx)
                 match = x[..., None] == index  # [..., K]
-                slot = match.to(torch.int8).argmax(-1)  # (no host sync: always taken, as peft's output always has a grad)
+                slot = match.long().argmax(-1)  # (no host sync: always taken, as peft's output always has a grad)
                 out = torch.where(match.any(-1)[..., None], delta[slot], out)
                 scale = self._get_embed_scale()
                 return out * scale.to(out.dtype) if scale is not None else out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kava.model.cache import KV, cache_from_kv, kv_of, pass_cache, slice_kv
+from kava.model.cache import KV, cache_from_kv, kv_of, pass_cache, replays_layers, slice_kv
 from kava.model.kava_model import KavaModel
 from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
 
@@ -45,20 +45,22 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
     q_emb = model.embed(q_ids)
     lat = model.latent_embeddings(B).expand(B, M, -1).to(q_emb.dtype)
     mask = extend_mask(q_mask, M)
+    # Under gradient checkpointing every pass gets a replay-safe cache, read from the object
+    # itself (some models return none then); else pass 0 lets the model make its own.
+    cache = pass_cache(None, model.config) if replays_layers(model) else None
     out = model.lm(
         inputs_embeds=torch.cat([q_emb, lat], dim=1),
         attention_mask=mask,
         position_ids=position_ids_from_mask(mask),
-        past_key_values=pass_cache(None, model.config),
+        past_key_values=cache,
         use_cache=True,
         output_hidden_states=True,
-        logits_to_keep=1,
+        logits_to_keep=no_logits(model, q_ids.device),
     )
     hidden = out.hidden_states[-1][:, Lq:]
-    full_kv = kv_of(out.past_key_values)
-    prefix_kv = slice_kv(full_kv, 0, Lq)
+    cache = out.past_key_values if cache is None else cache
+    prefix_kv = slice_kv(kv_of(cache), 0, Lq)
     latent_pos = positions_for_new(mask, M)
-    cache = out.past_key_values
     for _ in range(T):
         cache = pass_cache(prefix_kv, model.config)
         out = model.lm(
@@ -68,10 +70,9 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
             past_key_values=cache,
             use_cache=True,
             output_hidden_states=True,
-            logits_to_keep=1,
+            logits_to_keep=no_logits(model, q_ids.device),
         )
         hidden = out.hidden_states[-1]
-        cache = out.past_key_values
     final_kv = kv_of(cache)  # (pass caches serve one pass: hand on a plain cache over the same tensors)
     return LatentState(cache=cache_from_kv(final_kv, model.config), mask=mask, hidden=hidden,
                        latent_kv=slice_kv(final_kv, Lq, None), passes=1 + T)
@@ -105,33 +106,39 @@ def student_forward(model: KavaModel, batch: dict[str, torch.Tensor]) -> Student
     return StudentOutput(ce=ce, latent_kv=state.latent_kv, codi_hidden=codi, logits=out.logits)
 
 
-# Architectures whose logits are exactly lm_head(last hidden state) (no soft-capping or scaling).
-_PLAIN_HEAD_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+# Architectures whose causal-LM forward slices `logits_to_keep` with transformers'
+# `slice_logits_to_keep` (a bool [B, S] mask: packed rows; an empty index: no rows).
+_SLICING_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def _slices_logits(model: KavaModel) -> bool:
+    return getattr(model.config.get_text_config(), "model_type", None) in _SLICING_TYPES
+
+
+def no_logits(model: KavaModel, device) -> torch.Tensor | int:
+    """`logits_to_keep` for a pass whose logits are not used (the latent passes): no vocabulary
+    projection at all where the architecture allows it, else the last position only."""
+    return torch.zeros(0, dtype=torch.long, device=device) if _slices_logits(model) else 1
 
 
 def lm_with_ce(model: KavaModel, labels: torch.Tensor, **kwargs):
     """(output of model.lm(**kwargs), mean next-token CE on `labels`).
 
-    Equal to `causal_ce(model.lm(**kwargs).logits, labels)`, but for the plain-head
-    architectures the vocabulary projection is computed only at the positions whose next
-    token is labelled (the CoT, P and A of a teacher sequence: not the question, not the
-    padding), from the final hidden state; `out.logits` then holds the last position only.
-    This saves the head's FLOPs and the [B, S, V] logits (and their float32 copy and
-    gradient) on every unlabelled position.
+    Equal to `causal_ce(model.lm(**kwargs).logits, labels)`, but the vocabulary projection
+    is computed only at the positions whose next token is labelled (the CoT, P and A of a
+    teacher sequence: not the question, not the padding): `out.logits` is then [N, V] over
+    those positions in order. This saves the head's FLOPs and the [B, S, V] logits (and
+    their float32 copy and gradient) on every unlabelled position.
     """
-    if getattr(model.config.get_text_config(), "model_type", None) not in _PLAIN_HEAD_TYPES:
-        out = model.lm(**kwargs)
-        return out, causal_ce(out.logits, labels)
-    out = model.lm(**{**kwargs, "output_hidden_states": True, "logits_to_keep": 1})
-    return out, labelled_ce(model, out.hidden_states[-1], labels)
-
-
-def labelled_ce(model: KavaModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """causal_ce(lm_head(hidden), labels), the head run on the labelled positions only."""
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = model.backbone.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), target[keep])
+    if _slices_logits(model):
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        out = model.lm(**kwargs, logits_to_keep=keep)
+        if out.logits.dim() == 2:
+            return out, F.cross_entropy(out.logits.float(), labels[:, 1:][keep[:, :-1]])
+        return out, causal_ce(out.logits, labels)  # pragma: no cover - a model that ignored the mask
+    out = model.lm(**kwargs)
+    return out, causal_ce(out.logits, labels)
 
 
 def causal_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

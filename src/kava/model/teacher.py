@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from kava.compression import RKVSelection, rkv_select
-from kava.model.cache import kv_of, pass_cache
+from kava.model.cache import kv_of, pass_cache, replays_layers
 from kava.model.capture import capture_importance, enable_capture
 from kava.model.kava_model import KavaModel
 from kava.model.positions import position_ids_from_mask
@@ -30,20 +30,22 @@ class TeacherOutput:
 def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want_kv: bool = True, with_ce: bool = False):
     """(model output, importance or None, CE or None)."""
     mask = batch["attention_mask"]
+    cache = pass_cache(None, model.config) if want_targets and replays_layers(model) else None
     kwargs = dict(
         input_ids=batch["input_ids"],
         attention_mask=mask,
         position_ids=position_ids_from_mask(mask),
         use_cache=want_targets,
-        past_key_values=pass_cache(None, model.config) if want_targets else None,
+        past_key_values=cache,
         output_hidden_states=want_targets,
     )
     needs_importance = want_targets and want_kv and method in ("rkv", "attention")
 
     def run():
-        if with_ce:
-            return lm_with_ce(model, batch["labels"], **kwargs)
-        return model.lm(**kwargs), None
+        out, ce = lm_with_ce(model, batch["labels"], **kwargs) if with_ce else (model.lm(**kwargs), None)
+        if cache is not None:
+            out.past_key_values = cache  # (some models return none under gradient checkpointing)
+        return out, ce
 
     if needs_importance:
         enable_capture(model.backbone)  # idempotent; numerically identical attention
