@@ -126,8 +126,7 @@ def test_seeds_give_mean_and_std(tmp_path, capsys):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["bench", "quality", "--only", "nonsense"])
+    assert main(["bench", "quality", "--only", "kava,nonsense", "--output-dir", str(tmp_path)]) == 2
     assert main(["bench", "quality", "--seeds", "0", "--output-dir", str(tmp_path)]) == 2
     with pytest.raises(KavaError):
         quality.held_out_examples(quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path,
@@ -146,3 +145,13 @@ def test_gap_closed_in_summary():
     assert s["methods"]["kava"]["forward_pass_ratio_to_cot"] == pytest.approx(0.16)
     assert s["methods"]["no_cot"]["gap_closed"] is None
     assert "| KaVa | latent | 70.0 | 8.0 | 0.16 | 75% |" in quality.format_table(s)
+
+
+def test_other_settings_in_the_same_dir_are_refused_and_finished_runs_join_the_table(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert _bench(out, "--only", "no_cot") == 0
+    assert _bench(out, "--only", "no_cot", "--steps", "3") == 2  # another budget: not mixed in
+    capsys.readouterr()
+    assert _bench(out, "--only", "kava") == 0
+    printed = capsys.readouterr().out
+    assert "| No-CoT |" in printed and "| KaVa |" in printed  # the earlier run is in the table

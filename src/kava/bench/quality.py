@@ -82,7 +82,7 @@ def register(sub) -> None:
     p.add_argument("--output-dir", default="runs/bench_quality", help="where runs and tables go (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per method (default: 1)")
     p.add_argument("--ablations", action="store_true", help="also the compression, CODI, projection and last-step ablations")
-    p.add_argument("--only", nargs="+", metavar="RUN", choices=sorted(ALL_RUNS), help="only these runs")
+    p.add_argument("--only", metavar="RUN[,RUN...]", help=f"only these runs, comma-separated: {', '.join(ALL_RUNS)}")
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's train.max_steps)")
     p.add_argument("--test-size", type=int, help="held-out test problems (default: the config's data.synthetic.num_test)")
     p.add_argument("--threads", type=int, default=1,
@@ -98,7 +98,11 @@ def _cmd_quality(args) -> int:
         raise KavaError(f"--seeds must be at least 1, got {args.seeds}")
     runs = list(BASELINES + (ABLATIONS if args.ablations else ()))
     if args.only:
-        runs = [ALL_RUNS[n] for n in args.only]
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in ALL_RUNS]
+        if unknown or not names:
+            raise KavaError(f"--only: unknown run {', '.join(unknown) or '(none)'}; choose from {', '.join(ALL_RUNS)}")
+        runs = [ALL_RUNS[n] for n in names]
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.max_steps={args.steps}")
@@ -204,22 +208,53 @@ def run_quality(
         for run in runs:
             run_dir = out / "runs" / f"{run.name}-seed{seed}"
             done = run_dir / "result.json"
+            cfg = run_config(config, run, seed, run_dir, overrides)
+            if not _same_config(run_dir, cfg):
+                raise KavaError(f"{run_dir} holds a run made with another config (steps, task or overrides differ); "
+                                "use another --output-dir")
             if done.is_file():
                 result = json.loads(done.read_text())
                 print(f"quality: {run.name} seed {seed}: done earlier ({result['accuracy']:.1f}%)", file=sys.stderr)
             else:
                 print(f"quality: {run.name} seed {seed}: training", file=sys.stderr)
-                cfg = run_config(config, run, seed, run_dir, overrides)
                 result = train_and_evaluate(cfg, run, eval_batch_size, progress)
                 print(f"quality: {run.name} seed {seed}: {result['accuracy']:.1f}% "
                       f"({result['forward_passes_mean']:.1f} forward passes)", file=sys.stderr)
             results.append(result)
-    summary = summarize(results, runs)
+    results += _other_finished_runs(config, out, overrides, results)
+    order = {name: i for i, name in enumerate(ALL_RUNS)}
+    results.sort(key=lambda r: (order.get(r["run"], len(order)), r["seed"]))
+    summary = summarize(results, [r for r in ALL_RUNS.values() if any(x["run"] == r.name for x in results)])
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - t_start, 1)
     summary["table"] = format_table(summary)
     atomic_write_json(out / "results.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
     atomic_write_text(out / "results.md", summary["table"] + "\n")
     return summary
+
+
+def _same_config(run_dir: Path, cfg) -> bool:
+    """True unless run_dir holds a run whose saved config differs from `cfg`."""
+    import yaml
+
+    from kava.config import config_to_dict
+
+    saved = run_dir / "config.yaml"
+    return not saved.is_file() or yaml.safe_load(saved.read_text()) == config_to_dict(cfg)
+
+
+def _other_finished_runs(config, out: Path, overrides: list[str], results: list[dict]) -> list[dict]:
+    """Finished runs of earlier invocations (say, with --only) made with the same settings, for one table."""
+    import json
+
+    have = {(r["run"], r["seed"]) for r in results}
+    found = []
+    for path in sorted((out / "runs").glob("*-seed*/result.json")):
+        r = json.loads(path.read_text())
+        if r.get("run") not in ALL_RUNS or (r["run"], r["seed"]) in have:
+            continue
+        if _same_config(path.parent, run_config(config, ALL_RUNS[r["run"]], r["seed"], path.parent, overrides)):
+            found.append(r)
+    return found
 
 
 def summarize(results: list[dict], runs: list[Run]) -> dict:

@@ -1,0 +1,766 @@
+"""Run one config over several seeds, resiliently, and estimate what a reproduction costs.
+
+:func:`run_sweep` lays out ``<output_dir>/<run-name>/seed_<s>/`` and, per seed, runs
+
+* training:   ``python -m kava train --config CONFIG --output-dir SEEDDIR --seed S --no-progress [overrides]``
+  (expected to produce ``SEEDDIR/checkpoint-final/`` and ``SEEDDIR/train_log.jsonl``), output
+  appended to ``SEEDDIR/train.out``;
+* evaluation: ``python -m kava evaluate --checkpoint SEEDDIR/checkpoint-final --datasets D1 D2
+  --output-dir SEEDDIR --no-progress [eval_args]`` (expected to produce ``SEEDDIR/results_<D>.yaml``),
+  output appended to ``SEEDDIR/eval.out``.
+
+Each is a separate process, so a crash in one seed never takes the others down.
+
+Resuming: the results files are the source of truth. A seed with a readable results file
+for every requested dataset is skipped (its ``status.yaml`` is set to done); otherwise
+training runs only if ``checkpoint-final/`` is missing (with ``--resume`` when an
+interrupted training left ``checkpoint-<step>/`` folders, so it continues from the last
+one) and evaluation runs only for the datasets whose results are missing or unreadable. So re-running the same command retries
+exactly what is missing or failed.
+
+``SEEDDIR/status.yaml``::
+
+    seed: 42
+    train: done | failed | pending
+    eval: done | failed | pending
+    error: null | "evaluation failed (exit code 1); log: .../eval.out\\n<last lines of the log>"
+    device: "0" | null            # CUDA_VISIBLE_DEVICES it last ran with
+    updated: 2026-01-01T12:00:00  # local time
+
+``<run>/run.yaml``::
+
+    run_name, config (path as given), config_sha256, model, train_data,
+    seeds: [...], datasets: [...]   # union over every sweep of this run
+    overrides: [...], eval_args: [...], created, updated
+
+The run's ``config_sha256`` and ``overrides`` guard it: a sweep that would train more
+seeds of the same run from a different config file content or different overrides is
+refused (KavaError), so one run never mixes two recipes. Use another ``run_name``.
+
+After every seed the run's summary files are rewritten (see
+:func:`kava.experiments.aggregate.write_run_summary`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import os
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kava.errors import KavaError
+from kava.experiments.aggregate import (
+    read_results_file,
+    read_yaml_mapping,
+    results_path,
+    write_run_summary,
+    write_yaml_readable,
+)
+from kava.io import atomic_write_yaml
+
+CHECKPOINT_DIR = "checkpoint-final"
+TRAIN_LOG = "train.out"
+EVAL_LOG = "eval.out"
+STATUS_FILE = "status.yaml"
+RUN_FILE = "run.yaml"
+#: Lines of a failed process's log kept in ``status.yaml``'s ``error``.
+ERROR_TAIL_LINES = 20
+
+Runner = Callable[[list[str], dict[str, str], Path], int]
+
+
+def subprocess_runner(argv: list[str], env: dict[str, str], log_path: Path) -> int:
+    """Default runner: run ``argv`` with ``env``, stdout and stderr appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return proc.returncode
+
+
+def train_command(config: str | os.PathLike, seed_dir: Path, seed: int, overrides: Sequence[str] = (),
+                  resume: bool = False) -> list[str]:
+    return [sys.executable, "-m", "kava", "train", "--config", str(config), "--output-dir", str(seed_dir),
+            "--seed", str(seed), "--no-progress", *(["--resume"] if resume else []), *overrides]
+
+
+_STEP_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_step_checkpoint(seed_dir: Path) -> str | None:
+    """Name of the latest ``checkpoint-<step>/`` an interrupted training left, if any."""
+    try:
+        found = [(int(m.group(1)), e.name) for e in os.scandir(seed_dir)
+                 if (m := _STEP_CHECKPOINT_RE.match(e.name)) and e.is_dir()]
+    except OSError:
+        return None
+    return max(found)[1] if found else None
+
+
+def eval_command(seed_dir: Path, datasets: Sequence[str], eval_args: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "kava", "evaluate", "--checkpoint", str(seed_dir / CHECKPOINT_DIR),
+            "--datasets", *datasets, "--output-dir", str(seed_dir), "--no-progress", *eval_args]
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _now() -> str:
+    return _dt.datetime.now().replace(microsecond=0).isoformat()
+
+
+def validate_seeds(seeds: Iterable[Any]) -> list[int]:
+    """Seeds as ints, in the order given; KavaError if empty, negative, not ints, or repeated."""
+    if isinstance(seeds, (str, bytes)) or isinstance(seeds, int):
+        seeds = [seeds]
+    out: list[int] = []
+    for s in seeds:
+        if isinstance(s, bool):
+            raise KavaError(f"seed {s!r} is not an integer")
+        try:
+            v = int(str(s).strip()) if not isinstance(s, int) else s
+        except ValueError:
+            raise KavaError(f"seed {s!r} is not an integer") from None
+        if v < 0:
+            raise KavaError(f"seed {v} is negative; use seeds >= 0")
+        if v in out:
+            raise KavaError(f"seed {v} is given twice; give each seed once")
+        out.append(v)
+    if not out:
+        raise KavaError("no seeds given; pass at least one, e.g. --seeds 42 43 44")
+    return out
+
+
+def _validate_devices(devices: Any) -> list[str | None]:
+    if devices is None:
+        return [None]
+    if isinstance(devices, str):
+        devices = devices.split(",")
+    elif isinstance(devices, int):
+        devices = [devices]
+    out: list[str] = []
+    for d in devices:
+        d = str(d).strip()
+        if not d:
+            continue
+        if d in out:
+            raise KavaError(f"device {d} is given twice; give each device once")
+        out.append(d)
+    return out or [None]
+
+
+def _is_dataset_file(name: str) -> bool:
+    return name.lower().endswith(".jsonl")
+
+
+def dataset_key(name: str) -> str:
+    """The ``<key>`` of ``results_<key>.yaml`` that ``kava evaluate`` writes for a dataset:
+    its name, or a ``.jsonl`` file's stem (as ``kava evaluate`` names it)."""
+    if _is_dataset_file(name):
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem) or "dataset"
+    return name
+
+
+def _validate_datasets(datasets: Any, required: bool) -> list[str]:
+    """Dataset names (``gsm8k``) or ``.jsonl`` files (made absolute: the sweep may be
+    resumed from another folder)."""
+    if datasets is None:
+        datasets = []
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    out: list[str] = []
+    keys: dict[str, str] = {}
+    for d in datasets:
+        d = str(d).strip()
+        if d and _is_dataset_file(d):
+            if not Path(d).is_file():
+                raise KavaError(f"dataset file not found: {d}")
+            d = str(Path(d).resolve())
+        elif not d or "/" in d or "\\" in d or any(c.isspace() for c in d):
+            raise KavaError(f"invalid dataset name {d!r} (give a dataset name such as gsm8k, or a .jsonl file)")
+        key = dataset_key(d)
+        if key in keys and keys[key] != d:
+            raise KavaError(f"datasets {keys[key]} and {d} would share results_{key}.yaml; rename one")
+        keys[key] = d
+        if d not in out:
+            out.append(d)
+    if required and not out:
+        raise KavaError("no datasets given; pass e.g. --datasets gsm8k gsm8k-hard svamp")
+    return out
+
+
+def _validate_run_name(name: str) -> str:
+    name = str(name).strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise KavaError(f"invalid run name {name!r}: use a plain folder name")
+    return name
+
+
+def _get(d: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """``_get(cfg, "model.name")``: nested lookup, falling back to a literal dotted key."""
+    cur: Any = d
+    for part in dotted.split("."):
+        if isinstance(cur, Mapping) and part in cur:
+            cur = cur[part]
+        else:
+            return d.get(dotted, default) if isinstance(d, Mapping) else default
+    return default if cur is None else cur
+
+
+def _as_dict(config: Any) -> dict:
+    if hasattr(config, "model_dump"):  # a pydantic config object
+        config = config.model_dump()
+    if not isinstance(config, Mapping):
+        raise KavaError(f"config must be a mapping, found {type(config).__name__}")
+    return dict(config)
+
+
+def load_config(path: str | os.PathLike) -> tuple[dict, str]:
+    """Read a YAML config as a plain dict; also return the sha256 of its bytes."""
+    p = Path(path)
+    if not p.is_file():
+        raise KavaError(f"config file not found: {p}")
+    try:
+        raw = p.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise KavaError(f"cannot read config {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return _as_dict(data), hashlib.sha256(raw).hexdigest()
+
+
+def _override_value(overrides: Sequence[str], key: str) -> str | None:
+    """Value of ``key=VALUE`` (or ``--key=VALUE``) among the overrides, last one wins."""
+    value = None
+    for tok in overrides:
+        k, sep, v = str(tok).lstrip("-").partition("=")
+        if sep and k == key:
+            value = v
+    return value
+
+
+# ------------------------------------------------------------------------ the sweep
+
+
+class _Sweep:
+    def __init__(self, *, config: Path, run_dir: Path, run_name: str, datasets: list[str], train_only: bool,
+                 eval_only: bool, overrides: list[str], eval_args: list[str], runner: Runner,
+                 progress: Callable[[str], None]):
+        self.config = config
+        self.run_dir = run_dir
+        self.run_name = run_name
+        self.datasets = datasets
+        self.train_only = train_only
+        self.eval_only = eval_only
+        self.overrides = overrides
+        self.eval_args = eval_args
+        self.runner = runner
+        self.progress = progress
+        self.summary_lock = threading.Lock()
+
+    # -- helpers
+    def _say(self, seed: int, device: str | None, msg: str) -> None:
+        dev = f" [device {device}]" if device is not None else ""
+        self.progress(f"[{self.run_name}] seed {seed}{dev}: {msg}")
+
+    def _write_status(self, seed_dir: Path, status: dict) -> None:
+        status["updated"] = _now()
+        write_yaml_readable(seed_dir / STATUS_FILE, status)
+
+    def _results_ok(self, seed_dir: Path, dataset: str) -> bool:
+        path = results_path(seed_dir, dataset_key(dataset))
+        if not path.is_file():
+            return False
+        try:
+            read_results_file(path)
+        except ValueError:
+            return False
+        return True
+
+    def _run(self, what: str, argv: list[str], seed_dir: Path, log_name: str, device: str | None) -> str | None:
+        """Run one step; None on success (exit code 0), else the error text for status.yaml."""
+        log_path = seed_dir / log_name
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        with open(log_path, "a", encoding="utf-8") as log:
+            dev = f" CUDA_VISIBLE_DEVICES={device}" if device is not None else ""
+            log.write(f"\n===== {_now()} {what}:{dev} {shlex.join(argv)}\n")
+        start = log_path.stat().st_size
+        try:
+            rc = self.runner(list(argv), env, log_path)
+        except Exception as e:  # a runner that cannot start the process: record it, go on
+            return f"{what} could not be run: {type(e).__name__}: {e}"
+        if rc == 0:
+            return None
+        how = f"killed by signal {-rc}" if isinstance(rc, int) and rc < 0 else f"exit code {rc}"
+        return f"{what} failed ({how}); log: {log_path}{_log_tail(log_path, start)}"
+
+    # -- one seed
+    def run_seed(self, seed: int, device: str | None) -> dict:
+        seed_dir = self.run_dir / f"seed_{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        old = read_yaml_mapping(seed_dir / STATUS_FILE)
+        status = {
+            "seed": seed,
+            "train": old.get("train", "pending"),
+            "eval": old.get("eval", "pending"),
+            "error": old.get("error"),
+            "device": device,
+        }
+        ckpt = seed_dir / CHECKPOINT_DIR
+        ran: list[str] = []
+
+        def finish(action: str) -> dict:
+            self._write_status(seed_dir, status)
+            return {**status, "action": action, "ran": ran}
+
+        # Already complete?
+        if self.train_only:
+            if ckpt.is_dir():
+                status.update(train="done", error=None)
+                self._say(seed, device, f"skipped: {CHECKPOINT_DIR} exists")
+                return finish("skipped")
+            missing: list[str] = []
+        else:
+            missing = [d for d in self.datasets if not self._results_ok(seed_dir, d)]
+            if not missing:
+                status.update(train="done", eval="done", error=None)
+                self._say(seed, device, "skipped: results exist for every dataset")
+                return finish("skipped")
+
+        # Training (only when there is no checkpoint yet).
+        if ckpt.is_dir():
+            status["train"] = "done"
+        elif self.eval_only:
+            status.update(eval="failed", error=(
+                f"no checkpoint at {ckpt}; train this seed first (run the sweep without --eval-only)"))
+            self._say(seed, device, f"FAILED: no {CHECKPOINT_DIR} to evaluate")
+            return finish("failed")
+        else:
+            status.update(train="pending", error=None)
+            if not self.train_only:
+                status["eval"] = "pending"
+            self._write_status(seed_dir, status)
+            step_ckpt = last_step_checkpoint(seed_dir)  # an interrupted training: continue it
+            what = f"resuming training from {step_ckpt}" if step_ckpt else "training"
+            self._say(seed, device, f"{what} (log: {seed_dir / TRAIN_LOG})")
+            ran.append("train")
+            err = self._run("training", train_command(self.config, seed_dir, seed, self.overrides,
+                                                      resume=step_ckpt is not None),
+                            seed_dir, TRAIN_LOG, device)
+            if err is None and not ckpt.is_dir():
+                err = f"training exited 0 but wrote no {ckpt}; see {seed_dir / TRAIN_LOG}"
+            if err is not None:
+                status.update(train="failed", error=err)
+                self._say(seed, device, f"FAILED: {err.splitlines()[0]}")
+                return finish("failed")
+            status["train"] = "done"
+
+        if self.train_only:
+            status["error"] = None
+            self._say(seed, device, "trained")
+            return finish("ran")
+
+        # Evaluation of the datasets still missing.
+        status.update(eval="pending", error=None)
+        self._write_status(seed_dir, status)
+        self._say(seed, device, f"evaluating {' '.join(missing)} (log: {seed_dir / EVAL_LOG})")
+        ran.append("eval")
+        err = self._run("evaluation", eval_command(seed_dir, missing, self.eval_args), seed_dir, EVAL_LOG, device)
+        still = [d for d in missing if not self._results_ok(seed_dir, d)]
+        if err is None and still:
+            err = (f"evaluation exited 0 but wrote no readable results for {', '.join(still)}; "
+                   f"see {seed_dir / EVAL_LOG}")
+        elif err is not None and still != missing:
+            err += f"\n(results written for {', '.join(d for d in missing if d not in still)}; missing: {', '.join(still)})"
+        if err is not None:
+            status.update(eval="failed", error=err)
+            self._say(seed, device, f"FAILED: {err.splitlines()[0]}")
+            return finish("failed")
+        status.update(eval="done", error=None)
+        self._say(seed, device, "done")
+        return finish("ran")
+
+    def run_seed_and_summarize(self, seed: int, device: str | None) -> dict:
+        result = self.run_seed(seed, device)
+        with self.summary_lock:
+            write_run_summary(self.run_dir)
+        return result
+
+
+def _log_tail(log_path: Path, start: int, n: int = ERROR_TAIL_LINES, max_chars: int = 4000) -> str:
+    """The last ``n`` non-empty lines written to ``log_path`` after byte ``start``."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()][-n:]
+    tail = "\n".join(lines)[-max_chars:]
+    return f"\nlast lines of the log:\n{tail}" if tail else "\n(the log is empty)"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _update_run_yaml(run_dir: Path, *, run_name: str, config: Path, sha: str | None, cfg: dict, seeds: list[int],
+                     datasets: list[str], overrides: list[str], eval_args: list[str], check: bool) -> dict:
+    path = run_dir / RUN_FILE
+    old = read_yaml_mapping(path)
+    if check and old:
+        if old.get("config_sha256") and sha and old["config_sha256"] != sha:
+            raise KavaError(
+                f"{run_dir} was started from a different config (its run.yaml records {old.get('config')} with "
+                f"other content than {config}); mixing them would mix two recipes in one table. "
+                f"Pass another run name, or delete {path} if the change does not matter")
+        if "overrides" in old and list(old.get("overrides") or []) != list(overrides):
+            raise KavaError(
+                f"{run_dir} was started with overrides {list(old.get('overrides') or [])}, not {list(overrides)}; "
+                f"pass the same overrides, another run name, or delete {path}")
+    model = _override_value(overrides, "model.name") or _get(cfg, "model.name")
+    data = _override_value(overrides, "data.dataset") or _get(cfg, "data.dataset")
+    all_seeds = list(old.get("seeds") or []) if isinstance(old.get("seeds"), list) else []
+    all_seeds += [s for s in seeds if s not in all_seeds]
+    all_ds = list(old.get("datasets") or []) if isinstance(old.get("datasets"), list) else []
+    all_ds += [d for d in datasets if d not in all_ds]
+    meta = {
+        "run_name": run_name,
+        "config": str(config) if check or not old.get("config") else old["config"],
+        "config_sha256": sha or old.get("config_sha256"),
+        "model": str(model) if model else old.get("model", "?"),
+        "train_data": str(data) if data else old.get("train_data", "?"),
+        "seeds": all_seeds,
+        "datasets": all_ds,
+        "overrides": list(overrides) if check or "overrides" not in old else old["overrides"],
+        "eval_args": list(eval_args),
+        "created": old.get("created", _now()),
+        "updated": _now(),
+    }
+    atomic_write_yaml(path, meta)
+    return meta
+
+
+def run_sweep(
+    config: str | os.PathLike,
+    seeds: Iterable[int],
+    output_dir: str | os.PathLike,
+    datasets: Iterable[str] | None,
+    devices: Iterable[str] | str | None = None,
+    train_only: bool = False,
+    eval_only: bool = False,
+    run_name: str | None = None,
+    overrides: Sequence[str] = (),
+    eval_args: Sequence[str] = (),
+    runner: Runner | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Train and evaluate ``config`` once per seed under ``output_dir/<run_name>/seed_<s>/``.
+
+    ``devices``: e.g. ``["0", "1"]`` (or ``"0,1"``) runs seeds in parallel, one process
+    per device at a time, each with ``CUDA_VISIBLE_DEVICES`` set to its device; with one
+    device seeds run one after another on it; with none, one after another with the
+    environment untouched. ``runner(argv, env, log_path) -> exit code`` replaces the
+    subprocess call (tests). ``progress`` receives one-line progress messages (default:
+    stderr).
+
+    Returns ``{"run_name", "run_dir", "seeds": {seed: {seed, train, eval, error, device,
+    action ("skipped" | "ran" | "failed"), ran ([] / ["train"] / ["train", "eval"])}},
+    "done", "skipped", "failed" (lists of seeds), "n_failed", "summary"}``; the CLI
+    should exit non-zero when ``n_failed`` > 0. Raises KavaError for user mistakes
+    (seed given twice, missing config, both --train-only and --eval-only, ...).
+    """
+    if train_only and eval_only:
+        raise KavaError("--train-only and --eval-only exclude each other")
+    seed_list = validate_seeds(seeds)
+    ds_list = _validate_datasets(datasets, required=not train_only)
+    device_list = _validate_devices(devices)
+    overrides = [str(o) for o in (overrides or ())]
+    eval_args = [str(a) for a in (eval_args or ())]
+    config = Path(config)
+    name = _validate_run_name(run_name if run_name is not None else config.stem)
+
+    if eval_only:
+        try:
+            cfg, sha = load_config(config)
+        except KavaError:
+            cfg, sha = {}, None  # the config is not needed to evaluate existing checkpoints
+    else:
+        cfg, sha = load_config(config)
+        config = config.resolve()
+
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise KavaError(f"output directory {out} is a file")
+    run_dir = (out / name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _update_run_yaml(run_dir, run_name=name, config=config, sha=sha, cfg=cfg, seeds=seed_list,
+                     datasets=ds_list, overrides=overrides, eval_args=eval_args, check=not eval_only)
+
+    sweep = _Sweep(config=config, run_dir=run_dir, run_name=name, datasets=ds_list, train_only=train_only,
+                   eval_only=eval_only, overrides=overrides, eval_args=eval_args,
+                   runner=runner or subprocess_runner, progress=progress or _stderr)
+
+    results: dict[int, dict] = {}
+    if len(device_list) <= 1:
+        for s in seed_list:
+            results[s] = sweep.run_seed_and_summarize(s, device_list[0])
+    else:
+        todo: queue.Queue[int] = queue.Queue()
+        for s in seed_list:
+            todo.put(s)
+        errors: list[BaseException] = []
+
+        def worker(device: str) -> None:
+            while True:
+                try:
+                    s = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[s] = sweep.run_seed_and_summarize(s, device)
+                except BaseException as e:  # a bug, not a failed seed: stop this worker, re-raise below
+                    errors.append(e)
+                    return
+
+        threads = [threading.Thread(target=worker, args=(d,), name=f"kava-sweep-device-{d}", daemon=True)
+                   for d in device_list[: len(seed_list)]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    with sweep.summary_lock:
+        summary = write_run_summary(run_dir)
+    ordered = {s: results[s] for s in seed_list}
+    failed = [s for s, r in ordered.items() if r["action"] == "failed"]
+    return {
+        "run_name": name,
+        "run_dir": str(run_dir),
+        "seeds": ordered,
+        "done": [s for s, r in ordered.items() if r["action"] == "ran"],
+        "skipped": [s for s, r in ordered.items() if r["action"] == "skipped"],
+        "failed": failed,
+        "n_failed": len(failed),
+        "summary": summary,
+    }
+
+
+# ------------------------------------------------------------------ reproduction plan
+
+# Rough estimates, documented as such: the point is the order of magnitude (hours vs
+# days), not a schedule. Every token a training step processes is priced as one
+# forward+backward token (the teacher's pass runs with gradient, SPEC.md §3; so do the
+# student's passes, SPEC.md §2). Per training example (method kava):
+#
+#   teacher tokens  = avg_tokens                       (Q + CoT + P + A)
+#   student tokens  = question_tokens + (T + 1) * M + ANSWER_PASS_TOKENS
+#                     (pass 0 over Q + <bot> + M latents, T Jacobi passes over the M
+#                      latents, then <eot> + P + A)
+#   tokens/example  = teacher + student   (method cot: teacher only; direct: Q + P + A)
+#   train_tokens    = epochs * rows * tokens/example
+#                     (with train.max_steps set: max_steps * global_batch_size replaces epochs * rows)
+#   gpu_hours       = train_tokens / (TOKENS_PER_SECOND_1B / params_in_billions) / 3600
+#
+# with T = latent.num_iterations and M = latent.num_latents. Evaluation is not included
+# (minutes per dataset). Short latent passes run below peak throughput, which the
+# throughput constant is meant to absorb.
+
+#: Training throughput (tokens/s, forward+backward, bf16 weights, LoRA) of a 1B-parameter
+#: model on one A100-80GB / H100; assumed to scale as 1 / parameter count.
+TOKENS_PER_SECOND_1B = 20_000.0
+#: Tokens of the student's last pass: ``<eot>`` + ``The answer is:`` + the answer + EOS.
+ANSWER_PASS_TOKENS = 12
+#: Training rows of known datasets, keyed by the last part of ``data.dataset`` lowercased
+#: (GSM8k-Aug and GSM8k-Aug-NL: 385,620; the offline GSM8k train sets: 7,473).
+#: ``synthetic`` reads ``data.synthetic.num_train`` instead.
+DATASET_ROWS = {
+    "gsm8k-aug": 385_620,
+    "gsm8k-aug-nl": 385_620,
+    "gsm8k-train-equations": 7_473,
+    "gsm8k-train-nl": 7_473,
+    "gsm8k": 7_473,
+}
+#: Average tokens per training example (question + chain of thought + answer).
+DATASET_AVG_TOKENS = {
+    "gsm8k-aug": 120,
+    "gsm8k-aug-nl": 200,
+    "gsm8k-train-equations": 150,
+    "gsm8k-train-nl": 200,
+    "gsm8k": 200,
+    "synthetic": 60,
+}
+#: Average question tokens (GSM8k-style questions: about 60 tokens).
+DATASET_QUESTION_TOKENS = {"synthetic": 20}
+DEFAULT_QUESTION_TOKENS = 60
+#: Rows of ``data.dataset: synthetic`` when ``data.synthetic.num_train`` is not set.
+DEFAULT_SYNTHETIC_ROWS = 20_000
+DEFAULT_ROWS = 385_620
+DEFAULT_AVG_TOKENS = 150
+DEFAULT_EPOCHS = 10
+DEFAULT_NUM_LATENTS = 24
+DEFAULT_NUM_ITERATIONS = 3
+DEFAULT_GLOBAL_BATCH_SIZE = 128
+#: Model size assumed when none can be read from the config or the model name.
+DEFAULT_PARAMS_B = 1.0
+
+_SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
+
+
+def model_params_b(name: str | None) -> float | None:
+    """Parameters in billions read from a model name: ``"Llama-3.2-1B-Instruct"`` -> 1.0."""
+    if not name:
+        return None
+    found = _SIZE_RE.findall(str(name).split("/")[-1])
+    if not found:
+        return None
+    num, unit = found[-1]
+    value = float(num) / (1000.0 if unit.lower() == "m" else 1.0)
+    return value if value > 0 else None
+
+
+def _dataset_key(name: str | None) -> str:
+    return str(name or "").split("/")[-1].strip().lower().replace("_", "-")
+
+
+def _positive(value: Any, what: str, label: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise KavaError(f"{label}: {what} must be a number, found {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise KavaError(f"{label}: {what} must be positive, found {value!r}")
+    return v
+
+
+def plan_reproduction(configs: Iterable[Any], seeds: Iterable[int] | int) -> list[dict]:
+    """Estimated training GPU hours per config (for ``kava reproduce --dry-run``).
+
+    ``configs``: YAML paths, plain dicts or config objects with ``model_dump()`` (keys
+    read with defaults: ``model.name``, ``model.params_b``, ``data.dataset``,
+    ``data.num_rows``, ``data.max_train_examples``, ``data.synthetic.num_train``,
+    ``data.avg_tokens``, ``train.epochs``, ``train.max_steps``, ``train.global_batch_size``,
+    ``latent.num_latents``,
+    ``latent.num_iterations``). A dict's label is its ``name`` or ``run_name``. ``seeds``: the seeds (or how many). See the formula and
+    constants above; all numbers are rough estimates on one A100/H100.
+    """
+    seed_list = validate_seeds(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) \
+        else validate_seeds(seeds)
+    plan = []
+    for i, c in enumerate(configs):
+        if isinstance(c, (str, os.PathLike)):
+            cfg, _ = load_config(c)
+            label = str(c)
+        else:
+            cfg = _as_dict(c)
+            label = str(cfg.get("name") or cfg.get("run_name") or f"config[{i}]")
+        notes = []
+        model = _get(cfg, "model.name", "?")
+        params = _get(cfg, "model.params_b")
+        if params is not None:
+            params = _positive(params, "model.params_b", label)
+        else:
+            params = model_params_b(model)
+            if params is None:
+                params = DEFAULT_PARAMS_B
+                notes.append(f"model size unknown, assumed {DEFAULT_PARAMS_B:g}B")
+        dataset = _get(cfg, "data.dataset", "?")
+        key = _dataset_key(dataset)
+        rows = _get(cfg, "data.num_rows")
+        if rows is not None:
+            rows = _positive(rows, "data.num_rows", label)
+        else:
+            if key == "synthetic":
+                rows = _positive(_get(cfg, "data.synthetic.num_train", DEFAULT_SYNTHETIC_ROWS),
+                                 "data.synthetic.num_train", label)
+            else:
+                rows = DATASET_ROWS.get(key)
+            if rows is None:
+                rows = DEFAULT_ROWS
+                notes.append(f"dataset size unknown, assumed {DEFAULT_ROWS:,} rows")
+            for cap_key in ("data.max_train_examples", "data.max_train_samples"):
+                cap = _get(cfg, cap_key)
+                if cap is not None:
+                    rows = min(rows, _positive(cap, cap_key, label))
+        avg = _get(cfg, "data.avg_tokens")
+        avg = _positive(avg, "data.avg_tokens", label) if avg is not None else DATASET_AVG_TOKENS.get(key, DEFAULT_AVG_TOKENS)
+        epochs = _positive(_get(cfg, "train.epochs", DEFAULT_EPOCHS), "train.epochs", label)
+        iters = _get(cfg, "latent.num_iterations", DEFAULT_NUM_ITERATIONS)
+        iters = 0 if iters == 0 else int(_positive(iters, "latent.num_iterations", label))
+        latents = int(_positive(_get(cfg, "latent.num_latents", DEFAULT_NUM_LATENTS), "latent.num_latents", label))
+        max_steps = _get(cfg, "train.max_steps")
+        if max_steps is not None:  # optimizer steps override epochs, as in training
+            batch = _positive(_get(cfg, "train.global_batch_size", DEFAULT_GLOBAL_BATCH_SIZE),
+                              "train.global_batch_size", label)
+            examples_seen = _positive(max_steps, "train.max_steps", label) * batch
+        else:
+            examples_seen = epochs * rows
+        question = float(DATASET_QUESTION_TOKENS.get(key, DEFAULT_QUESTION_TOKENS))
+        method = str(_get(cfg, "train.method", "kava"))
+        if method == "cot":
+            per_example = avg
+        elif method == "direct":
+            per_example = question + ANSWER_PASS_TOKENS
+        else:
+            per_example = avg + question + (iters + 1) * latents + ANSWER_PASS_TOKENS
+        train_tokens = examples_seen * per_example
+        tokens_per_s = TOKENS_PER_SECOND_1B / params
+        per_seed = train_tokens / tokens_per_s / 3600.0
+        plan.append({
+            "config": label,
+            "model": str(model),
+            "params_b": params,
+            "dataset": str(dataset),
+            "rows": int(rows),
+            "avg_tokens": float(avg),
+            "epochs": epochs,
+            "examples_seen": examples_seen,
+            "num_latents": latents,
+            "num_iterations": iters,
+            "method": method,
+            "tokens_per_example": per_example,
+            "train_tokens": train_tokens,
+            "tokens_per_second": tokens_per_s,
+            "gpu_hours_per_seed": per_seed,
+            "seeds": seed_list,
+            "n_seeds": len(seed_list),
+            "gpu_hours": per_seed * len(seed_list),
+            "notes": notes,
+        })
+    if not plan:
+        raise KavaError("no configs given")
+    return plan
+
+
+def format_plan(plan: list[dict]) -> str:
+    """A readable table of :func:`plan_reproduction`'s output, with the total."""
+    header = ["config", "model", "dataset", "epochs", "T", "GPU h/seed", "seeds", "GPU h"]
+    rows = [header]
+    for p in plan:
+        rows.append([p["config"], p["model"], p["dataset"], f"{p['epochs']:g}", str(p["num_iterations"]),
+                     f"{p['gpu_hours_per_seed']:.1f}", str(p["n_seeds"]), f"{p['gpu_hours']:.1f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    total = sum(p["gpu_hours"] for p in plan)
+    lines.append(f"total: about {total:.0f} GPU hours on one A100/H100 (rough estimate; training only)")
+    for p in plan:
+        for n in p["notes"]:
+            lines.append(f"note ({p['config']}): {n}")
+    return "\n".join(lines) + "\n"
