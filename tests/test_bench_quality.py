@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 import kava.bench.quality as quality
 from kava.cli import main
 from kava.errors import KavaError
 
-TINY_OPTIONS = ["--steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress"]
+TINY_OPTIONS = ["--steps", "2", "--base-steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress"]
 TINY_OVERRIDES = [
     "data.synthetic.num_train=32", "data.synthetic.num_val=0",
     "train.global_batch_size=8", "train.micro_batch_size=8", "train.save_every=1",
@@ -60,8 +61,14 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
         assert f"| {label} |" in printed
     assert (out / "results.md").read_text().strip() == printed.strip()
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"no_cot", "cot", "pccot", "kava"}
+    assert set(results["methods"]) == {"base", "no_cot", "cot", "pccot", "kava"}
     by_run = {r["run"]: r for r in results["runs"]}
+    # every method starts from the shared base model's weights
+    backbone = (out / "base" / "backbone").resolve()
+    assert (backbone / "config.json").is_file()
+    for name in ("no_cot", "cot", "pccot", "kava"):
+        saved = yaml.safe_load((out / "runs" / f"{name}-seed0" / "config.yaml").read_text())
+        assert saved["model"]["name"] == str(backbone)
     assert {r["mode"] for r in results["runs"]} == {"direct", "cot", "latent"}
     assert by_run["kava"]["steps"] == 2 and by_run["kava"]["n"] == 6
     # latent mode: 1 + T + 1 + (answer tokens - 1) passes; CoT writes its chain, so it makes more
@@ -122,7 +129,8 @@ def test_seeds_give_mean_and_std(tmp_path, capsys):
     assert "2 seeds" in printed and " ± " in printed
     results = json.loads((out / "results.json").read_text())
     assert results["methods"]["no_cot"]["seeds"] == [0, 1]
-    assert sorted(r["seed"] for r in results["runs"]) == [0, 1]
+    assert sorted(r["seed"] for r in results["runs"] if r["run"] == "no_cot") == [0, 1]
+    assert [r["run"] for r in results["runs"]].count("base") == 1  # one base model, shared by the seeds
 
 
 def test_bad_arguments(tmp_path):
@@ -155,3 +163,12 @@ def test_other_settings_in_the_same_dir_are_refused_and_finished_runs_join_the_t
     assert _bench(out, "--only", "kava") == 0
     printed = capsys.readouterr().out
     assert "| No-CoT |" in printed and "| KaVa |" in printed  # the earlier run is in the table
+
+
+def test_base_steps_zero_trains_from_scratch(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert _bench(out, "--only", "kava", "--base-steps", "0") == 0
+    assert "trained from scratch" in capsys.readouterr().out
+    assert not (out / "base").exists()
+    saved = yaml.safe_load((out / "runs" / "kava-seed0" / "config.yaml").read_text())
+    assert saved["model"]["name"] == "tiny-llama"

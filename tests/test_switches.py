@@ -362,3 +362,23 @@ def test_pre_rope_student_keys_are_the_latent_k_proj_outputs():
     expected = last_latent_pass.view(B, M, -1, attn.head_dim).transpose(1, 2)
     s_kv, _ = objective_module._unrotated(model, batch, student.latent_kv, teacher.selections)
     torch.testing.assert_close(s_kv[0][0], expected, atol=1e-5, rtol=1e-5)
+
+
+# -- where the CODI loss reads the hidden states --------------------------------------------
+
+
+@pytest.mark.parametrize("position, next_text", [("prefix_end", " "), ("answer_start", "1")])
+def test_codi_position_switch(monkeypatch, position, next_text):
+    """prefix_end: the last token of P, whose next token is the space before the answer (this
+    tokenizer writes ' 13' as ' ' + '1' + '3'); answer_start: the token before the answer's first digit."""
+    cfg, model, builder = _setup(kava__codi_position=position)
+    batch = _batch(cfg, builder)
+    t, s = batch["teacher"], batch["student"]
+    tok = builder.tok
+    row = 0  # EXAMPLES[0], answer "13"
+    assert tok.decode([int(t["input_ids"][row, t["codi_index"][row] + 1])]) == next_text
+    assert tok.decode([int(s["suffix_ids"][row, s["suffix_codi_index"][row] + 1])]) == next_text
+    assert int(t["labels"][row, t["codi_index"][row] + 1]) == int(t["input_ids"][row, t["codi_index"][row] + 1])
+    seen = _spy(monkeypatch, objective_module, "codi_loss")
+    KavaObjective(model, cfg)(batch)
+    assert len(seen) == 1

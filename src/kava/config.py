@@ -106,6 +106,11 @@ class KavaLossConfig(_Strict):
     )
     alpha_codi: float = Field(10.0, ge=0, description="α₁")
     alpha_kv: float = Field(1.0, ge=0, description="α₂ (0 = PCCoT)")
+    codi_position: Literal["prefix_end", "answer_start"] = Field(
+        "prefix_end",
+        description="CODI hidden states at the last token of P, or at the token before the first "
+        "non-whitespace answer token (a tokenizer that writes ' 72' as ' ' + '72' predicts only the space after P)",
+    )
     teacher_ce: bool = Field(True, description="train the teacher's CE on C+P+A too")
     teacher_targets: Literal["same_pass", "separate_pass"] = Field(
         "same_pass", description="distillation targets from the teacher's training pass, or a no-grad eval-mode pass"

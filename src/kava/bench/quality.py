@@ -39,6 +39,7 @@ from pathlib import Path
 from kava.errors import KavaError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "synthetic_tiny.yaml"
+DEFAULT_BASE_STEPS = 1500
 COT_MAX_NEW_TOKENS = 128  # the CoT of a test problem is ~45 tokens; a model that rambles is cut off
 
 
@@ -56,6 +57,7 @@ BASELINES = (
     Run("pccot", "PCCoT", "latent", ("kava.alpha_kv=0",)),
     Run("kava", "KaVa", "latent", ()),
 )
+BASE = Run("base", "Base model (CoT pretraining, shared)", "cot", ("train.method=cot", "data.drop_last_step=false"))
 ABLATIONS = (
     Run("kava_crop", "KaVa, crop", "latent", ("kava.compression=crop",)),
     Run("kava_attention", "KaVa, attention only (λ=1)", "latent", ("kava.compression=attention",)),
@@ -66,6 +68,7 @@ ABLATIONS = (
     Run("kava_keep_last", "KaVa, last CoT step kept", "latent", ("data.drop_last_step=false",)),
 )
 ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS}
+TABLE_ORDER = ("base", *ALL_RUNS)
 
 
 def register(sub) -> None:
@@ -84,6 +87,9 @@ def register(sub) -> None:
     p.add_argument("--ablations", action="store_true", help="also the compression, CODI, projection and last-step ablations")
     p.add_argument("--only", metavar="RUN[,RUN...]", help=f"only these runs, comma-separated: {', '.join(ALL_RUNS)}")
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's train.max_steps)")
+    p.add_argument("--base-steps", type=int, default=DEFAULT_BASE_STEPS,
+                   help="steps of the shared base model's CoT pretraining; 0 trains every method from scratch "
+                        "(default: %(default)s)")
     p.add_argument("--test-size", type=int, help="held-out test problems (default: the config's data.synthetic.num_test)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default: 1, fastest for this model size on a shared 2-core machine)")
@@ -111,6 +117,7 @@ def _cmd_quality(args) -> int:
     summary = run_quality(
         args.config, runs, seeds=args.seeds, output_dir=args.output_dir, overrides=overrides,
         threads=args.threads, eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
+        base_steps=args.base_steps,
     )
     print(summary["table"])
     return 0
@@ -186,10 +193,10 @@ def run_quality(
     threads: int | None = 1,
     eval_batch_size: int = 64,
     progress: bool = True,
+    base_steps: int = 0,
 ) -> dict:
-    """Every run × seed (skipping finished ones), then results.json and results.md."""
-    import json
-
+    """The base model (when base_steps > 0), then every run × seed fine-tuned from it (skipping
+    finished ones), then results.json and results.md."""
     import torch
 
     from kava.io import atomic_write_json, atomic_write_text
@@ -204,32 +211,62 @@ def run_quality(
     overrides = list(overrides or [])
     results: list[dict] = []
     t_start = time.perf_counter()
+    if base_steps:
+        base = _run_once(config, BASE, 0, out / "base", [*overrides, f"train.max_steps={base_steps}"],
+                         eval_batch_size, progress)
+        results.append(base)
+        overrides.append(f"model.name={_backbone_folder(out / 'base')}")
     for seed in range(seeds):
         for run in runs:
-            run_dir = out / "runs" / f"{run.name}-seed{seed}"
-            done = run_dir / "result.json"
-            cfg = run_config(config, run, seed, run_dir, overrides)
-            if not _same_config(run_dir, cfg):
-                raise KavaError(f"{run_dir} holds a run made with another config (steps, task or overrides differ); "
-                                "use another --output-dir")
-            if done.is_file():
-                result = json.loads(done.read_text())
-                print(f"quality: {run.name} seed {seed}: done earlier ({result['accuracy']:.1f}%)", file=sys.stderr)
-            else:
-                print(f"quality: {run.name} seed {seed}: training", file=sys.stderr)
-                result = train_and_evaluate(cfg, run, eval_batch_size, progress)
-                print(f"quality: {run.name} seed {seed}: {result['accuracy']:.1f}% "
-                      f"({result['forward_passes_mean']:.1f} forward passes)", file=sys.stderr)
-            results.append(result)
+            results.append(_run_once(config, run, seed, out / "runs" / f"{run.name}-seed{seed}", overrides,
+                                     eval_batch_size, progress))
     results += _other_finished_runs(config, out, overrides, results)
-    order = {name: i for i, name in enumerate(ALL_RUNS)}
+    order = {name: i for i, name in enumerate(TABLE_ORDER)}
     results.sort(key=lambda r: (order.get(r["run"], len(order)), r["seed"]))
-    summary = summarize(results, [r for r in ALL_RUNS.values() if any(x["run"] == r.name for x in results)])
+    summary = summarize(results, [r for r in (BASE, *ALL_RUNS.values()) if any(x["run"] == r.name for x in results)])
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - t_start, 1)
     summary["table"] = format_table(summary)
     atomic_write_json(out / "results.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
     atomic_write_text(out / "results.md", summary["table"] + "\n")
     return summary
+
+
+def _run_once(config, run: Run, seed: int, run_dir: Path, overrides: list[str], eval_batch_size: int,
+              progress: bool) -> dict:
+    """One run's result: read from its result.json when finished, else trained (or resumed) and evaluated."""
+    import json
+
+    cfg = run_config(config, run, seed, run_dir, overrides)
+    if not _same_config(run_dir, cfg):
+        raise KavaError(f"{run_dir} holds a run made with another config (steps, task or overrides differ); "
+                        "use another --output-dir")
+    done = run_dir / "result.json"
+    if done.is_file():
+        result = json.loads(done.read_text())
+        print(f"quality: {run.name} seed {seed}: done earlier ({result['accuracy']:.1f}%)", file=sys.stderr)
+        return result
+    print(f"quality: {run.name} seed {seed}: training", file=sys.stderr)
+    result = train_and_evaluate(cfg, run, eval_batch_size, progress)
+    print(f"quality: {run.name} seed {seed}: {result['accuracy']:.1f}% "
+          f"({result['forward_passes_mean']:.1f} forward passes)", file=sys.stderr)
+    return result
+
+
+def _backbone_folder(base_dir: Path) -> Path:
+    """The base run's final weights and tokenizer in one folder, loadable as `model.name` (made once)."""
+    import shutil
+
+    folder = (base_dir / "backbone").resolve()
+    if not (folder / "config.json").is_file():
+        final = base_dir / "checkpoint-final"
+        tmp = folder.with_name("backbone.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(final / "model", tmp)
+        for f in (final / "tokenizer").iterdir():
+            shutil.copy2(f, tmp / f.name)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return folder
 
 
 def _same_config(run_dir: Path, cfg) -> bool:
@@ -291,12 +328,15 @@ def format_table(summary: dict) -> str:
     from kava.experiments.stats import format_mean_std, format_number
 
     methods = summary["methods"]
-    seeds = max((len(m["seeds"]) for m in methods.values()), default=0)
+    tuned = [m for name, m in methods.items() if name != "base"]
+    seeds = max((len(m["seeds"]) for m in tuned), default=1)
     n_test = next(iter(methods.values()))["n_test"] if methods else 0
-    steps = next(iter(methods.values()))["steps"] if methods else 0
+    steps = tuned[0]["steps"] if tuned else 0
+    start = (f"fine-tuned from the base model ({methods['base']['steps']} steps of CoT pretraining)"
+             if "base" in methods else "trained from scratch")
     lines = [
-        f"Synthetic test split: {n_test} problems; {steps} optimizer steps per run; "
-        f"{seeds} seed{'s' if seeds != 1 else ''} (mean ± sample std)",
+        f"Synthetic test split: {n_test} problems; every method {start} for {steps} optimizer steps; "
+        f"{seeds} seed{'s' if seeds != 1 else ''}" + (" (mean ± sample std)" if seeds > 1 else ""),
         "",
         "| method | eval mode | accuracy (%) | forward passes | × CoT passes | gap closed | train s | eval s |",
         "|---|---|---|---|---|---|---|---|",

@@ -44,11 +44,13 @@ class Encoded:
 
 
 class SequenceBuilder:
-    def __init__(self, tokenizer, prompt: PromptConfig, special: SpecialIds, drop_last_step: bool = True):
+    def __init__(self, tokenizer, prompt: PromptConfig, special: SpecialIds, drop_last_step: bool = True,
+                 codi_position: str = "prefix_end"):
         self.tok = tokenizer
         self.prompt = prompt
         self.special = special
         self.drop_last_step = drop_last_step
+        self.codi_position = codi_position
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.bos = self._bos_ids()
@@ -79,6 +81,15 @@ class SequenceBuilder:
         a = self._enc(" " + ex.answer) + ([self.eos_id] if self.eos_id is not None else [])
         return Encoded(q=self.question_ids(ex.question), c=c, p=list(self.p_ids), a=a)
 
+    def codi_shift(self, e: Encoded) -> int:
+        """0, or with codi_position 'answer_start' the number of whitespace-only tokens that open A."""
+        if self.codi_position != "answer_start":
+            return 0
+        n = 0
+        while n < len(e.a) - 1 and e.a[n] != self.eos_id and not self.tok.decode([e.a[n]]).strip():
+            n += 1
+        return n
+
     def teacher_length(self, e: Encoded) -> int:
         return len(e.q) + len(e.c) + len(e.p) + len(e.a)
 
@@ -101,7 +112,7 @@ class SequenceBuilder:
             labels.append([IGNORE] * len(e.q) + c + e.p + e.a)
             cot.append([0] * len(e.q) + [1] * len(c) + [0] * (len(e.p) + len(e.a)))
             query.append([0] * (len(e.q) + len(c)) + [1] * (len(e.p) + len(e.a)))
-            codi.append(len(e.q) + len(c) + len(e.p) - 1)
+            codi.append(len(e.q) + len(c) + len(e.p) - 1 + self.codi_shift(e))
         width = max(map(len, seqs))
 
         def pad(rows, value):
@@ -142,5 +153,5 @@ class SequenceBuilder:
             "suffix_ids": torch.tensor(ids),
             "suffix_mask": torch.tensor(mask),
             "suffix_labels": torch.tensor(labels),
-            "suffix_codi_index": torch.tensor([len(e.p) for e in items]),
+            "suffix_codi_index": torch.tensor([len(e.p) + self.codi_shift(e) for e in items]),
         }

@@ -191,7 +191,8 @@ def build_kava_model(cfg: KavaConfig, device: torch.device | str = "cpu", word_v
         backbone = apply_lora(backbone, cfg, special)
     model = KavaModel(backbone, special, cfg.latent.num_latents, cfg.latent.num_iterations, cfg.latent.projection)
     model.to(device)
-    builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step)
+    builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step,
+                              codi_position=cfg.kava.codi_position)
     return model, tok, builder
 
 

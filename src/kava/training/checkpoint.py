@@ -172,5 +172,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype:
     if model.projection is not None:
         model.projection.load_state_dict(load_file(str(path / "projection.safetensors")))
     model.to(device).eval()
-    builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step)
+    builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step,
+                              codi_position=cfg.kava.codi_position)
     return model, tok, builder, cfg
