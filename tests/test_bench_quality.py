@@ -11,7 +11,8 @@ import kava.bench.quality as quality
 from kava.cli import main
 from kava.errors import KavaError
 
-TINY_OPTIONS = ["--steps", "2", "--base-steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress"]
+TINY_OPTIONS = ["--steps", "2", "--base-steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress",
+                "--jobs", "1"]
 TINY_OVERRIDES = [
     "data.synthetic.num_train=32", "data.synthetic.num_val=0",
     "train.global_batch_size=8", "train.micro_batch_size=8", "train.save_every=1",
@@ -136,6 +137,8 @@ def test_seeds_give_mean_and_std(tmp_path, capsys):
 def test_bad_arguments(tmp_path):
     assert main(["bench", "quality", "--only", "kava,nonsense", "--output-dir", str(tmp_path)]) == 2
     assert main(["bench", "quality", "--seeds", "0", "--output-dir", str(tmp_path)]) == 2
+    assert main(["bench", "quality", "--jobs", "-1", "--output-dir", str(tmp_path)]) == 2
+    assert main(["bench", "quality", "--base-steps", "-5", "--output-dir", str(tmp_path)]) == 2
     with pytest.raises(KavaError):
         quality.held_out_examples(quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path,
                                                      ["data.synthetic.num_test=0"]))
@@ -172,3 +175,18 @@ def test_base_steps_zero_trains_from_scratch(tmp_path, capsys):
     assert not (out / "base").exists()
     saved = yaml.safe_load((out / "runs" / "kava-seed0" / "config.yaml").read_text())
     assert saved["model"]["name"] == "tiny-llama"
+
+
+def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path, capsys):
+    """--jobs 2 trains in spawned worker processes; every number must equal the sequential run's."""
+    assert _bench(tmp_path / "seq", "--only", "no_cot,kava") == 0
+    assert _bench(tmp_path / "par", "--only", "no_cot,kava", "--jobs", "2") == 0
+    capsys.readouterr()
+    seq = json.loads((tmp_path / "seq" / "results.json").read_text())
+    par = json.loads((tmp_path / "par" / "results.json").read_text())
+    keys = ("run", "seed", "accuracy", "correct", "forward_passes_mean", "steps", "final_losses")
+    assert [{k: r[k] for k in keys} for r in par["runs"]] == [{k: r[k] for k in keys} for r in seq["runs"]]
+    for name in ("no_cot", "kava"):
+        a = (tmp_path / "seq" / "runs" / f"{name}-seed0" / "predictions.jsonl").read_text()
+        b = (tmp_path / "par" / "runs" / f"{name}-seed0" / "predictions.jsonl").read_text()
+        assert [json.loads(x)["text"] for x in a.splitlines()] == [json.loads(x)["text"] for x in b.splitlines()]

@@ -1,9 +1,12 @@
 """`kava bench quality`: does the method work? No-CoT, CoT, PCCoT and KaVa on one budget.
 
-Every method is trained from scratch with the same code, model, data, optimizer steps,
-batch and learning-rate schedule (`configs/synthetic_tiny.yaml`: a ~1M-parameter Llama,
-word-and-digit tokenizer, generated 4-step arithmetic word problems), then answers the
-same held-out problems (the generator's test split) in its own mode:
+As in the paper, every method starts from the same pretrained model: a shared base model
+(`configs/synthetic_tiny.yaml`: a ~0.6M-parameter Llama with a word-and-digit tokenizer)
+is first trained from scratch with CoT fine-tuning on the generated 4-step arithmetic word
+problems for `--base-steps` steps (0: no base model, every method starts from random
+weights). Then every method is fine-tuned from it with the same code, data, optimizer steps,
+batch and learning-rate schedule, and answers the same held-out problems (the generator's
+test split) in its own mode:
 
     no_cot  train.method=direct                    evaluated with mode=direct
     cot     train.method=cot, all CoT steps        evaluated with mode=cot
@@ -14,11 +17,13 @@ same held-out problems (the generator's test split) in its own mode:
 without the projection and with the last CoT step kept. The table reports accuracy,
 mean forward passes per question and, for the latent methods, the share of the
 No-CoT → CoT gap they close; `--seeds N` repeats every run with seeds 0..N-1 (training
-order and model initialisation) and reports mean ± sample std. The budget is fixed in
-optimizer steps, not in wall time, so a result does not depend on the machine.
+order and the initialisation of the new weights) and reports mean ± sample std. The budget
+is fixed in optimizer steps, not in wall time, so a result does not depend on the machine.
+`--jobs N` trains N runs at a time, each in its own process (default: cores // threads).
 
 Layout of `--output-dir` (default `runs/bench_quality`)::
 
+    base/                 the base model's run; base/backbone/ its weights and tokenizer
     runs/<run>-seed<s>/   the training run (checkpoints, train_log.jsonl, config.yaml)
                           predictions.jsonl, result.json (written last: the run is done)
     results.json          every run's result and the summary per method
@@ -76,8 +81,9 @@ def register(sub) -> None:
         "quality",
         help="CPU-scale quality: No-CoT, CoT, PCCoT and KaVa trained on one budget",
         description=(
-            "Train No-CoT, CoT, PCCoT and KaVa from scratch with the same budget on the generated "
-            "arithmetic task and compare accuracy and forward passes on its held-out test split."
+            "Pretrain a small base model on the generated arithmetic task (CoT), fine-tune No-CoT, CoT, "
+            "PCCoT and KaVa from it with the same budget, and compare accuracy and forward passes on the "
+            "task's held-out test split."
         ),
         epilog="example: kava bench quality --output-dir runs/bench_quality --seeds 3",
     )
@@ -92,7 +98,10 @@ def register(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("--test-size", type=int, help="held-out test problems (default: the config's data.synthetic.num_test)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default: 1, fastest for this model size on a shared 2-core machine)")
+                   help="torch intra-op threads per run (default: 1, fastest for this model size)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="runs trained at the same time, each in its own process with --threads threads "
+                        "(default: 0 = as many as the CPU cores allow: cores // threads)")
     p.add_argument("--eval-batch-size", type=int, default=64, help="questions per generation batch (default: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides applied to every run")
@@ -102,6 +111,10 @@ def register(sub) -> None:
 def _cmd_quality(args) -> int:
     if args.seeds < 1:
         raise KavaError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.jobs < 0 or args.threads < 1:
+        raise KavaError(f"--jobs must be 0 (automatic) or more and --threads at least 1, got {args.jobs} and {args.threads}")
+    if args.base_steps < 0:
+        raise KavaError(f"--base-steps must be 0 (no base model) or more, got {args.base_steps}")
     runs = list(BASELINES + (ABLATIONS if args.ablations else ()))
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -117,7 +130,7 @@ def _cmd_quality(args) -> int:
     summary = run_quality(
         args.config, runs, seeds=args.seeds, output_dir=args.output_dir, overrides=overrides,
         threads=args.threads, eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
-        base_steps=args.base_steps,
+        base_steps=args.base_steps, jobs=args.jobs,
     )
     print(summary["table"])
     return 0
@@ -194,9 +207,12 @@ def run_quality(
     eval_batch_size: int = 64,
     progress: bool = True,
     base_steps: int = 0,
+    jobs: int = 1,
 ) -> dict:
     """The base model (when base_steps > 0), then every run × seed fine-tuned from it (skipping
-    finished ones), then results.json and results.md."""
+    finished ones; `jobs` at a time, 0 = cores // threads), then results.json and results.md."""
+    import os
+
     import torch
 
     from kava.io import atomic_write_json, atomic_write_text
@@ -216,10 +232,16 @@ def run_quality(
                          eval_batch_size, progress)
         results.append(base)
         overrides.append(f"model.name={_backbone_folder(out / 'base')}")
-    for seed in range(seeds):
-        for run in runs:
+    tasks = [(run, seed) for seed in range(seeds) for run in runs]
+    if jobs == 0:
+        jobs = max(1, (os.cpu_count() or 1) // max(1, threads or 1))
+    jobs = min(jobs, len(tasks))
+    if jobs <= 1:
+        for run, seed in tasks:
             results.append(_run_once(config, run, seed, out / "runs" / f"{run.name}-seed{seed}", overrides,
                                      eval_batch_size, progress))
+    else:
+        results += _run_parallel(config, tasks, out, overrides, eval_batch_size, jobs, threads)
     results += _other_finished_runs(config, out, overrides, results)
     order = {name: i for i, name in enumerate(TABLE_ORDER)}
     results.sort(key=lambda r: (order.get(r["run"], len(order)), r["seed"]))
@@ -250,6 +272,37 @@ def _run_once(config, run: Run, seed: int, run_dir: Path, overrides: list[str], 
     print(f"quality: {run.name} seed {seed}: {result['accuracy']:.1f}% "
           f"({result['forward_passes_mean']:.1f} forward passes)", file=sys.stderr)
     return result
+
+
+def _worker_init(threads: int | None) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    if threads:
+        torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+
+
+def _run_parallel(config, tasks: list[tuple[Run, int]], out: Path, overrides: list[str], eval_batch_size: int,
+                  jobs: int, threads: int | None) -> list[dict]:
+    """The runs in `jobs` worker processes (spawned, so no state is shared), latent runs — the
+    slowest — first; without progress bars, which would interleave. A failed run stops the
+    benchmark with its error once the runs already started have finished (their results are kept)."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    slow_first = sorted(tasks, key=lambda t: (t[0].mode != "latent", t[1]))
+    print(f"quality: {len(tasks)} runs, {jobs} at a time (progress bars off; each run prints when it ends)",
+          file=sys.stderr)
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_once, config, run, seed, out / "runs" / f"{run.name}-seed{seed}", overrides,
+                               eval_batch_size, False) for run, seed in slow_first]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _backbone_folder(base_dir: Path) -> Path:
