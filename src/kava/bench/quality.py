@@ -227,15 +227,20 @@ def run_quality(
     overrides = list(overrides or [])
     results: list[dict] = []
     t_start = time.perf_counter()
-    if base_steps:
-        base = _run_once(config, BASE, 0, out / "base", [*overrides, f"train.max_steps={base_steps}"],
-                         eval_batch_size, progress)
-        results.append(base)
-        overrides.append(f"model.name={_backbone_folder(out / 'base')}")
     tasks = [(run, seed) for seed in range(seeds) for run in runs]
     if jobs == 0:
         jobs = max(1, (os.cpu_count() or 1) // max(1, threads or 1))
     jobs = min(jobs, len(tasks))
+    if base_steps:
+        # the base model trains alone, so it gets the threads of every job
+        if threads:
+            torch.set_num_threads(threads * max(1, jobs))
+        base = _run_once(config, BASE, 0, out / "base", [*overrides, f"train.max_steps={base_steps}"],
+                         eval_batch_size, progress)
+        if threads:
+            torch.set_num_threads(threads)
+        results.append(base)
+        overrides.append(f"model.name={_backbone_folder(out / 'base')}")
     if jobs <= 1:
         for run, seed in tasks:
             results.append(_run_once(config, run, seed, out / "runs" / f"{run.name}-seed{seed}", overrides,
