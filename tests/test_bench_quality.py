@@ -190,3 +190,37 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path, capsys):
         a = (tmp_path / "seq" / "runs" / f"{name}-seed0" / "predictions.jsonl").read_text()
         b = (tmp_path / "par" / "runs" / f"{name}-seed0" / "predictions.jsonl").read_text()
         assert [json.loads(x)["text"] for x in a.splitlines()] == [json.loads(x)["text"] for x in b.splitlines()]
+
+
+def test_table_header_names_where_the_runs_started():
+    def res(model):
+        return [{"run": "kava", "seed": 0, "accuracy": 10.0, "forward_passes_mean": 5.0, "train_seconds": 1,
+                 "eval_seconds": 1, "steps": 3, "n": 4, "model": model}]
+
+    runs = [quality.ALL_RUNS["kava"]]
+    assert "trained from scratch for 3 optimizer steps" in quality.format_table(quality.summarize(res("tiny-llama"), runs))
+    table = quality.format_table(quality.summarize(res("/x/base/backbone"), runs))
+    assert "fine-tuned from /x/base/backbone for 3 optimizer steps" in table
+
+
+def test_ablations_flag_adds_every_ablation_run(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_quality(config, runs, **kwargs):
+        seen["runs"] = [r.name for r in runs]
+        seen["kwargs"] = kwargs
+        return {"table": "t"}
+
+    monkeypatch.setattr(quality, "run_quality", fake_run_quality)
+    assert main(["bench", "quality", "--output-dir", str(tmp_path)]) == 0
+    assert seen["runs"] == ["no_cot", "cot", "pccot", "kava"]
+    assert seen["kwargs"]["base_steps"] == quality.DEFAULT_BASE_STEPS and seen["kwargs"]["jobs"] == 0
+    assert main(["bench", "quality", "--ablations", "--output-dir", str(tmp_path)]) == 0
+    assert seen["runs"] == ["no_cot", "cot", "pccot", "kava", *(r.name for r in quality.ABLATIONS)]
+    # every ablation changes exactly the switch it names, relative to KaVa
+    kava = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path, []).model_dump()
+    for run in quality.ABLATIONS:
+        cfg = quality.run_config(quality.DEFAULT_CONFIG, run, 0, tmp_path, []).model_dump()
+        changed = {f"{sec}.{k}" for sec in kava if isinstance(kava[sec], dict)
+                   for k in kava[sec] if kava[sec][k] != cfg[sec][k]}
+        assert changed == {run.overrides[0].split("=")[0]}, run.name

@@ -192,6 +192,7 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
         "eval_seconds": round(time.perf_counter() - t0, 1),
         "final_losses": {k: v for k, v in last.items() if k in ("loss", "ce_student", "ce_teacher", "codi", "kv")},
         "overrides": list(run.overrides),
+        "model": cfg.model.name,
     }
     atomic_write_json(run_dir / "result.json", result)
     return result
@@ -369,7 +370,7 @@ def summarize(results: list[dict], runs: list[Run]) -> dict:
             "forward_passes_mean": fwd["mean"], "forward_passes_std": fwd["std"],
             "train_seconds_mean": sum(r["train_seconds"] for r in rs) / len(rs),
             "eval_seconds_mean": sum(r["eval_seconds"] for r in rs) / len(rs),
-            "steps": rs[0]["steps"], "n_test": rs[0]["n"],
+            "steps": rs[0]["steps"], "n_test": rs[0]["n"], "model": rs[0].get("model", ""),
         }
     lo, hi = methods.get("no_cot"), methods.get("cot")
     for m in methods.values():
@@ -390,8 +391,12 @@ def format_table(summary: dict) -> str:
     seeds = max((len(m["seeds"]) for m in tuned), default=1)
     n_test = next(iter(methods.values()))["n_test"] if methods else 0
     steps = tuned[0]["steps"] if tuned else 0
-    start = (f"fine-tuned from the base model ({methods['base']['steps']} steps of CoT pretraining)"
-             if "base" in methods else "trained from scratch")
+    if "base" in methods:
+        start = f"fine-tuned from the base model ({methods['base']['steps']} steps of CoT pretraining)"
+    elif tuned and not str(tuned[0].get("model", "tiny-")).startswith("tiny-"):
+        start = f"fine-tuned from {tuned[0]['model']}"
+    else:
+        start = "trained from scratch"
     lines = [
         f"Synthetic test split: {n_test} problems; every method {start} for {steps} optimizer steps; "
         f"{seeds} seed{'s' if seeds != 1 else ''}" + (" (mean ± sample std)" if seeds > 1 else ""),
@@ -408,5 +413,8 @@ def format_table(summary: dict) -> str:
             f"| {gap} | {format_number(m['train_seconds_mean'], 0)} | {format_number(m['eval_seconds_mean'], 0)} |"
         )
     lines.append("")
-    lines.append(f"Total train + eval time: {summary['seconds_total'] / 60:.1f} min")
+    footer = f"Train + eval time summed over the runs: {summary['seconds_total'] / 60:.1f} min"
+    if summary.get("wall_seconds_this_invocation") is not None:
+        footer += f"; wall time of this invocation: {summary['wall_seconds_this_invocation'] / 60:.1f} min"
+    lines.append(footer)
     return "\n".join(lines)
