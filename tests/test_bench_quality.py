@@ -201,6 +201,9 @@ def test_table_header_names_where_the_runs_started():
     assert "trained from scratch for 3 optimizer steps" in quality.format_table(quality.summarize(res("tiny-llama"), runs))
     table = quality.format_table(quality.summarize(res("/x/base/backbone"), runs))
     assert "fine-tuned from /x/base/backbone for 3 optimizer steps" in table
+    older = res("tiny-llama")
+    del older[0]["model"]  # a result.json written before results named their model
+    assert "trained from scratch for 3 optimizer steps" in quality.format_table(quality.summarize(older, runs))
 
 
 def test_ablations_flag_adds_every_ablation_run(tmp_path, monkeypatch):

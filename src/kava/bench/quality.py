@@ -244,7 +244,7 @@ def run_quality(
         overrides.append(f"model.name={_backbone_folder(out / 'base')}")
     if jobs <= 1:
         for run, seed in tasks:
-            results.append(_run_once(config, run, seed, out / "runs" / f"{run.name}-seed{seed}", overrides,
+            results.append(_run_once(config, run, seed, _run_dir(out, run, seed), overrides,
                                      eval_batch_size, progress))
     else:
         results += _run_parallel(config, tasks, out, overrides, eval_batch_size, jobs, threads)
@@ -257,6 +257,10 @@ def run_quality(
     atomic_write_json(out / "results.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
     atomic_write_text(out / "results.md", summary["table"] + "\n")
     return summary
+
+
+def _run_dir(out: Path, run: Run, seed: int) -> Path:
+    return out / "runs" / f"{run.name}-seed{seed}"
 
 
 def _run_once(config, run: Run, seed: int, run_dir: Path, overrides: list[str], eval_batch_size: int,
@@ -302,7 +306,7 @@ def _run_parallel(config, tasks: list[tuple[Run, int]], out: Path, overrides: li
           file=sys.stderr)
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(_run_once, config, run, seed, out / "runs" / f"{run.name}-seed{seed}", overrides,
+        futures = [pool.submit(_run_once, config, run, seed, _run_dir(out, run, seed), overrides,
                                eval_batch_size, False) for run, seed in slow_first]
         try:
             return [f.result() for f in futures]
@@ -393,7 +397,7 @@ def format_table(summary: dict) -> str:
     steps = tuned[0]["steps"] if tuned else 0
     if "base" in methods:
         start = f"fine-tuned from the base model ({methods['base']['steps']} steps of CoT pretraining)"
-    elif tuned and not str(tuned[0].get("model", "tiny-")).startswith("tiny-"):
+    elif tuned and tuned[0].get("model") and not tuned[0]["model"].startswith("tiny-"):
         start = f"fine-tuned from {tuned[0]['model']}"
     else:
         start = "trained from scratch"

@@ -41,6 +41,7 @@ class Encoded:
     c: list[int]
     p: list[int]
     a: list[int]
+    codi_shift: int = 0  # whitespace-only tokens opening A that the CODI position steps over (answer_start)
 
 
 class SequenceBuilder:
@@ -79,14 +80,14 @@ class SequenceBuilder:
         steps = self.cot_steps(ex.steps)
         c = self._enc(" " + " ".join(steps)) if steps else []
         a = self._enc(" " + ex.answer) + ([self.eos_id] if self.eos_id is not None else [])
-        return Encoded(q=self.question_ids(ex.question), c=c, p=list(self.p_ids), a=a)
+        return Encoded(q=self.question_ids(ex.question), c=c, p=list(self.p_ids), a=a, codi_shift=self._codi_shift(a))
 
-    def codi_shift(self, e: Encoded) -> int:
+    def _codi_shift(self, a: list[int]) -> int:
         """0, or with codi_position 'answer_start' the number of whitespace-only tokens that open A."""
         if self.codi_position != "answer_start":
             return 0
         n = 0
-        while n < len(e.a) - 1 and e.a[n] != self.eos_id and not self.tok.decode([e.a[n]]).strip():
+        while n < len(a) - 1 and a[n] != self.eos_id and not self.tok.decode([a[n]]).strip():
             n += 1
         return n
 
@@ -112,7 +113,7 @@ class SequenceBuilder:
             labels.append([IGNORE] * len(e.q) + c + e.p + e.a)
             cot.append([0] * len(e.q) + [1] * len(c) + [0] * (len(e.p) + len(e.a)))
             query.append([0] * (len(e.q) + len(c)) + [1] * (len(e.p) + len(e.a)))
-            codi.append(len(e.q) + len(c) + len(e.p) - 1 + self.codi_shift(e))
+            codi.append(len(e.q) + len(c) + len(e.p) - 1 + e.codi_shift)
         width = max(map(len, seqs))
 
         def pad(rows, value):
@@ -153,5 +154,5 @@ class SequenceBuilder:
             "suffix_ids": torch.tensor(ids),
             "suffix_mask": torch.tensor(mask),
             "suffix_labels": torch.tensor(labels),
-            "suffix_codi_index": torch.tensor([len(e.p) + self.codi_shift(e) for e in items]),
+            "suffix_codi_index": torch.tensor([len(e.p) + e.codi_shift for e in items]),
         }
