@@ -32,6 +32,10 @@ class TinyModelConfig(_Strict):
     intermediate_size: int = Field(128, ge=8)
     seed: int = 0
     tokenizer: Literal["char", "word"] = "char"
+    number_digits: int = Field(
+        1, ge=1, le=3,
+        description="word tokenizer: numbers are cut into tokens of up to this many digits (Llama 3 uses 3)",
+    )
 
 
 class ModelConfig(_Strict):
