@@ -127,6 +127,11 @@ class KavaLossConfig(_Strict):
         "[codi][pccot], or at the last token of P whatever follows it (kava before 0.2)",
     )
     teacher_ce: bool = Field(True, description="train the teacher's CE on C+P+A too")
+    student_latents: Literal["own", "teacher"] = Field(
+        "own",
+        description="what the student's answer pass reads: its own latents, or (a diagnostic, not a method) the "
+        "teacher's compressed CoT keys/values — whether the channel can carry the answer at all",
+    )
     teacher_targets: Literal["same_pass", "separate_pass"] = Field(
         "same_pass", description="distillation targets from the teacher's training pass, or a no-grad eval-mode pass"
     )

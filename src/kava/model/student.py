@@ -99,9 +99,14 @@ class StudentOutput:
     logits: torch.Tensor
 
 
-def student_forward(model: KavaModel, batch: dict[str, torch.Tensor]) -> StudentOutput:
-    """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A."""
+def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], latent_override=None) -> StudentOutput:
+    """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A.
+
+    latent_override(state) -> state: replaces the latents the answer pass reads (the
+    `kava.student_latents: teacher` diagnostic)."""
     state = run_latents(model, batch["q_ids"], batch["q_mask"])
+    if latent_override is not None:
+        state = latent_override(state)
     suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
     mask = extend_mask(state.mask, suffix_ids.shape[1], suffix_mask)
     out = model.lm(
