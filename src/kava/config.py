@@ -153,6 +153,11 @@ class TrainConfig(_Strict):
     micro_batch_size: int = Field(8, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    latent_warmup_steps: int = Field(
+        0, ge=0,
+        description="KaVa: the first N optimizer steps train only the projection and the special tokens' "
+        "embedding rows, the backbone frozen (LP-FT) [decision]",
+    )
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     grad_clip: float = Field(2.0, gt=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)

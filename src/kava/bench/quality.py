@@ -64,7 +64,11 @@ BASELINES = (
     Run("pccot", "PCCoT", "latent", ("kava.alpha_kv=0",)),
     Run("kava", "KaVa", "latent", ()),
 )
-BASE = Run("base", "Base model (CoT pretraining, shared)", "cot", ("train.method=cot", "data.drop_last_step=false"))
+# The base model learns the teacher's format (drop-last: the CoT without its last step, the last
+# operation done at the answer), so the teacher knows the answer from the first fine-tuning step;
+# pretrained on the full CoT instead, the jointly trained teacher had not learned the implicit
+# last step after 400 steps and answered a constant, so its CODI target carried nothing.
+BASE = Run("base", "Base model (CoT pretraining in the teacher's format, shared)", "cot", ("train.method=cot",))
 ABLATIONS = (
     Run("kava_crop", "KaVa, crop", "latent", ("kava.compression=crop",)),
     Run("kava_attention", "KaVa, attention only (λ=1)", "latent", ("kava.compression=attention",)),
@@ -73,6 +77,10 @@ ABLATIONS = (
     Run("kava_no_codi", "KaVa, no CODI loss", "latent", ("kava.alpha_codi=0",)),
     Run("kava_no_projection", "KaVa, no projection", "latent", ("latent.projection=false",)),
     Run("kava_keep_last", "KaVa, last CoT step kept", "latent", ("data.drop_last_step=false",)),
+    # M against the CoT's length (30 tokens in configs/synthetic_tiny.yaml after drop-last):
+    # R-KV must then choose which CoT entries the latents imitate
+    Run("kava_m_half", "KaVa, M = 15 (½ of the CoT's tokens)", "latent", ("latent.num_latents=15",)),
+    Run("kava_m_fifth", "KaVa, M = 6 (⅕ of the CoT's tokens)", "latent", ("latent.num_latents=6",)),
 )
 ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS}
 TABLE_ORDER = ("base", *ALL_RUNS)
