@@ -94,6 +94,9 @@ class SyntheticDataConfig(_Strict):
     num_val: int = Field(500, ge=0)
     num_test: int = Field(500, ge=0)
     seed: int = 1234
+    cot_format: Literal["equations", "results"] = Field(
+        "equations", description="the CoT steps: <<a*b=c>> equations (GSM8k-AUG's format) or each step's result only"
+    )
 
 
 class DataConfig(_Strict):

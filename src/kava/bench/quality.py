@@ -160,14 +160,15 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
 def held_out_examples(cfg) -> list:
     """The generator's held-out test split for the config's task, as evaluation examples."""
     from kava.data.eval_sets import EvalExample
-    from kava.data.synthetic import SyntheticTaskConfig, generate_splits
+    from kava.data.synthetic import SyntheticTaskConfig, format_steps, generate_splits
 
     s = cfg.data.synthetic
     if s.num_test < 1:
         raise KavaError("the benchmark needs test problems: set data.synthetic.num_test (or --test-size) to at least 1")
     task = SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
     rows = generate_splits(task, 0, 0, s.num_test)["test"]
-    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"], steps=tuple(r["steps"]))
+    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"],
+                        steps=tuple(format_steps(r["steps"], s.cot_format)))
             for i, r in enumerate(rows)]
 
 
