@@ -151,6 +151,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--output", metavar="FILE.yaml", help="one YAML with every dataset's results")
     p.add_argument("--output-dir", metavar="DIR", help="results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--harness", nargs="+", metavar="TASK",
+                   help="evaluate with lm-evaluation-harness tasks instead of --datasets (pip install 'kava[harness]'); "
+                   "0-shot, the harness's own metrics plus forward passes")
+    p.add_argument("--harness-include", metavar="DIR", help="a folder of local harness task YAMLs (its --include_path)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -169,6 +173,8 @@ def _cmd_evaluate(args) -> int:
     if len(set(keys)) != len(keys):
         raise KavaError(f"two datasets would share result files ({', '.join(names)}); rename one")
     _early_checks(args)
+    if args.harness:
+        return _cmd_harness(args)
     args.source = default_source(args.source)
     # Data first (cheap, and a wrong name fails before the model loads).
     data = {name: load_eval_dataset(name, source=args.source, limit=args.limit) for name in names}
@@ -207,6 +213,30 @@ def _cmd_evaluate(args) -> int:
     written += [str(combined)] if combined is not None else []
     if written:
         print(f"results written to {' and '.join(written)}")
+    return 0
+
+
+def _cmd_harness(args) -> int:
+    from kava.evaluation.harness import run_harness
+    from kava.io import atomic_write_text
+
+    pipe = _load_pipeline(args)
+    res = run_harness(pipe, args.harness, mode=args.mode, limit=args.limit, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, include_path=args.harness_include)
+    from lm_eval.utils import make_table
+
+    print(make_table(res), end="")
+    k = res["kava"]
+    print(f"forward passes ({k['mode']} mode): {k['forward_passes_mean']:.2f} ± {k['forward_passes_std']:.2f} "
+          f"per question over {k['n']} questions")
+    target = Path(args.output_dir) / "harness_results.json" if args.output_dir else None
+    if target is not None:
+        keep = {key: res[key] for key in ("results", "configs", "versions", "n-shot", "kava") if key in res}
+        keep["samples"] = {t: [{"doc_id": x["doc_id"], "target": x["target"], "response": x["resps"][0][0],
+                                **{m: x[m] for m in x.get("metrics", [])}} for x in samples]
+                           for t, samples in res.get("samples", {}).items()}
+        atomic_write_text(target, json.dumps(keep, indent=2, default=str) + "\n")
+        print(f"results written to {target}")
     return 0
 
 
