@@ -133,3 +133,12 @@ def test_a_local_folder_wins_over_a_repo_id(tiny_checkpoint, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_checkpoint, tmp_path / "me" / "ckpt")
     assert resolve_checkpoint("me/ckpt") == Path("me/ckpt")
+
+
+def test_push_dry_run_prints_the_card(tiny_checkpoint, capsys):
+    assert main(["push", str(tiny_checkpoint), "me/kava-tiny", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    first, card = out.split("\n", 1)
+    assert first.startswith("would upload to me/kava-tiny: adapter/") and "training_state.pt" not in first
+    assert "kava_config.yaml" in first and "projection.safetensors" in first
+    assert card.startswith("---\n") and "# kava-tiny" in card

@@ -281,10 +281,24 @@ def register(sub) -> None:
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--license", help="the card's license (default: the base model family's, e.g. llama3.2)")
     p.add_argument("--revision", help="the branch to push to (default: main)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the files that would be uploaded and the model card; upload nothing")
     p.set_defaults(func=_cmd_push)
 
 
+def upload_list(checkpoint: str | os.PathLike) -> list[str]:
+    """The files of the checkpoint folder that `push` uploads (relative paths)."""
+    ckpt = Path(checkpoint)
+    return sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file() and p.name not in NOT_UPLOADED)
+
+
 def _cmd_push(args) -> int:
+    if args.dry_run:
+        card = model_card(args.checkpoint, args.repo_id, license=args.license)
+        files = upload_list(args.checkpoint)
+        print(f"would upload to {args.repo_id}{' (private)' if args.private else ''}: {', '.join(files)}, README.md")
+        print(str(card))
+        return 0
     url = push(args.checkpoint, args.repo_id, private=args.private, license=args.license, revision=args.revision)
     print(f"pushed {args.checkpoint} to {url}")
     return 0
