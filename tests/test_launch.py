@@ -241,3 +241,13 @@ def test_devices_are_for_the_local_launcher(tmp_path, monkeypatch, capsys):
     rc = main(["sweep", "--config", CONFIG, "--seeds", "1", "--output-dir", str(tmp_path), *EVAL,
                "--launcher", "submitit-local", "--devices", "0,1"])
     assert rc == 2 and "--devices is for --launcher local" in capsys.readouterr().err
+
+
+def test_reproduce_dry_run_passes_the_launcher_on(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["reproduce", "--dry-run", "--launcher", "slurm", "--partition", "gpu", "--time", "30:00:00",
+                 "--sbatch-arg=--exclusive", "--setup", "module load cuda"]) == 0
+    sweeps = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("kava sweep")]
+    assert len(sweeps) == 6
+    assert all(ln.endswith("--launcher slurm --partition=gpu --time=30:00:00 --sbatch-arg=--exclusive "
+                           "--setup=module load cuda") for ln in sweeps)
