@@ -250,4 +250,4 @@ def test_reproduce_dry_run_passes_the_launcher_on(monkeypatch, capsys):
     sweeps = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("kava sweep")]
     assert len(sweeps) == 6
     assert all(ln.endswith("--launcher slurm --partition=gpu --time=30:00:00 --sbatch-arg=--exclusive "
-                           "--setup=module load cuda") for ln in sweeps)
+                           "--setup='module load cuda'") for ln in sweeps)

@@ -14,6 +14,7 @@ same command retries only what is missing or failed; 2 a user error (``error: ..
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def _launcher_args(args) -> list[str]:
         value = getattr(args, key, None)
         for v in (value if isinstance(value, list) else [value] if value is not None else []):
             flag = "sbatch-arg" if key == "sbatch_args" else key.replace("_", "-")
-            out.append(f"--{flag}={v}")
+            out.append(f"--{flag}={shlex.quote(str(v))}")
     if args.wait:
         out.append("--wait")
     return out
