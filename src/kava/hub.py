@@ -67,7 +67,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
 
     at = f" at revision {revision}" if revision else ""
     try:
-        return Path(snapshot_download(str(checkpoint), revision=revision))
+        # offline: the cache only (huggingface_hub 1.x would try the hub for a commit revision and fail)
+        return Path(snapshot_download(str(checkpoint), revision=revision, local_files_only=_offline()))
     except LocalEntryNotFoundError:
         if _offline():
             raise KavaError(f"{checkpoint}{at} is not in the hub cache and HF_HUB_OFFLINE=1 forbids downloading it; "
