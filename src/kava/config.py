@@ -36,6 +36,7 @@ class TinyModelConfig(_Strict):
         1, ge=1, le=3,
         description="word tokenizer: numbers are cut into tokens of up to this many digits (Llama 3 uses 3)",
     )
+    brackets: bool = Field(False, description="word tokenizer: '<<' and '>>' are one token each (as in Llama 3)")
 
 
 class ModelConfig(_Strict):

@@ -77,10 +77,10 @@ ABLATIONS = (
     Run("kava_no_codi", "KaVa, no CODI loss", "latent", ("kava.alpha_codi=0",)),
     Run("kava_no_projection", "KaVa, no projection", "latent", ("latent.projection=false",)),
     Run("kava_keep_last", "KaVa, last CoT step kept", "latent", ("data.drop_last_step=false",)),
-    # M against the CoT's length (30 tokens in configs/synthetic_tiny.yaml after drop-last):
+    # M against the CoT's length (24 tokens in configs/synthetic_tiny.yaml after drop-last):
     # R-KV must then choose which CoT entries the latents imitate
-    Run("kava_m_half", "KaVa, M = 15 (½ of the CoT's tokens)", "latent", ("latent.num_latents=15",)),
-    Run("kava_m_fifth", "KaVa, M = 6 (⅕ of the CoT's tokens)", "latent", ("latent.num_latents=6",)),
+    Run("kava_m_half", "KaVa, M = 12 (½ of the CoT's tokens)", "latent", ("latent.num_latents=12",)),
+    Run("kava_m_quarter", "KaVa, M = 6 (¼ of the CoT's tokens)", "latent", ("latent.num_latents=6",)),
 )
 ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS}
 TABLE_ORDER = ("base", *ALL_RUNS)
