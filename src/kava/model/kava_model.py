@@ -104,13 +104,15 @@ def use_fast_trainable_tokens(backbone) -> int:
 
 
 class KavaModel(nn.Module):
-    def __init__(self, backbone, special: SpecialIds, num_latents: int, num_iterations: int, projection: bool):
+    def __init__(self, backbone, special: SpecialIds, num_latents: int, num_iterations: int, projection: bool,
+                 latent_mode: str = "jacobi"):
         super().__init__()
         use_fast_trainable_tokens(backbone)
         self.backbone = backbone
         self.special = special
         self.num_latents = num_latents
         self.num_iterations = num_iterations
+        self.latent_mode = latent_mode  # "jacobi" (kava.model.student) or "sequential" (kava.model.sequential)
         hidden = backbone.config.get_text_config().hidden_size
         self.projection = LatentProjection(hidden) if projection else None
 
@@ -189,7 +191,8 @@ def build_kava_model(cfg: KavaConfig, device: torch.device | str = "cpu", word_v
     special = add_special_tokens(backbone, tok)
     if cfg.lora.enabled:
         backbone = apply_lora(backbone, cfg, special)
-    model = KavaModel(backbone, special, cfg.latent.num_latents, cfg.latent.num_iterations, cfg.latent.projection)
+    model = KavaModel(backbone, special, cfg.latent.num_latents, cfg.latent.num_iterations, cfg.latent.projection,
+                      cfg.latent.mode)
     model.to(device)
     builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step,
                               codi_position=cfg.kava.codi_position)

@@ -8,6 +8,9 @@
 The question's keys and values are computed once, in pass 0, and reused by every
 iteration (never recomputed). Gradients flow through all T iterations (no detach).
 Questions are left-padded so the latent blocks line up; positions follow the mask.
+`latent.mode: sequential` (CODI, Coconut) computes the latents one per pass instead
+(kava.model.sequential); `run_latents` dispatches to it, so everything after the latents
+is shared.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class LatentState:
     mask: torch.Tensor  # [B, Lq + M]
     hidden: torch.Tensor  # [B, M, d] last-layer hidden states of the final iteration
     latent_kv: KV  # per layer ([B, H_kv, M, D], [B, H_kv, M, D])
-    passes: int  # model calls made (1 + T)
+    passes: int  # model calls made (1 + T; sequential: 1 + M)
 
 
 def latent_inputs(model: KavaModel, hidden: torch.Tensor) -> torch.Tensor:
@@ -37,14 +40,23 @@ def latent_inputs(model: KavaModel, hidden: torch.Tensor) -> torch.Tensor:
     return torch.cat([first, model.project(hidden[:, :-1])], dim=1)
 
 
-def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num_iterations: int | None = None) -> LatentState:
-    """Pass 0 and T Jacobi iterations. q_ids/q_mask: left-padded Q + <bot>, [B, Lq]."""
+def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num_iterations: int | None = None,
+                latent_mask: torch.Tensor | None = None) -> LatentState:
+    """Pass 0 and T Jacobi iterations. q_ids/q_mask: left-padded Q + <bot>, [B, Lq].
+
+    latent_mask [B, K] (a curriculum): example b has the latents where it is 1, first in its
+    block; the padding after them is never attended to. None: M latents for every example."""
+    if model.latent_mode == "sequential":
+        from kava.model.sequential import run_sequential_latents
+
+        return run_sequential_latents(model, q_ids, q_mask, latent_mask)
     T = model.num_iterations if num_iterations is None else num_iterations
-    M = model.num_latents
+    M = model.num_latents if latent_mask is None else latent_mask.shape[1]
+    T = T if M else 0
     B, Lq = q_ids.shape
     q_emb = model.embed(q_ids)
     lat = model.latent_embeddings(B).expand(B, M, -1).to(q_emb.dtype)
-    mask = extend_mask(q_mask, M)
+    mask = extend_mask(q_mask, M, latent_mask)
     # Under gradient checkpointing every pass gets a replay-safe cache, read from the object
     # itself (some models return none then); else pass 0 lets the model make its own.
     cache = pass_cache(None, model.config) if replays_layers(model) else None
@@ -87,8 +99,9 @@ class StudentOutput:
 
 
 def student_forward(model: KavaModel, batch: dict[str, torch.Tensor]) -> StudentOutput:
-    """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A."""
-    state = run_latents(model, batch["q_ids"], batch["q_mask"])
+    """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A (with a curriculum,
+    the suffix is <eot> + the remaining CoT + P + A, CE on all but <eot>)."""
+    state = run_latents(model, batch["q_ids"], batch["q_mask"], latent_mask=batch.get("latent_mask"))
     suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
     mask = extend_mask(state.mask, suffix_ids.shape[1], suffix_mask)
     out = model.lm(
