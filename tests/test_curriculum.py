@@ -234,10 +234,14 @@ def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch)
      {"kava.alpha_codi": 20, "kava.teacher_ce": True, "kava.codi_position": "answer_start"}),  # CODI
 ])
 def test_kava_pccot_and_codi_students_train_under_a_curriculum(tmp_path, latent, extra):
-    extra = {"train.max_steps": 7, "train.save_every": None, **{f"latent.{k}": v for k, v in latent.items()}, **extra}
+    extra = {"train.max_steps": 7, "train.save_every": None, "data.val_size": 4, "train.eval_every": 7,
+             **{f"latent.{k}": v for k, v in latent.items()}, **extra}
     final = train(_train_cfg(tmp_path, **{k: ("null" if v is None else v) for k, v in extra.items()}),
                   show_progress=False)
-    log = read_jsonl(final.parent / "train_log.jsonl")
+    records = read_jsonl(final.parent / "train_log.jsonl")
+    log = [r for r in records if r.get("split") != "validation"]
+    (val,) = [r for r in records if r.get("split") == "validation"]  # at the final stage
+    assert torch.isfinite(torch.tensor(val["ce_student"]))
     assert [r["curriculum_stage"] for r in log] == [0, 0, 1, 1, 2, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     assert "codi" in log[-1] and ("kv" in log[-1]) == (extra.get("kava.alpha_kv", 0) > 0)
