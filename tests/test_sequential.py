@@ -296,3 +296,37 @@ def test_generate_counts_one_pass_per_latent_and_batch_equals_alone(seq_model, m
         calls.clear()
         (g,) = generate(model, builder, [q], mode="latent", max_new_tokens=6)
         assert g.forward_passes == len(calls) == 1 + M + 1 + (g.generated_tokens - 1)
+
+
+# ----- the latent controls (kava.inference.latent_control) on a sequential student ---------
+
+
+def test_latent_controls_apply_to_sequential_latents(seq_model):
+    from kava.inference.latent_control import controlled_latents
+
+    model, _, builder = seq_model
+    enc, batch = _batch(builder)
+    q_ids, q_mask = batch["q_ids"], batch["q_mask"]
+    M = model.num_latents
+    with torch.no_grad():
+        own = controlled_latents(model, builder, q_ids, q_mask, None)
+        assert own.passes == 1 + M and own.inputs.shape == own.hidden.shape
+        # pass0: no hidden state fed back, every latent input e(<latent>): the Jacobi pass 0, one call
+        p0 = controlled_latents(model, builder, q_ids, q_mask, "pass0")
+        jac = run_latents(model, q_ids, q_mask, num_iterations=0)
+        assert p0.passes == 1
+        close(p0.hidden, jac.hidden)
+        assert (p0.hidden - own.hidden).abs().max() > 1e-3
+        # shuffled: row b answers with row b+1's latent values (keys moved to row b's positions)
+        questions = [e.question for e in EXAMPLES]
+        donors = questions[1:] + questions[:1]
+        sh = controlled_latents(model, builder, q_ids, q_mask, "shuffled", donors=donors)
+        for b in range(len(EXAMPLES)):
+            d = builder.student_batch([builder.encode(EXAMPLES[(b + 1) % 3])])
+            alone = run_latents(model, d["q_ids"], d["q_mask"])
+            close(sh.latent_kv[-1][1][b], alone.latent_kv[-1][1][0])
+        # teacher: the compressed CoT entries in the M latent slots
+        te = controlled_latents(model, builder, q_ids, q_mask, "teacher", questions=questions,
+                                steps=[list(e.steps) for e in EXAMPLES])
+        assert te.latent_kv[0][0].shape == own.latent_kv[0][0].shape
+        assert (te.latent_kv[-1][1] - own.latent_kv[-1][1]).abs().max() > 1e-3

@@ -262,14 +262,47 @@ def test_projection_switch(monkeypatch, projection):
         run_latents(model, q["input_ids"], q["attention_mask"], num_iterations=1)
         ref = model.backbone(**calls[0])  # pass 0 again: its hidden states h⁰
     Lq = q["input_ids"].shape[1]
-    h0 = ref.hidden_states[-1][:, Lq:]
+    h0 = ref.hidden_states[-1][:, Lq - 1 :]  # <bot> and the M latents
     inputs = calls[1]["inputs_embeds"]
-    torch.testing.assert_close(inputs[:, :1], model.latent_embeddings(len(EXAMPLES)))
     if projection:
-        torch.testing.assert_close(inputs[:, 1:], model.projection(h0[:, :-1]))
-        assert not torch.allclose(inputs[:, 1:], h0[:, :-1])
+        torch.testing.assert_close(inputs, model.projection(h0[:, :-1]))
+        assert not torch.allclose(inputs, h0[:, :-1])
     else:
-        torch.testing.assert_close(inputs[:, 1:], h0[:, :-1])
+        torch.testing.assert_close(inputs, h0[:, :-1])
+
+
+@pytest.mark.parametrize("first_input", ["bot_hidden", "latent_embedding"])
+def test_first_input_switch(monkeypatch, first_input):
+    """latent.first_input: the first slot's input is proj(h⁰ at <bot>) or e(<latent>)."""
+    cfg, model, builder = _setup(latent__first_input=first_input)
+    assert model.first_input == first_input
+    calls = _count_lm_calls(monkeypatch, model)
+    q = builder.question_batch([builder.encode(e).q for e in EXAMPLES], add_bot=True)
+    with torch.no_grad():
+        run_latents(model, q["input_ids"], q["attention_mask"], num_iterations=2)
+        ref = model.backbone(**calls[0])
+    Lq = q["input_ids"].shape[1]
+    expected = (model.projection(ref.hidden_states[-1][:, Lq - 1 : Lq]) if first_input == "bot_hidden"
+                else model.latent_embeddings(len(EXAMPLES)))
+    for call in calls[1:]:
+        torch.testing.assert_close(call["inputs_embeds"][:, :1], expected)
+
+
+@pytest.mark.parametrize("scale", ["unit", "embedding_rms"])
+def test_projection_scale_switch(scale):
+    """latent.projection_scale: the projection's LayerNorm gain starts at 1 or at the embeddings' RMS."""
+    from kava.model.kava_model import embedding_rms
+
+    raw = {"model": {"name": "tiny-llama", "dtype": "float32"}, "lora": {"enabled": False},
+           "data": {"dataset": "x.jsonl", "source": "local"}, "latent": {"projection_scale": scale}}
+    model, _tok, _builder = build_kava_model(config_from_dict(raw))
+    rms = embedding_rms(model.backbone)
+    assert 0 < rms < 0.5  # the tiny model's embeddings are small (std 0.02 at init)
+    gain = model.projection.net[-1].weight
+    expected = 1.0 if scale == "unit" else rms
+    torch.testing.assert_close(gain, torch.full_like(gain, expected))
+    out = model.projection(torch.randn(3, 5, gain.shape[0]))
+    torch.testing.assert_close(out.pow(2).mean().sqrt(), torch.tensor(expected), rtol=0.05, atol=0)
 
 
 @pytest.mark.parametrize("M", [2, 5])

@@ -32,6 +32,10 @@ class TinyModelConfig(_Strict):
     intermediate_size: int = Field(128, ge=8)
     seed: int = 0
     tokenizer: Literal["char", "word"] = "char"
+    number_digits: int = Field(
+        1, ge=1, le=3,
+        description="word tokenizer: numbers are cut into tokens of up to this many digits (Llama 3 uses 3)",
+    )
 
 
 class ModelConfig(_Strict):
@@ -57,6 +61,16 @@ class LatentConfig(_Strict):
     num_latents: int = Field(24, ge=1, description="M, latent tokens = R-KV budget")
     num_iterations: int = Field(3, ge=0, description="T, Jacobi iterations after pass 0 (jacobi mode)")
     projection: bool = Field(True, description="Linear-GELU-Linear-LayerNorm on the latent hidden states [pccot]")
+    first_input: Literal["bot_hidden", "latent_embedding"] = Field(
+        "bot_hidden",
+        description="input of the first latent slot in every Jacobi iteration: proj(h⁰ at <bot>) from pass 0 "
+        "[pccot][codi], or the constant <latent> embedding (kava before 0.2)",
+    )
+    projection_scale: Literal["unit", "embedding_rms"] = Field(
+        "unit",
+        description="initial gain of the projection's LayerNorm: 1 [pccot][codi], or the RMS of the input "
+        "embeddings, so fed-back latents start at the scale of token embeddings [decision]",
+    )
     mode: Literal["jacobi", "sequential"] = Field(
         "jacobi", description="jacobi: M latents in parallel, refined T times [pccot]; sequential: one latent per "
         "pass, each fed the previous position's hidden state [codi][coconut]"
@@ -111,9 +125,10 @@ class KavaLossConfig(_Strict):
     alpha_codi: float = Field(10.0, ge=0, description="α₁")
     alpha_kv: float = Field(1.0, ge=0, description="α₂ (0 = PCCoT)")
     codi_position: Literal["prefix_end", "answer_start"] = Field(
-        "prefix_end",
-        description="CODI hidden states at the last token of P, or at the token before the first "
-        "non-whitespace answer token (a tokenizer that writes ' 72' as ' ' + '72' predicts only the space after P)",
+        "answer_start",
+        description="CODI hidden states at the token whose next token is the answer's first digit or sign "
+        "(after a whitespace-only token opening the answer: Llama 3 and Qwen2.5 write ' 72' as ' ' + '72') "
+        "[codi][pccot], or at the last token of P whatever follows it (kava before 0.2)",
     )
     teacher_ce: bool = Field(True, description="train the teacher's CE on C+P+A too")
     teacher_targets: Literal["same_pass", "separate_pass"] = Field(

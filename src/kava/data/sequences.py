@@ -15,9 +15,12 @@ latents and keeps the CoT steps its stage has not replaced: Q + <bot> + <latent>
 <eot> + C_k + P + A, CE on C_k, P and A, with C_k = " " + " ".join(steps[k:]) tokenised
 as one piece, as C is (C_0 = C).
 
-The CODI position is the last token of P (its next token is the first answer token),
-found from the segment lengths, never by searching the text: a tokenizer that splits
-" 72" into " " + "72" (Llama 3) cannot shift it.
+The CODI position is the token whose next token is the answer's first digit or sign: the
+last token of P, or — when A opens with whitespace-only tokens, as with tokenizers that
+split " 72" into " " + "72" (Llama 3, Qwen2.5) — the last of those ([codi] shifts by one for
+Llama and Qwen, [pccot] drops the space). It is found from the segment lengths and A's own
+tokens, never by searching the text. `codi_position="prefix_end"` keeps the last token of P
+whatever follows it.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class Encoded:
 
 class SequenceBuilder:
     def __init__(self, tokenizer, prompt: PromptConfig, special: SpecialIds, drop_last_step: bool = True,
-                 codi_position: str = "prefix_end"):
+                 codi_position: str = "answer_start"):
         self.tok = tokenizer
         self.prompt = prompt
         self.special = special
@@ -113,7 +116,7 @@ class SequenceBuilder:
         """Right-padded Q + C + P + A (or Q + P + A with with_cot=False).
 
         Returns input_ids, attention_mask, labels (C, P, A; or P, A), cot_mask, query_mask
-        (P + A rows, for R-KV importance), codi_index (last token of P), all [B, S] / [B].
+        (P + A rows, for R-KV importance), codi_index (the CODI position), all [B, S] / [B].
         """
         seqs, labels, cot, query, codi = [], [], [], [], []
         for e in items:

@@ -49,13 +49,14 @@ def run_sequential_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.
     kv = kv_of(out.past_key_values if cache is None else cache)
     h = out.hidden_states[-1][:, -1:]  # at <bot>: the last column of a left-padded batch
     mask = q_mask
-    hidden = []
+    hidden, inputs = [], []
     for i in range(M):
         mask = extend_mask(mask, 1, latent_mask[:, i : i + 1])
         # a pass cache per call: right under gradient checkpointing, and the same tensors otherwise
         cache = pass_cache(kv, model.config)
+        inputs.append(model.project(h))
         out = model.lm(
-            inputs_embeds=model.project(h),
+            inputs_embeds=inputs[-1],
             attention_mask=mask,
             position_ids=positions_for_new(mask, 1),
             past_key_values=cache,
@@ -67,5 +68,6 @@ def run_sequential_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.
         hidden.append(h)
         kv = kv_of(cache)
     hidden = torch.cat(hidden, dim=1) if hidden else h[:, :0]
+    inputs = torch.cat(inputs, dim=1) if inputs else h[:, :0]
     return LatentState(cache=cache_from_kv(kv, model.config), mask=mask, hidden=hidden,
-                       latent_kv=slice_kv(kv, Lq, None), passes=1 + M)
+                       latent_kv=slice_kv(kv, Lq, None), passes=1 + M, inputs=inputs)

@@ -1,13 +1,16 @@
 """The student: parallel latent reasoning with Jacobi iterations (SPEC.md §2) [pccot][paper].
 
     pass 0:  Q + <bot> + <latent>×M          -> cache of Q + <bot>, hidden states h⁰
-    k=1..T:  [e(<latent>), proj(h^{k-1}_1), …, proj(h^{k-1}_{M-1})] over the Q + <bot> cache
+    k=1..T:  [proj(h⁰_<bot>), proj(h^{k-1}_1), …, proj(h^{k-1}_{M-1})] over the Q + <bot> cache
              (causal inside the block)       -> hᵏ, latent keys/values KVᵏ
     then:    <eot> + P (+ A when training) over Q + <bot> + latents(KVᵀ)
 
 The question's keys and values are computed once, in pass 0, and reused by every
 iteration (never recomputed). Gradients flow through all T iterations (no detach).
 Questions are left-padded so the latent blocks line up; positions follow the mask.
+The first slot's input is the projected pass-0 hidden state at <bot>, the same in every
+iteration, as in the official PCCoT and CODI code (`latent.first_input: latent_embedding`
+feeds the constant e(<latent>) instead).
 `latent.mode: sequential` (CODI, Coconut) computes the latents one per pass instead
 (kava.model.sequential); `run_latents` dispatches to it, so everything after the latents
 is shared.
@@ -32,11 +35,18 @@ class LatentState:
     hidden: torch.Tensor  # [B, M, d] last-layer hidden states of the final iteration
     latent_kv: KV  # per layer ([B, H_kv, M, D], [B, H_kv, M, D])
     passes: int  # model calls made (1 + T; sequential: 1 + M)
+    inputs: torch.Tensor | None = None  # [B, M, d] the latent inputs of the final pass
 
 
-def latent_inputs(model: KavaModel, hidden: torch.Tensor) -> torch.Tensor:
-    """Jacobi inputs from the previous iteration: shift by one, the first stays e(<latent>)."""
-    first = model.latent_embeddings(hidden.shape[0]).to(hidden.dtype)
+def first_latent_input(model: KavaModel, bot_hidden: torch.Tensor) -> torch.Tensor:
+    """[B, 1, d]: the first slot's input in every iteration (from pass 0's h at <bot>, [B, 1, d])."""
+    if model.first_input == "bot_hidden":
+        return model.project(bot_hidden)
+    return model.latent_embeddings(bot_hidden.shape[0]).to(bot_hidden.dtype)
+
+
+def latent_inputs(model: KavaModel, first: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Jacobi inputs from the previous iteration's hidden states: shift by one after `first`."""
     return torch.cat([first, model.project(hidden[:, :-1])], dim=1)
 
 
@@ -45,8 +55,11 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
     """Pass 0 and T Jacobi iterations. q_ids/q_mask: left-padded Q + <bot>, [B, Lq].
 
     latent_mask [B, K] (a curriculum): example b has the latents where it is 1, first in its
-    block; the padding after them is never attended to. None: M latents for every example."""
-    if model.latent_mode == "sequential":
+    block; the padding after them is never attended to. None: M latents for every example.
+    A `latent.mode: sequential` model runs its sequential latents unless `num_iterations` is
+    given: then this Jacobi computation runs (0, the pass0 control: every latent input
+    e(<latent>), no hidden state fed back)."""
+    if model.latent_mode == "sequential" and num_iterations is None:
         from kava.model.sequential import run_sequential_latents
 
         return run_sequential_latents(model, q_ids, q_mask, latent_mask)
@@ -70,13 +83,16 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
         logits_to_keep=no_logits(model, q_ids.device),
     )
     hidden = out.hidden_states[-1][:, Lq:]
+    inputs = lat
     cache = out.past_key_values if cache is None else cache
     prefix_kv = slice_kv(kv_of(cache), 0, Lq)
     latent_pos = positions_for_new(mask, M)
+    first = first_latent_input(model, out.hidden_states[-1][:, Lq - 1 : Lq]) if T else None
     for _ in range(T):
         cache = pass_cache(prefix_kv, model.config)
+        inputs = latent_inputs(model, first, hidden)
         out = model.lm(
-            inputs_embeds=latent_inputs(model, hidden),
+            inputs_embeds=inputs,
             attention_mask=mask,
             position_ids=latent_pos,
             past_key_values=cache,
@@ -87,14 +103,14 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
         hidden = out.hidden_states[-1]
     final_kv = kv_of(cache)  # (pass caches serve one pass: hand on a plain cache over the same tensors)
     return LatentState(cache=cache_from_kv(final_kv, model.config), mask=mask, hidden=hidden,
-                       latent_kv=slice_kv(final_kv, Lq, None), passes=1 + T)
+                       latent_kv=slice_kv(final_kv, Lq, None), passes=1 + T, inputs=inputs)
 
 
 @dataclass
 class StudentOutput:
     ce: torch.Tensor
     latent_kv: KV
-    codi_hidden: list[torch.Tensor]  # per layer [B, d] at the last token of P
+    codi_hidden: list[torch.Tensor]  # per layer [B, d] at the CODI position
     logits: torch.Tensor
 
 

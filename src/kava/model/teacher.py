@@ -2,7 +2,7 @@
 
 One pass with gradient (its CE on C, P, A is part of the loss). The distillation targets
 are taken from it and detached: the R-KV-compressed CoT keys/values (§4) and the
-hidden states at the last token of P for the CODI loss. `teacher_targets:
+hidden states at the CODI position (the token before the answer's first digit) for the CODI loss. `teacher_targets:
 separate_pass` takes the targets from a second, no-grad, eval-mode pass instead.
 """
 
