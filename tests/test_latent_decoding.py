@@ -24,6 +24,7 @@ def test_latent_decoding_equals_a_loop_over_slots(llama):
     res = latent_decoding(model, builder, examples, k=5)
     found = total = multi = 0
     head = model.backbone.get_output_embeddings()
+    sets = []
     for ex in examples[:2]:
         q = builder.question_batch([builder.question_ids(ex.question)], add_bot=True)
         with torch.no_grad():
@@ -33,6 +34,7 @@ def test_latent_decoding_equals_a_loop_over_slots(llama):
             logits = head(h[slot])
             for i in torch.argsort(logits, descending=True)[:5].tolist():
                 decoded.add(tok.decode([i]).strip())
+        sets.append(decoded)
         for r in intermediate_results(ex.steps[:-1]):
             if len(r) > 1:
                 multi += 1
@@ -41,3 +43,7 @@ def test_latent_decoding_equals_a_loop_over_slots(llama):
                 found += r in decoded
     assert (res["n_results"], res["multi_token"]) == (total, multi) == (2, 1)
     assert res["found"] == 100.0 * found / total
+    # found_other: each problem's results against the next problem's latents (b's against a's)
+    other = sum(r in sets[(i + 1) % 2] for i, ex in enumerate(examples[:2]) for r in intermediate_results(ex.steps[:-1])
+                if len(r) == 1)
+    assert res["found_other"] == 100.0 * other / total

@@ -415,3 +415,18 @@ def test_codi_position_switch(monkeypatch, position, next_text):
     seen = _spy(monkeypatch, objective_module, "codi_loss")
     KavaObjective(model, cfg)(batch)
     assert len(seen) == 1
+
+
+def test_student_latents_teacher_reads_the_teachers_kv(monkeypatch):
+    """kava.student_latents=teacher: the answer pass attends to the teacher's kept CoT keys/values."""
+    from kava.inference import latent_control
+
+    cfg, model, builder = _setup(kava__student_latents="teacher", kava__alpha_kv=0)
+    batch = _batch(cfg, builder)
+    seen = _spy(monkeypatch, latent_control, "selections_state")
+    out = KavaObjective(model, cfg)(batch)
+    assert len(seen) == 1 and torch.isfinite(out["loss"])
+    # the answer pass's CE differs from the student's own-latent CE (the latents it reads changed)
+    cfg_own, model_own, _ = _setup(kava__alpha_kv=0)
+    own = KavaObjective(model_own, cfg_own)(batch)
+    assert abs(float(out["ce_student"]) - float(own["ce_student"])) > 1e-4

@@ -131,6 +131,11 @@ class KavaLossConfig(_Strict):
         "[codi][pccot], or at the last token of P whatever follows it (kava before 0.2)",
     )
     teacher_ce: bool = Field(True, description="train the teacher's CE on C+P+A too")
+    student_latents: Literal["own", "teacher"] = Field(
+        "own",
+        description="what the student's answer pass reads: its own latents, or (a diagnostic, not a method) the "
+        "teacher's compressed CoT keys/values — whether the channel can carry the answer at all",
+    )
     teacher_targets: Literal["same_pass", "separate_pass"] = Field(
         "same_pass", description="distillation targets from the teacher's training pass, or a no-grad eval-mode pass"
     )
@@ -219,10 +224,11 @@ class KavaConfig(_Strict):
                 raise ValueError(
                     f"latent.num_latents ({self.latent.num_latents}) must equal curriculum.stages × "
                     f"curriculum.thoughts_per_step ({c.stages} × {c.thoughts_per_step}): the final stage's latents")
-            if self.kava.alpha_kv > 0:
+            if self.kava.alpha_kv > 0 or self.kava.student_latents == "teacher":
                 raise ValueError(
-                    "curriculum.thoughts_per_step needs kava.alpha_kv: 0: the KV loss distils M latents toward the "
-                    "teacher's CoT compressed to M entries; leave thoughts_per_step null (M latents at every stage)")
+                    "curriculum.thoughts_per_step needs kava.alpha_kv: 0 (and kava.student_latents: own): the KV loss "
+                    "distils M latents toward the teacher's CoT compressed to M entries; leave thoughts_per_step null "
+                    "(M latents at every stage)")
         return self
 
 

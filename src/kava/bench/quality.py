@@ -432,6 +432,7 @@ CONTROL_COLUMNS = (  # (label, control, key)
     ("T = 0 (%)", "pass0", "accuracy"),
     ("teacher's CoT KV (%)", "teacher", "accuracy"),
     ("results decoded, top-5 (%)", "decoded", "found"),
+    ("… from another question's latents (%)", "decoded", "found_other"),
 )
 
 

@@ -95,7 +95,7 @@ def _dataset_key(name: str) -> str:
     """A file-name-safe key: the dataset's name, or a local file's stem."""
     from kava.data.eval_sets import EVAL_DATASETS
 
-    key = name if name in EVAL_DATASETS else Path(name).stem
+    key = name if name in EVAL_DATASETS or name == SYNTHETIC_TEST else Path(name).stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key) or "dataset"
 
 
@@ -114,7 +114,7 @@ def _add_evaluate(sub) -> None:
     _add_model_options(p)
     p.add_argument(
         "--datasets", nargs="+", default=["gsm8k", "gsm8k-hard", "svamp"], metavar="NAME",
-        help=f"{', '.join(EVAL_DATASETS)}, "
+        help=f"{', '.join(EVAL_DATASETS)}, synthetic-test (the held-out split of a checkpoint's synthetic task), "
         "or a .jsonl file with question and answer (default: gsm8k gsm8k-hard svamp)",
     )
     p.add_argument("--source", choices=("hub", "offline"), default="hub",
@@ -136,8 +136,28 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
-def _cmd_evaluate(args) -> int:
+SYNTHETIC_TEST = "synthetic-test"
+
+
+def _load_dataset(name: str, args):
+    """An evaluation set by name, or `synthetic-test`: the held-out split of the synthetic task the
+    checkpoint was trained on (with its CoT steps, for `--latent-control teacher`)."""
     from kava.data.eval_sets import load_eval_dataset
+
+    if name != SYNTHETIC_TEST:
+        return load_eval_dataset(name, source=args.source, limit=args.limit)
+    from kava.bench.quality import held_out_examples
+    from kava.training.checkpoint import read_checkpoint_config
+
+    if args.checkpoint is None:
+        raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of a checkpoint's synthetic task: give --checkpoint")
+    cfg = read_checkpoint_config(args.checkpoint)
+    if cfg.data.source != "synthetic":
+        raise KavaError(f"--datasets {SYNTHETIC_TEST}: {args.checkpoint} was not trained on the synthetic task")
+    return held_out_examples(cfg)[: args.limit]
+
+
+def _cmd_evaluate(args) -> int:
     from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
     from kava.io import atomic_write_yaml
 
@@ -152,7 +172,7 @@ def _cmd_evaluate(args) -> int:
         raise KavaError(f"two datasets would share result files ({', '.join(names)}); rename one")
     _early_checks(args)
     # Data first (cheap, and a wrong name fails before the model loads).
-    data = {name: load_eval_dataset(name, source=args.source, limit=args.limit) for name in names}
+    data = {name: _load_dataset(name, args) for name in names}
     pipe = _load_pipeline(args)
     mode = pipe.resolve_mode(args.mode)
     controls = list(dict.fromkeys(args.latent_control or []))

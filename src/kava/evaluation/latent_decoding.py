@@ -4,8 +4,11 @@ Each latent's final last-layer hidden state (after the final norm, as fed back t
 slot) is decoded through the LM head; its top-k tokens are compared with the intermediate
 results of the problem's chain of thought — the results of the CoT steps the teacher reads
 (`steps[:-1]` with drop-last, SPEC.md §1). A result is *found* when some latent's top-k holds a
-token that is exactly that number. Decodable latents alone prove nothing (they can be read off
-without being used): the causal controls of `kava.inference.latent_control` answer that.
+token that is exactly that number. With many latents and few distinct numbers a result can be
+found by chance, so the same count is made with the next problem's latents (`found_other`, as
+the shuffled control pairs them): only `found` well above `found_other` says the latents hold
+this problem's results. Decodable latents alone prove nothing (they can be read off without
+being used): the causal controls of `kava.inference.latent_control` answer that.
 
 A number the tokenizer writes in several tokens can never be one token of a top-k: such results
 are counted in `multi_token` and left out of the share (with kava's word tokenizer and
@@ -38,27 +41,30 @@ def intermediate_results(steps) -> list[str]:
 def latent_decoding(model, builder, examples: list[EvalExample], k: int = 5, batch_size: int = 64) -> dict:
     """Share (%) of intermediate results found in some latent's top-k; see the module docstring.
 
-    Returns found (%), n_results (single-token results checked), multi_token (left out),
-    n_examples, k."""
+    Returns found (%), found_other (% with the next problem's latents), n_results (single-token
+    results checked), multi_token (left out), n_examples, k."""
     from kava.inference.generate import generate
 
     head = model.backbone.get_output_embeddings()
-    found = total = multi = 0
+    examples = [ex for ex in examples if ex.steps]
+    decoded: list[set[str]] = []
     for start in range(0, len(examples), batch_size):
-        batch = [ex for ex in examples[start : start + batch_size] if ex.steps]
-        if not batch:
-            continue
+        batch = examples[start : start + batch_size]
         gens = generate(model, builder, [ex.question for ex in batch], mode="latent", max_new_tokens=1,
                         return_latents=True)
-        for ex, gen in zip(batch, gens):
+        for gen in gens:
             h = gen.latent_hidden.to(model.device, dtype=head.weight.dtype)
             top = head(h).topk(min(k, head.weight.shape[0]), dim=-1).indices  # [M, k]
-            decoded = {builder.tok.decode([int(i)]).strip() for i in top.flatten().tolist()}
-            for r in intermediate_results(builder.cot_steps(ex.steps)):
-                if len(builder.tok(r, add_special_tokens=False)["input_ids"]) != 1:
-                    multi += 1
-                    continue
-                total += 1
-                found += r in decoded
-    return {"found": 100.0 * found / total if total else None, "n_results": total, "multi_token": multi,
+            decoded.append({builder.tok.decode([int(i)]).strip() for i in top.flatten().tolist()})
+    found = other = total = multi = 0
+    for i, ex in enumerate(examples):
+        for r in intermediate_results(builder.cot_steps(ex.steps)):
+            if len(builder.tok(r, add_special_tokens=False)["input_ids"]) != 1:
+                multi += 1
+                continue
+            total += 1
+            found += r in decoded[i]
+            other += r in decoded[(i + 1) % len(examples)]
+    share = (lambda x: 100.0 * x / total) if total else (lambda x: None)
+    return {"found": share(found), "found_other": share(other), "n_results": total, "multi_token": multi,
             "n_examples": len(examples), "k": k}

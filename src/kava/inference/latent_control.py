@@ -72,15 +72,21 @@ def teacher_state(model: KavaModel, builder, state: LatentState, questions: list
     # (a no-grad, eval-mode pass: targets only; the query rows are those of P, no answer is given)
     teacher = teacher_forward(model, batch, budget=M, lam=lam, method=compression, with_ce=False,
                               generator=torch.Generator(device=model.device).manual_seed(0))
-    dst = latent_positions(state, M)
+    return selections_state(model, state, teacher.selections, move)
+
+
+def selections_state(model: KavaModel, state: LatentState, selections, move: bool = False) -> LatentState:
+    """`state` with the teacher's R-KV selections (per layer) in its latent slots (detached); slots
+    a short CoT leaves empty keep the student's own latents. move: keys moved to the latent positions
+    (the teacher's batch is right-padded, so a CoT token's position is its index)."""
+    dst = latent_positions(state, model.num_latents)
     kv = []
-    for (ks, vs), sel in zip(state.latent_kv, teacher.selections, strict=True):
-        keys = sel.keys
+    for (ks, vs), sel in zip(state.latent_kv, selections, strict=True):
+        keys = sel.keys.detach()
         if move:
-            # teacher positions: its batch is right-padded, so a token's position is its index
             keys = move_keys(model.backbone, keys, sel.positions, dst[:, None, :].expand_as(sel.positions))
         valid = sel.slot_mask[..., None]
-        kv.append((torch.where(valid, keys.to(ks.dtype), ks), torch.where(valid, sel.values.to(vs.dtype), vs)))
+        kv.append((torch.where(valid, keys.to(ks.dtype), ks), torch.where(valid, sel.values.detach().to(vs.dtype), vs)))
     return with_latent_kv(model, state, kv)
 
 

@@ -114,10 +114,15 @@ class StudentOutput:
     logits: torch.Tensor
 
 
-def student_forward(model: KavaModel, batch: dict[str, torch.Tensor]) -> StudentOutput:
+def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], latent_override=None) -> StudentOutput:
     """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A (with a curriculum,
-    the suffix is <eot> + the remaining CoT + P + A, CE on all but <eot>)."""
+    the suffix is <eot> + the remaining CoT + P + A, CE on all but <eot>).
+
+    latent_override(state) -> state: replaces the latents the answer pass reads (the
+    `kava.student_latents: teacher` diagnostic)."""
     state = run_latents(model, batch["q_ids"], batch["q_mask"], latent_mask=batch.get("latent_mask"))
+    if latent_override is not None:
+        state = latent_override(state)
     suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
     mask = extend_mask(state.mask, suffix_ids.shape[1], suffix_mask)
     out = model.lm(

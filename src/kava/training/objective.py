@@ -44,7 +44,8 @@ class KavaObjective(nn.Module):
             _, ce = lm_with_ce(self.model, t["labels"], **_lm_args(t))
             return {"loss": ce, "ce_student": ce.detach()}
         k = self.cfg.kava
-        want_targets = k.alpha_codi > 0 or k.alpha_kv > 0
+        reads_teacher = k.student_latents == "teacher"
+        want_targets = k.alpha_codi > 0 or k.alpha_kv > 0 or reads_teacher
         if phase in (None, "teacher"):
             teacher = teacher_forward(
                 self.model,
@@ -55,7 +56,7 @@ class KavaObjective(nn.Module):
                 with_ce=k.teacher_ce,
                 want_targets=want_targets,
                 separate_pass=k.teacher_targets == "separate_pass",
-                want_kv=k.alpha_kv > 0,
+                want_kv=k.alpha_kv > 0 or reads_teacher,
             )
             if phase == "teacher":
                 first = {"teacher": teacher}
@@ -64,7 +65,14 @@ class KavaObjective(nn.Module):
                 return first
         elif phase != "student" or teacher is None:
             raise ValueError(f"phase must be None, 'teacher' or 'student' (with teacher=), got {phase!r}")
-        student = student_forward(self.model, batch["student"])
+        override = None
+        if reads_teacher:
+            from kava.inference.latent_control import selections_state
+
+            def override(state):
+                return selections_state(self.model, state, teacher.selections, move=k.kv_keys == "pre_rope")
+
+        student = student_forward(self.model, batch["student"], latent_override=override)
         loss = student.ce
         out = {"ce_student": student.ce.detach()}
         if teacher.ce is not None and phase is None:
