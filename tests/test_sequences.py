@@ -216,3 +216,55 @@ def test_negative_answer_labels_keep_the_sign():
     lab = tb["labels"][0]
     assert dec(tok, lab[lab != IGNORE]).endswith(" The answer is: -4<eos>")
     assert tok.convert_tokens_to_ids("-") in e.a
+
+
+def make_delimited_builder():
+    tok = build_char_tokenizer()
+    tok.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
+    special = SpecialIds(*(tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS))
+    return tok, SequenceBuilder(tok, PromptConfig(teacher_delimiters=True), special)
+
+
+def test_teacher_delimiters_layout():
+    tok, b = make_delimited_builder()
+    encs = [b.encode(EX), b.encode(EX_LONG)]
+    tb = b.teacher_batch(encs)
+    bot, eot = b.special.bot, b.special.eot
+    for row, e in enumerate(encs):
+        nq, nc, np_, na = len(e.q), len(e.c), len(e.p), len(e.a)
+        n = nq + 1 + nc + 1 + np_ + na
+        assert b.teacher_length(e) == n
+        ids = tb["input_ids"][row]
+        assert ids[:n].tolist() == e.q + [bot] + e.c + [eot] + e.p + e.a
+        labels = tb["labels"][row]
+        # <bot> is given (the CoT prompt ends with it); <eot>, which ends the CoT, is trained
+        assert (labels[: nq + 1] == IGNORE).all() and labels[nq + 1 : n].tolist() == e.c + [eot] + e.p + e.a
+        assert tb["cot_mask"][row].nonzero().flatten().tolist() == list(range(nq + 1, nq + 1 + nc))
+        assert tb["query_mask"][row].nonzero().flatten().tolist() == list(range(n - np_ - na, n))
+        ci = tb["codi_index"][row].item()
+        assert dec(tok, ids[: ci + 1]).endswith(" The answer is: ") and ids[ci + 1].item() == e.a[1]
+    # the No-CoT sequence has no delimiters
+    direct = b.teacher_batch(encs, with_cot=False)
+    assert bot not in direct["input_ids"][0].tolist() and eot not in direct["input_ids"][0].tolist()
+    assert b.cot_prompt_ids(EX.question) == b.question_ids(EX.question) + [bot]
+
+
+def test_teacher_delimiters_align_the_teacher_with_the_student_when_m_is_the_cot_length():
+    """With M = |C|: the student's latent slot j has the position of the teacher's CoT token j, and the
+    student's <eot> + P + A the positions of the teacher's (position ids follow the masks)."""
+    from kava.model.positions import extend_mask, position_ids_from_mask
+
+    tok, b = make_delimited_builder()
+    encs = [b.encode(EX), b.encode(EX_LONG)]
+    tb, sb = b.teacher_batch(encs), b.student_batch(encs)
+    t_pos = position_ids_from_mask(tb["attention_mask"])
+    for row, e in enumerate(encs):
+        M = len(e.c)
+        mask = extend_mask(extend_mask(sb["q_mask"][row : row + 1], M), sb["suffix_ids"].shape[1], sb["suffix_mask"][row : row + 1])
+        s_pos = position_ids_from_mask(mask)[0]
+        Lq = sb["q_mask"].shape[1]
+        latent_pos = s_pos[Lq : Lq + M]
+        assert latent_pos.tolist() == t_pos[row][tb["cot_mask"][row]].tolist()
+        ns = 1 + len(e.p) + len(e.a)
+        nq = len(e.q)
+        assert s_pos[Lq + M : Lq + M + ns].tolist() == t_pos[row, nq + 1 + M : nq + 1 + M + ns].tolist()

@@ -81,6 +81,11 @@ class PromptConfig(_Strict):
     question_template: str = "{question}"
     answer_prefix: str = "The answer is:"
     add_bos: Literal["auto", "always", "never"] = "auto"
+    teacher_delimiters: bool = Field(
+        False,
+        description="the teacher reads Q + <bot> + C + <eot> + P + A (CoT mode writes after Q + <bot>), so that with "
+        "M = |C| its CoT and P sit at the positions of the student's latents and P [decision]",
+    )
 
 
 class SyntheticDataConfig(_Strict):

@@ -10,6 +10,12 @@ boundaries are exact whatever the tokenizer does with spaces:
     student = Q + <bot> + <latent>×M + <eot> + P + A      CE on P, A
     direct  = Q + P + A                        CE on P, A (the No-CoT baseline)
 
+With `prompt.teacher_delimiters` the teacher reads Q + <bot> + C + <eot> + P + A (CE on C,
+<eot>, P, A; CoT-mode generation starts after Q + <bot>): when M = |C| every CoT token then
+sits at the position of the latent slot that imitates it, and P at the student's P positions.
+A small model trained from scratch reads by exact relative positions (docs/quality.md: moving
+P two positions further makes a CoT-trained 0.6M model go from 100% to 0%).
+
 Under a curriculum (kava.training.curriculum) a student example has its own number of
 latents and keeps the CoT steps its stage has not replaced: Q + <bot> + <latent>×n +
 <eot> + C_k + P + A, CE on C_k, P and A, with C_k = " " + " ".join(steps[k:]) tokenised
@@ -104,8 +110,22 @@ class SequenceBuilder:
             n += 1
         return n
 
+    @property
+    def delimiters(self) -> bool:
+        return self.prompt.teacher_delimiters
+
+    def cot_prompt_ids(self, question: str) -> list[int]:
+        """What the teacher's chain of thought follows at inference: Q (+ <bot> with delimiters)."""
+        return self.question_ids(question) + ([self.special.bot] if self.delimiters else [])
+
+    def teacher_cot(self, e: Encoded) -> tuple[list[int], list[int], list[int]]:
+        """(before C, C, after C) of the teacher sequence: ([<bot>], C, [<eot>]) with delimiters."""
+        if self.delimiters:
+            return [self.special.bot], e.c, [self.special.eot]
+        return [], e.c, []
+
     def teacher_length(self, e: Encoded) -> int:
-        return len(e.q) + len(e.c) + len(e.p) + len(e.a)
+        return len(e.q) + len(e.c) + len(e.p) + len(e.a) + (2 if self.delimiters else 0)
 
     def student_length(self, e: Encoded, num_latents: int) -> int:
         return len(e.q) + 1 + num_latents + 1 + len(e.p) + len(e.a)
@@ -113,20 +133,22 @@ class SequenceBuilder:
     # ----- batches -------------------------------------------------------------------------
 
     def teacher_batch(self, items: list[Encoded], with_cot: bool = True) -> dict[str, torch.Tensor]:
-        """Right-padded Q + C + P + A (or Q + P + A with with_cot=False).
+        """Right-padded Q + C + P + A (Q + <bot> + C + <eot> + P + A with delimiters; Q + P + A with
+        with_cot=False).
 
         Returns input_ids, attention_mask, labels (C, P, A; or P, A), cot_mask, query_mask
         (P + A rows, for R-KV importance), codi_index (the CODI position), all [B, S] / [B].
         """
         seqs, labels, cot, query, codi = [], [], [], [], []
         for e in items:
-            c = e.c if with_cot else []
-            ids = e.q + c + e.p + e.a
+            before, c, after = self.teacher_cot(e) if with_cot else ([], [], [])
+            ids = e.q + before + c + after + e.p + e.a
             seqs.append(ids)
-            labels.append([IGNORE] * len(e.q) + c + e.p + e.a)
-            cot.append([0] * len(e.q) + [1] * len(c) + [0] * (len(e.p) + len(e.a)))
-            query.append([0] * (len(e.q) + len(c)) + [1] * (len(e.p) + len(e.a)))
-            codi.append(len(e.q) + len(c) + len(e.p) - 1 + e.codi_shift)
+            labels.append([IGNORE] * (len(e.q) + len(before)) + c + after + e.p + e.a)
+            cot.append([0] * (len(e.q) + len(before)) + [1] * len(c) + [0] * (len(after) + len(e.p) + len(e.a)))
+            n_pre = len(e.q) + len(before) + len(c) + len(after)
+            query.append([0] * n_pre + [1] * (len(e.p) + len(e.a)))
+            codi.append(n_pre + len(e.p) - 1 + e.codi_shift)
         width = max(map(len, seqs))
 
         def pad(rows, value):

@@ -2,7 +2,7 @@
 
     latent  (the student)  Q + <bot> -> pass 0 + T Jacobi passes -> <eot> + P -> answer tokens
             forward passes = 1 + T + 1 + (generated tokens − 1)
-    cot     (the teacher)  Q -> chain of thought, answer prefix and answer, decoded freely
+    cot     (the teacher)  Q (+ <bot>, prompt.teacher_delimiters) -> chain of thought, answer prefix and answer
             forward passes = generated tokens (the prefill makes the first)
     direct  (No-CoT)       Q + P -> answer tokens; forward passes = generated tokens
 
@@ -157,6 +157,8 @@ def generate(
     else:
         if mode == "direct":
             q_ids = [q + builder.p_ids for q in q_ids]
+        else:
+            q_ids = [builder.cot_prompt_ids(q) for q in questions]
         qb = builder.question_batch(q_ids, add_bot=False)
         mask = qb["attention_mask"].to(device)
         out = model.lm(
