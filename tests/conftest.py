@@ -50,7 +50,7 @@ EXAMPLES = (
 
 def make_config(name: str = "tiny-llama", **latent_overrides):
     latent = {"num_latents": NUM_LATENTS, "num_iterations": NUM_ITERATIONS}
-    latent.update({k: v for k, v in latent_overrides.items() if k in ("num_latents", "num_iterations", "projection")})
+    latent.update({k: v for k, v in latent_overrides.items() if k in ("num_latents", "num_iterations", "projection", "mode")})
     model = {"name": name, "dtype": "float32", "attn_implementation": latent_overrides.get("attn", "sdpa")}
     return config_from_dict(
         {
@@ -89,7 +89,8 @@ def build(name: str = "tiny-llama", seed: int = 0, noise: bool = True, capture: 
 
 @pytest.fixture
 def build_model():
-    """Factory: build_model(name='tiny-llama', seed=0, noise=True, capture=False, num_iterations=.., projection=.., attn=..)."""
+    """Factory: build_model(name='tiny-llama', seed=0, noise=True, capture=False, num_iterations=.., projection=..,
+    mode=.., attn=..)."""
     return build
 
 

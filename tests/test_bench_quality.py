@@ -10,6 +10,7 @@ import yaml
 import kava.bench.quality as quality
 from kava.cli import main
 from kava.errors import KavaError
+from kava.io import read_jsonl
 
 TINY_OPTIONS = ["--steps", "2", "--base-steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress",
                 "--jobs", "1"]
@@ -35,6 +36,22 @@ def test_default_config_and_every_run_validate(tmp_path):
     pccot = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["pccot"], 0, tmp_path, [])
     assert kava.kava.alpha_kv > 0 and pccot.kava.alpha_kv == 0
     assert pccot.model_dump(exclude={"kava", "output_dir", "run_name"}) == kava.model_dump(exclude={"kava", "output_dir", "run_name"})
+    # CODI is PCCoT with sequential latents and the loss at the answer's first digit
+    codi = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["codi"], 0, tmp_path, [])
+    expected = pccot.model_dump(exclude={"output_dir", "run_name"})
+    expected["latent"]["mode"], expected["kava"]["codi_position"] = "sequential", "answer_start"
+    assert codi.model_dump(exclude={"output_dir", "run_name"}) == expected
+    # Coconut's curriculum: stages 1, 2, 3 of 1/6 of the steps each, then the final stage
+    from kava.training.curriculum import Curriculum
+
+    coconut = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["coconut"], 0, tmp_path, [])
+    steps = coconut.train.max_steps
+    cur = Curriculum(coconut, steps_per_epoch=coconut.data.synthetic.num_train // coconut.train.global_batch_size,
+                     total_steps=steps)
+    k = cur.steps_per_stage
+    assert k == round(steps / 6) and [cur.stage(s) for s in (0, k - 1, k, 2 * k, 3 * k, steps - 1)] == [1, 1, 2, 3, 4, 4]
+    assert coconut.latent.mode == "sequential" and not coconut.latent.projection and not coconut.kava.teacher_ce
+    assert coconut.curriculum.thoughts_per_step == coconut.latent.num_latents // 3  # M shared out over the 3 stages
 
 
 def test_same_budget_for_every_method(tmp_path):
@@ -56,33 +73,38 @@ def test_held_out_examples_are_the_generators_test_split(tmp_path):
 
 def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench"
-    assert _bench(out) == 0
+    assert _bench(out, "--steps", "4") == 0  # (Coconut's curriculum needs 4 steps: stages 1, 2, 3, final)
     printed = capsys.readouterr().out
-    for label in ("No-CoT", "CoT", "PCCoT", "KaVa"):
+    for label in ("No-CoT", "CoT", "PCCoT", "CODI", "Coconut", "KaVa"):
         assert f"| {label} |" in printed
     assert (out / "results.md").read_text().strip() == printed.strip()
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"base", "no_cot", "cot", "pccot", "kava"}
+    assert set(results["methods"]) == {"base", "no_cot", "cot", "pccot", "codi", "coconut", "kava"}
     by_run = {r["run"]: r for r in results["runs"]}
     # every method starts from the shared base model's weights
     backbone = (out / "base" / "backbone").resolve()
     assert (backbone / "config.json").is_file()
-    for name in ("no_cot", "cot", "pccot", "kava"):
+    for name in ("no_cot", "cot", "pccot", "codi", "coconut", "kava"):
         saved = yaml.safe_load((out / "runs" / f"{name}-seed0" / "config.yaml").read_text())
         assert saved["model"]["name"] == str(backbone)
     assert {r["mode"] for r in results["runs"]} == {"direct", "cot", "latent"}
     # latent runs are evaluated under the causal controls too, and the table shows them
-    for name in ("pccot", "kava"):
+    for name in ("pccot", "codi", "coconut", "kava"):
         c = by_run[name]["controls"]
         assert set(c) == {"shuffled", "pass0", "teacher", "decoded"}
         assert c["shuffled"]["reliance"] == pytest.approx(by_run[name]["accuracy"] - c["shuffled"]["accuracy"])
         assert (out / "runs" / f"{name}-seed0" / "predictions.shuffled.jsonl").is_file()
     assert by_run["no_cot"]["controls"] == {}
     assert "latent reliance (points)" in printed and "| KaVa |" in printed.split("Latent controls")[1]
-    assert by_run["kava"]["steps"] == 2 and by_run["kava"]["n"] == 6
-    # latent mode: 1 + T + 1 + (answer tokens - 1) passes; CoT writes its chain, so it makes more
+    assert by_run["kava"]["steps"] == 4 and by_run["kava"]["n"] == 6
+    # latent mode: 1 + T + 1 + (answer tokens - 1) passes (sequential: 1 + M + 1 + ...); CoT writes its chain
     assert by_run["kava"]["forward_passes_mean"] >= 3
-    for name in ("no_cot", "cot", "pccot", "kava"):
+    M = 3  # TINY_OVERRIDES
+    for name in ("codi", "coconut"):
+        assert by_run[name]["forward_passes_mean"] >= 1 + M + 1 and by_run[name]["mode"] == "latent"
+    stages = [r["curriculum_stage"] for r in read_jsonl(out / "runs" / "coconut-seed0" / "train_log.jsonl")]
+    assert stages == [1, 2, 3, 4]
+    for name in ("no_cot", "cot", "pccot", "codi", "coconut", "kava"):
         assert (out / "runs" / f"{name}-seed0" / "result.json").is_file()
         assert (out / "runs" / f"{name}-seed0" / "predictions.jsonl").is_file()
 
@@ -91,7 +113,7 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
         raise AssertionError("a finished run was repeated")
 
     monkeypatch.setattr(quality, "train_and_evaluate", fail)
-    assert _bench(out) == 0
+    assert _bench(out, "--steps", "4") == 0
 
     def without_wall_time(table: str) -> str:  # the footer's wall time of each invocation differs
         return table.strip().rsplit("; wall time of this invocation", 1)[0]
@@ -112,7 +134,7 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
         return real_train(cfg, run, *a, **k)
 
     monkeypatch.setattr(quality, "train_and_evaluate", spy)
-    assert _bench(out) == 0
+    assert _bench(out, "--steps", "4") == 0
     assert trained == ["kava"]
     assert (kava_dir / "train_log.jsonl").read_text() == log_before
     assert json.loads((kava_dir / "result.json").read_text())["accuracy"] == by_run["kava"]["accuracy"]
@@ -228,14 +250,17 @@ def test_ablations_flag_adds_every_ablation_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(quality, "run_quality", fake_run_quality)
     assert main(["bench", "quality", "--output-dir", str(tmp_path)]) == 0
-    assert seen["runs"] == ["no_cot", "cot", "pccot", "kava"]
+    baselines = ["no_cot", "cot", "pccot", "codi", "coconut", "kava"]
+    assert seen["runs"] == baselines
     assert seen["kwargs"]["base_steps"] == quality.DEFAULT_BASE_STEPS and seen["kwargs"]["jobs"] == 0
     assert main(["bench", "quality", "--ablations", "--output-dir", str(tmp_path)]) == 0
-    assert seen["runs"] == ["no_cot", "cot", "pccot", "kava", *(r.name for r in quality.ABLATIONS)]
-    # every ablation changes exactly the switch it names, relative to KaVa
+    assert seen["runs"] == [*baselines, *(r.name for r in quality.ABLATIONS)]
+    # every ablation changes only the switches it names, relative to KaVa
     kava = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path, []).model_dump()
     for run in quality.ABLATIONS:
         cfg = quality.run_config(quality.DEFAULT_CONFIG, run, 0, tmp_path, []).model_dump()
         changed = {f"{sec}.{k}" for sec in kava if isinstance(kava[sec], dict)
                    for k in kava[sec] if kava[sec][k] != cfg[sec][k]}
-        assert changed == {run.overrides[0].split("=")[0]}, run.name
+        named = {o.split("=")[0] for o in run.overrides} | ({"curriculum.steps_per_stage"} if run.stage_fraction else set())
+        named |= {"curriculum.thoughts_per_step"} if run.split_latents else set()
+        assert changed and changed <= named, run.name

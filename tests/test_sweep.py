@@ -332,6 +332,9 @@ def test_plan_reproduction():
     (c,) = plan_reproduction([{"data": {"dataset": "gsm8k-aug"}, "train": {"method": "cot"}}], [1])
     (d,) = plan_reproduction([{"data": {"dataset": "gsm8k-aug"}, "train": {"method": "direct"}}], [1])
     assert c["tokens_per_example"] == 120 and d["tokens_per_example"] == 60 + 12
+    # sequential latents (CODI, Coconut): the M latents once, one a pass, whatever T says
+    (s,) = plan_reproduction([{**cfg, "latent": {"num_latents": 6, "num_iterations": 3, "mode": "sequential"}}], [1])
+    assert s["tokens_per_example"] == pytest.approx(120 + 60 + 6 + 12)
     text = format_plan([p, q])
     assert "kava-llama1b" in text and "total: about" in text
     with pytest.raises(KavaError):

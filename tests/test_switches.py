@@ -280,7 +280,8 @@ def test_first_input_switch(monkeypatch, first_input):
     q = builder.question_batch([builder.encode(e).q for e in EXAMPLES], add_bot=True)
     with torch.no_grad():
         run_latents(model, q["input_ids"], q["attention_mask"], num_iterations=2)
-        ref = model.backbone(**calls[0])
+        calls = list(calls)
+        ref = model.lm(**calls[0])  # pass 0 again (recorded too, after the copy)
     Lq = q["input_ids"].shape[1]
     expected = (model.projection(ref.hidden_states[-1][:, Lq - 1 : Lq]) if first_input == "bot_hidden"
                 else model.latent_embeddings(len(EXAMPLES)))

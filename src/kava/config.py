@@ -60,7 +60,7 @@ class LoraConfig(_Strict):
 
 class LatentConfig(_Strict):
     num_latents: int = Field(24, ge=1, description="M, latent tokens = R-KV budget")
-    num_iterations: int = Field(3, ge=0, description="T, Jacobi iterations after pass 0")
+    num_iterations: int = Field(3, ge=0, description="T, Jacobi iterations after pass 0 (jacobi mode)")
     projection: bool = Field(True, description="Linear-GELU-Linear-LayerNorm on the latent hidden states [pccot]")
     first_input: Literal["bot_hidden", "latent_embedding"] = Field(
         "bot_hidden",
@@ -71,6 +71,10 @@ class LatentConfig(_Strict):
         "unit",
         description="initial gain of the projection's LayerNorm: 1 [pccot][codi], or the RMS of the input "
         "embeddings, so fed-back latents start at the scale of token embeddings [decision]",
+    )
+    mode: Literal["jacobi", "sequential"] = Field(
+        "jacobi", description="jacobi: M latents in parallel, refined T times [pccot]; sequential: one latent per "
+        "pass, each fed the previous position's hidden state [codi][coconut]"
     )
 
 
@@ -144,6 +148,32 @@ class KavaLossConfig(_Strict):
     teacher_targets: Literal["same_pass", "separate_pass"] = Field(
         "same_pass", description="distillation targets from the teacher's training pass, or a no-grad eval-mode pass"
     )
+
+
+class CurriculumConfig(_Strict):
+    """Coconut's schedule (kava.training.curriculum): stage k replaces the first k CoT steps of
+    the student's sequence with latents; the steps that remain are written out and trained with CE."""
+
+    enabled: bool = False
+    stages: int = Field(3, ge=1, description="the last stage that removes one more step (Coconut's max_latent_stage); "
+                        "the stage after it removes every step")
+    thoughts_per_step: int | None = Field(
+        None, ge=1, description="latents per removed step (Coconut's c_thought); null: latent.num_latents at every stage")
+    steps_per_stage: int | None = Field(None, ge=1, description="optimizer steps per stage")
+    epochs_per_stage: float | None = Field(None, gt=0, description="epochs per stage (Coconut's epochs_per_stage)")
+    start_stage: int = Field(0, ge=0, description="the stage at step 0 (1 skips the plain-CoT stage 0)")
+    mix_prob: float = Field(0.0, ge=0, le=1, description="per example, the probability of a stage drawn uniformly "
+                            "from 0..(its number of steps) instead (Coconut's uniform_prob)")
+    reset_optimizer: Literal["stage", "epoch", "never"] = Field(
+        "stage", description="clear the optimizer's state at each stage switch, at each epoch (Coconut's code), or never")
+
+    @model_validator(mode="after")
+    def _check_length(self) -> CurriculumConfig:
+        if self.enabled and (self.steps_per_stage is None) == (self.epochs_per_stage is None):
+            raise ValueError("set exactly one of curriculum.steps_per_stage and curriculum.epochs_per_stage")
+        if self.start_stage > self.stages + 1:
+            raise ValueError(f"curriculum.start_stage ({self.start_stage}) is past the final stage ({self.stages + 1})")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -254,8 +284,28 @@ class KavaConfig(_Strict):
     prompt: PromptConfig = PromptConfig()
     data: DataConfig
     kava: KavaLossConfig = KavaLossConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
     train: TrainConfig = TrainConfig()
     launcher: LauncherConfig = LauncherConfig()
+
+    @model_validator(mode="after")
+    def _check_curriculum(self) -> KavaConfig:
+        c = self.curriculum
+        if not c.enabled:
+            return self
+        if self.train.method != "kava":
+            raise ValueError(f"curriculum needs train.method: kava (a latent student), not {self.train.method}")
+        if c.thoughts_per_step is not None:
+            if self.latent.num_latents != c.stages * c.thoughts_per_step:
+                raise ValueError(
+                    f"latent.num_latents ({self.latent.num_latents}) must equal curriculum.stages × "
+                    f"curriculum.thoughts_per_step ({c.stages} × {c.thoughts_per_step}): the final stage's latents")
+            if self.kava.alpha_kv > 0 or self.kava.student_latents == "teacher":
+                raise ValueError(
+                    "curriculum.thoughts_per_step needs kava.alpha_kv: 0 (and kava.student_latents: own): the KV loss "
+                    "distils M latents toward the teacher's CoT compressed to M entries; leave thoughts_per_step null "
+                    "(M latents at every stage)")
+        return self
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:

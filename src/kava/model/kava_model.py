@@ -119,11 +119,12 @@ class KavaModel(nn.Module):
 
     first_input: the first latent slot's input in every Jacobi iteration — "bot_hidden",
     proj(h⁰ at <bot>) from pass 0, as the official PCCoT and CODI code do (SPEC.md §2), or
-    "latent_embedding", the constant e(<latent>).
+    "latent_embedding", the constant e(<latent>). latent_mode: "jacobi" (kava.model.student) or
+    "sequential" (one latent per pass, kava.model.sequential).
     """
 
     def __init__(self, backbone, special: SpecialIds, num_latents: int, num_iterations: int, projection: bool,
-                 first_input: str = "bot_hidden", projection_gain: float = 1.0):
+                 first_input: str = "bot_hidden", projection_gain: float = 1.0, latent_mode: str = "jacobi"):
         super().__init__()
         if first_input not in FIRST_INPUTS:
             raise ValueError(f"first_input must be one of {FIRST_INPUTS}, got {first_input!r}")
@@ -133,6 +134,7 @@ class KavaModel(nn.Module):
         self.num_latents = num_latents
         self.num_iterations = num_iterations
         self.first_input = first_input
+        self.latent_mode = latent_mode
         hidden = backbone.config.get_text_config().hidden_size
         self.projection = LatentProjection(hidden, projection_gain) if projection else None
 
@@ -141,7 +143,7 @@ class KavaModel(nn.Module):
         lat = cfg.latent
         gain = embedding_rms(backbone) if lat.projection_scale == "embedding_rms" else 1.0
         return cls(backbone, special, lat.num_latents, lat.num_iterations, lat.projection,
-                   first_input=lat.first_input, projection_gain=gain)
+                   first_input=lat.first_input, projection_gain=gain, latent_mode=lat.mode)
 
     @property
     def config(self):

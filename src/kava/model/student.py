@@ -11,6 +11,9 @@ Questions are left-padded so the latent blocks line up; positions follow the mas
 The first slot's input is the projected pass-0 hidden state at <bot>, the same in every
 iteration, as in the official PCCoT and CODI code (`latent.first_input: latent_embedding`
 feeds the constant e(<latent>) instead).
+`latent.mode: sequential` (CODI, Coconut) computes the latents one per pass instead
+(kava.model.sequential); `run_latents` dispatches to it, so everything after the latents
+is shared.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class LatentState:
     mask: torch.Tensor  # [B, Lq + M]
     hidden: torch.Tensor  # [B, M, d] last-layer hidden states of the final iteration
     latent_kv: KV  # per layer ([B, H_kv, M, D], [B, H_kv, M, D])
-    passes: int  # model calls made (1 + T)
+    passes: int  # model calls made (1 + T; sequential: 1 + M)
     inputs: torch.Tensor | None = None  # [B, M, d] the latent inputs of the final pass
 
 
@@ -47,14 +50,26 @@ def latent_inputs(model: KavaModel, first: torch.Tensor, hidden: torch.Tensor) -
     return torch.cat([first, model.project(hidden[:, :-1])], dim=1)
 
 
-def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num_iterations: int | None = None) -> LatentState:
-    """Pass 0 and T Jacobi iterations. q_ids/q_mask: left-padded Q + <bot>, [B, Lq]."""
+def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num_iterations: int | None = None,
+                latent_mask: torch.Tensor | None = None) -> LatentState:
+    """Pass 0 and T Jacobi iterations. q_ids/q_mask: left-padded Q + <bot>, [B, Lq].
+
+    latent_mask [B, K] (a curriculum): example b has the latents where it is 1, first in its
+    block; the padding after them is never attended to. None: M latents for every example.
+    A `latent.mode: sequential` model runs its sequential latents unless `num_iterations` is
+    given: then this Jacobi computation runs (0, the pass0 control: every latent input
+    e(<latent>), no hidden state fed back)."""
+    if model.latent_mode == "sequential" and num_iterations is None:
+        from kava.model.sequential import run_sequential_latents
+
+        return run_sequential_latents(model, q_ids, q_mask, latent_mask)
     T = model.num_iterations if num_iterations is None else num_iterations
-    M = model.num_latents
+    M = model.num_latents if latent_mask is None else latent_mask.shape[1]
+    T = T if M else 0
     B, Lq = q_ids.shape
     q_emb = model.embed(q_ids)
     lat = model.latent_embeddings(B).expand(B, M, -1).to(q_emb.dtype)
-    mask = extend_mask(q_mask, M)
+    mask = extend_mask(q_mask, M, latent_mask)
     # Under gradient checkpointing every pass gets a replay-safe cache, read from the object
     # itself (some models return none then); else pass 0 lets the model make its own.
     cache = pass_cache(None, model.config) if replays_layers(model) else None
@@ -100,11 +115,12 @@ class StudentOutput:
 
 
 def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], latent_override=None) -> StudentOutput:
-    """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A.
+    """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A (with a curriculum,
+    the suffix is <eot> + the remaining CoT + P + A, CE on all but <eot>).
 
     latent_override(state) -> state: replaces the latents the answer pass reads (the
     `kava.student_latents: teacher` diagnostic)."""
-    state = run_latents(model, batch["q_ids"], batch["q_mask"])
+    state = run_latents(model, batch["q_ids"], batch["q_mask"], latent_mask=batch.get("latent_mask"))
     if latent_override is not None:
         state = latent_override(state)
     suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]

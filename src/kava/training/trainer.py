@@ -66,13 +66,14 @@ def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple
     return kept, dropped
 
 
-def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device) -> dict:
+def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device, student: dict | None = None) -> dict:
+    """student: keyword arguments of `builder.student_batch` (a curriculum's latents and kept CoT)."""
     if method == "direct":
         parts = {"direct": builder.teacher_batch(items, with_cot=False)}
     elif method == "cot":
         parts = {"teacher": builder.teacher_batch(items)}
     else:
-        parts = {"teacher": builder.teacher_batch(items), "student": builder.student_batch(items)}
+        parts = {"teacher": builder.teacher_batch(items), "student": builder.student_batch(items, **(student or {}))}
     return {k: {n: t.to(device) for n, t in v.items()} for k, v in parts.items()}
 
 
@@ -162,6 +163,7 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
 
     from kava.model.capture import enable_capture
     from kava.model.kava_model import build_kava_model, trainable_parameters
+    from kava.training.curriculum import Curriculum, reset_optimizer_state
     from kava.training.objective import KavaObjective
 
     out_dir = Path(cfg.output_dir)
@@ -195,6 +197,7 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
     if cfg.train.method == "kava" and cfg.kava.compression in ("rkv", "attention"):
         enable_capture(model.backbone)
     sched = plan_schedule(cfg, len(data), accelerator.num_processes)
+    curriculum = Curriculum(cfg, sched.steps_per_epoch, sched.total_steps) if cfg.curriculum.enabled else None
 
     objective = KavaObjective(model, cfg)
     params = trainable_parameters(model)
@@ -208,6 +211,8 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
         step, ckpt = existing[-1]
         load_trainable_state(model, ckpt)
         state = load_training_state(ckpt, optimizer, scheduler)
+        if curriculum is not None:
+            curriculum.check_resume(state)
         start = state["step"]
         if is_main and log_path.is_file():
             kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
@@ -233,12 +238,16 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
     objective.train()
     for step in range(start, sched.total_steps):
         t0 = time.perf_counter()
+        if curriculum is not None and curriculum.resets_optimizer(step):
+            reset_optimizer_state(optimizer)
         idx = step_indices(step, len(data), cfg, sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
         sums: dict[str, float] = {}
         tokens = 0
         for a in range(sched.accumulation):
-            items = [data[i] for i in idx[a * micro : (a + 1) * micro]]
-            batch = make_batch(builder, items, cfg.train.method, accelerator.device)
+            chunk = idx[a * micro : (a + 1) * micro]
+            items = [data[i] for i in chunk]
+            student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
+            batch = make_batch(builder, items, cfg.train.method, accelerator.device, student)
             tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
             sync = a == sched.accumulation - 1
             ctx = accelerator.no_sync(objective) if not sync else _null()
@@ -260,7 +269,9 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
             tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), reduction="sum").item())
         state["step"] = step + 1
         state["epoch"] = (step + 1) / sched.steps_per_epoch
-        record = {"step": step + 1, "epoch": round(state["epoch"], 4), **{k: round(v, 6) for k, v in sums.items()},
+        stage = {"curriculum_stage": curriculum.stage(step)} if curriculum is not None else {}
+        state.update(stage)
+        record = {"step": step + 1, "epoch": round(state["epoch"], 4), **stage, **{k: round(v, 6) for k, v in sums.items()},
                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - t0, 4),
                   "tokens": tokens}
         if is_main:
@@ -271,7 +282,7 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
             bar.set_postfix(loss=f"{sums['loss']:.4f}")
             bar.update(1)
         if val_data and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
-            val = validation_losses(objective, builder, val_data, cfg, accelerator)
+            val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step)
             if is_main:
                 append_jsonl(log_path, {"step": step + 1, "split": "validation", **val})
                 if trackers:
@@ -292,8 +303,10 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
 
 
 @torch.no_grad()
-def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, accelerator) -> dict:
-    """Mean of each loss term over the validation examples (eval mode, sharded over processes)."""
+def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, accelerator,
+                      curriculum=None, step: int = 0) -> dict:
+    """Mean of each loss term over the validation examples (eval mode, sharded over processes);
+    under a curriculum, at step `step`'s stage for every example (no mixing)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = data[rank::world]
     micro = cfg.train.micro_batch_size
@@ -303,7 +316,9 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
     try:
         for start in range(0, len(mine), micro):
             items = mine[start : start + micro]
-            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device))
+            student = (curriculum.student_inputs(builder, items, [curriculum.stage(step)] * len(items))
+                       if curriculum is not None else None)
+            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device, student))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(items)
     finally:
