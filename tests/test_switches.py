@@ -51,7 +51,8 @@ def _setup(**overrides):
 
 
 def _batch(cfg, builder, method=None):
-    return make_batch(builder, [builder.encode(e) for e in EXAMPLES], method or cfg.train.method, "cpu")
+    return make_batch(builder, [builder.encode(e) for e in EXAMPLES], method or cfg.train.method, "cpu",
+                      cfg.kava.shared_question)
 
 
 def _spy(monkeypatch, module, name):
@@ -143,12 +144,14 @@ def test_kv_loss_layer_std_changes_the_kv_term():
     assert not torch.isclose(base, KavaObjective(model, cfg)(_batch(cfg, builder))["kv"])
 
 
-def test_teacher_targets_separate_pass_runs_the_teacher_twice(monkeypatch):
+@pytest.mark.parametrize("shared", [True, False])
+def test_teacher_targets_separate_pass_runs_the_teacher_twice(monkeypatch, shared):
     for mode, teacher_calls in (("same_pass", 1), ("separate_pass", 2)):
-        cfg, model, builder = _setup(kava__teacher_targets=mode)
+        cfg, model, builder = _setup(kava__teacher_targets=mode, kava__shared_question=shared)
         calls = _count_lm_calls(monkeypatch, model)
-        KavaObjective(model, cfg)(_batch(cfg, builder))
-        assert sum(1 for c in calls if "input_ids" in c and c["input_ids"].shape[1] > 20) == teacher_calls
+        batch = _batch(cfg, builder)
+        KavaObjective(model, cfg)(batch)
+        assert sum(1 for c in calls if c.get("input_ids") is batch["teacher"]["input_ids"]) == teacher_calls
 
 
 # -- the baselines -------------------------------------------------------------------------

@@ -112,6 +112,11 @@ class KavaLossConfig(_Strict):
         "non-whitespace answer token (a tokenizer that writes ' 72' as ' ' + '72' predicts only the space after P)",
     )
     teacher_ce: bool = Field(True, description="train the teacher's CE on C+P+A too")
+    shared_question: bool = Field(
+        True,
+        description="run the question once for the teacher's training pass and the student (both continue its "
+        "cache; with LoRA dropout they share its masks); false: each runs its own",
+    )
     teacher_targets: Literal["same_pass", "separate_pass"] = Field(
         "same_pass", description="distillation targets from the teacher's training pass, or a no-grad eval-mode pass"
     )

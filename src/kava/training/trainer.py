@@ -65,13 +65,16 @@ def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple
     return kept, dropped
 
 
-def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device) -> dict:
+def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device, shared_question: bool = True) -> dict:
+    """The tensors of `method`'s objective; shared_question (`kava.shared_question`): the
+    teacher's part is its C + P + A, to continue the student's question."""
     if method == "direct":
         parts = {"direct": builder.teacher_batch(items, with_cot=False)}
     elif method == "cot":
         parts = {"teacher": builder.teacher_batch(items)}
     else:
-        parts = {"teacher": builder.teacher_batch(items), "student": builder.student_batch(items)}
+        teacher = builder.continuation_batch(items) if shared_question else builder.teacher_batch(items)
+        parts = {"teacher": teacher, "student": builder.student_batch(items)}
     return {k: {n: t.to(device) for n, t in v.items()} for k, v in parts.items()}
 
 
@@ -237,7 +240,7 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
         tokens = 0
         for a in range(sched.accumulation):
             items = [data[i] for i in idx[a * micro : (a + 1) * micro]]
-            batch = make_batch(builder, items, cfg.train.method, accelerator.device)
+            batch = make_batch(builder, items, cfg.train.method, accelerator.device, cfg.kava.shared_question)
             tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
             sync = a == sched.accumulation - 1
             ctx = accelerator.no_sync(objective) if not sync else _null()
@@ -300,7 +303,7 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
     try:
         for start in range(0, len(mine), micro):
             items = mine[start : start + micro]
-            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device))
+            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device, cfg.kava.shared_question))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(items)
     finally:
