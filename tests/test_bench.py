@@ -38,16 +38,19 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
     assert r["teacher_lengths"] == [24, 24]
     tok = r["tokens"]["padded"]
     assert tok["cot"] == 48 and tok["student_iterations"] == 2 * 2 * 4
-    assert tok["kava"] == tok["teacher"] + tok["student_pass0"] + tok["student_iterations"] + tok["student_suffix"]
+    assert tok["question"] > 0 and tok["student_pass0"] == 2 * (1 + 4)  # the question once; <bot> + M latents over it
+    assert tok["kava"] == tok["question"] + tok["teacher"] + tok["student_pass0"] + tok["student_iterations"] + tok["student_suffix"]
+    assert r["ideal_ratio_question_twice"]["padded"] > tok["ideal_ratio"]
     assert tok["ideal_ratio"] == pytest.approx(tok["kava"] / tok["cot"])
     t = r["training"]
     assert t["seconds_per_step"]["kava"] > 0 and t["seconds_per_step"]["cot"] > 0
     assert t["ratio"] == pytest.approx(t["seconds_per_step"]["kava"] / t["seconds_per_step"]["cot"])
     assert t["ratio_over_ideal"] == pytest.approx(t["ratio"] / t["ideal_ratio"])
-    assert set(t["breakdown_seconds"]) == {"teacher", "student_latent_passes", "student_suffix", "rkv", "losses",
-                                           "backward", "optimizer", "other"}
-    assert t["breakdown_seconds"]["teacher"] > 0 and t["breakdown_seconds"]["backward"] > 0
-    assert sum(t["breakdown_share"].values()) == pytest.approx(1.0)
+    parts = t["breakdown_seconds"]["kava"]
+    assert set(parts) == {"question", "teacher", "student_latent_passes", "student_suffix", "rkv", "losses",
+                          "backward", "optimizer", "other"}
+    assert parts["question"] > 0 and parts["teacher"] > 0 and parts["backward"] > 0
+    assert sum(t["breakdown_share"]["kava"].values()) == pytest.approx(1.0)
     mem = t["peak_memory_mb"]
     assert mem["kava"]["peak_mb"] > 0 and mem["cot"]["peak_mb"] > 0 and t["memory_ratio"] > 0
     assert t["tokens_per_second"]["kava"] > 0 and "mfu" not in t  # no MFU on a CPU
@@ -65,7 +68,7 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
 
 def test_bench_speed_shape_model_and_switches(tmp_path, monkeypatch):
     """A random model of a named shape (a small one added here), eager attention, gradient checkpointing."""
-    from kava.bench.speed import bench_config
+    from kava.bench.common import bench_config
     from kava.model import shapes
 
     assert shapes.shape_of("random:llama-3.2-1b") == dict(

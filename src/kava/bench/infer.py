@@ -20,12 +20,11 @@ hold on a noisy machine. Results go to the screen and to `--output` (JSON).
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
+from kava.bench.common import DTYPE_NAMES, bench_config, build_model, sync, write_json
 from kava.errors import KavaError
 
 DEFAULT_COT_TOKENS = 65  # full-CoT forward passes on GSM8k reported by the paper (Llama-3.2-1B)
@@ -64,9 +63,6 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_infer)
 
 
-DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
-
-
 def _cmd_infer(args) -> int:
     import torch
 
@@ -82,11 +78,8 @@ def _cmd_infer(args) -> int:
         model, _tok, builder, cfg = load_checkpoint_model(args.checkpoint, device, None if dtype == "auto" else dtype)
         name, trained = str(args.checkpoint), True
     else:
-        from kava.bench.speed import bench_config
-        from kava.model.kava_model import build_kava_model
-
         cfg = bench_config(args.model, config=args.config, dtype=dtype, attn=args.attn)
-        model, _tok, builder = build_kava_model(cfg, device)
+        model, _tok, builder = build_model(cfg, device)
         model.eval()
         name, trained = args.model, False
     from kava.data.eval_sets import load_eval_dataset
@@ -109,13 +102,6 @@ def _cmd_infer(args) -> int:
     return 0
 
 
-def write_json(path, obj) -> None:
-    from kava.io import atomic_write_text
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def typical_cot_tokens(builder, n: int = 512) -> int:
     """Mean tokens of CoT (all steps) + answer prefix + answer over GSM8k training examples."""
     try:
@@ -131,13 +117,6 @@ def typical_cot_tokens(builder, n: int = 512) -> int:
     finally:
         builder.drop_last_step = keep
     return max(1, round(sum(lens) / len(lens)))
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure_inference(
@@ -178,13 +157,13 @@ def measure_inference(
     for rep in range(warmup + reps):
         for bs in batch_sizes:
             for mode in modes:
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 gens = []
                 for start in range(0, len(questions), bs):
                     gens += generate(model, builder, questions[start:start + bs], mode=mode,
                                      max_new_tokens=budget[mode], ignore_eos=lengths == "fixed")
-                _sync(device)
+                sync(device)
                 dt = time.perf_counter() - t0
                 if rep >= warmup:
                     times[(mode, bs)].append(dt)
