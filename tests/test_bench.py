@@ -118,3 +118,63 @@ def test_bench_infer_untrained_model_fixed_lengths(tmp_path):
     T = 2  # configs/tiny.yaml
     assert rows["latent"]["forward_passes_per_question"] == 1 + T + 1 + 1
     assert r["speedup"]["2"]["latent_vs_cot_forward_passes"] == pytest.approx(5 / (1 + T + 1 + 1))
+
+
+def test_bench_speed_variants_side_by_side(tmp_path, capsys):
+    """--variants: KaVa with the question twice and both methods with checkpointing, in the same run."""
+    out = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--model", "tiny-llama", "--seq-len", "20", "--batch-size", "2", "--reps", "1",
+                 "--warmup", "0", "--threads", "1", "--no-infer", "--no-memory", "--variants",
+                 "question-twice,checkpointing", "--output", str(out), "latent.num_latents=3",
+                 "latent.num_iterations=1"]) == 0
+    assert "question once / question twice" in capsys.readouterr().out
+    t = json.loads(out.read_text())["training"]
+    assert set(t["seconds_per_step"]) == {"kava", "cot", "kava_question_twice", "kava_checkpointing", "cot_checkpointing"}
+    assert set(t["comparisons"]) == {"kava/cot", "kava/kava_question_twice", "kava_checkpointing/kava",
+                                     "cot_checkpointing/cot"}
+    assert set(t["breakdown_seconds"]) == {"kava", "kava_question_twice", "kava_checkpointing"}
+    assert t["breakdown_seconds"]["kava_question_twice"]["question"] == 0  # the teacher and the student run it
+    assert t["tokens_per_second"]["kava_question_twice"] > 0
+
+
+def test_bench_speed_unknown_variant_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "speed", "--variants", "question-thrice"])
+    assert "unknown variant 'question-thrice'" in capsys.readouterr().err
+
+
+def test_bench_speed_tiny_synthetic_config(tmp_path):
+    """The quality benchmark's config: its own model and generated examples (word tokenizer)."""
+    out = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--batch-size", "2",
+                 "--reps", "1", "--warmup", "0", "--threads", "1", "--no-infer", "--no-memory", "--output", str(out),
+                 "model.tiny.num_layers=1", "data.synthetic.num_train=50"]) == 0
+    r = json.loads(out.read_text())
+    assert r["model_name"] == "tiny-llama" and r["examples"] == "synthetic training examples"
+    assert r["training"]["seconds_per_step"]["kava"] > 0
+
+
+def test_bench_gpu_without_a_gpu_is_one_line(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "gpu", "--output-dir", "unused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CUDA GPU") and "--device cpu" in err[0]
+
+
+def test_bench_gpu_dry_run_on_cpu(tmp_path, capsys):
+    """`kava bench gpu --device cpu`: every step of the GPU check at a tiny shape, JSON and Markdown."""
+    folder = tmp_path / "gpu"
+    assert main(["bench", "gpu", "--device", "cpu", "--output-dir", str(folder), "--batch-size", "2", "--seq-len", "24",
+                 "--cot-tokens", "3"]) == 0
+    r = json.loads((folder / "gpu.json").read_text())
+    assert r["device"] == "cpu" and r["attention"] == ["sdpa"]
+    t = r["training"]["sdpa"]
+    assert set(t["seconds_per_step"]) == {"kava", "cot", "kava_question_twice", "kava_checkpointing", "cot_checkpointing"}
+    assert t["mfu"] == {}  # no MFU on a CPU
+    rows = {(x["mode"], x["batch_size"]) for x in r["inference"]["rows"]}
+    assert rows == {(m, b) for m in ("latent", "cot", "direct") for b in (1, 2)}
+    md = (folder / "gpu.md").read_text()
+    assert md.strip() in capsys.readouterr().out
+    assert "| sdpa | kava |" in md and "latent is" in md
