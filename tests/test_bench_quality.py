@@ -71,6 +71,14 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
         saved = yaml.safe_load((out / "runs" / f"{name}-seed0" / "config.yaml").read_text())
         assert saved["model"]["name"] == str(backbone)
     assert {r["mode"] for r in results["runs"]} == {"direct", "cot", "latent"}
+    # latent runs are evaluated under the causal controls too, and the table shows them
+    for name in ("pccot", "kava"):
+        c = by_run[name]["controls"]
+        assert set(c) == {"shuffled", "pass0", "teacher", "decoded"}
+        assert c["shuffled"]["reliance"] == pytest.approx(by_run[name]["accuracy"] - c["shuffled"]["accuracy"])
+        assert (out / "runs" / f"{name}-seed0" / "predictions.shuffled.jsonl").is_file()
+    assert by_run["no_cot"]["controls"] == {}
+    assert "latent reliance (points)" in printed and "| KaVa |" in printed.split("Latent controls")[1]
     assert by_run["kava"]["steps"] == 2 and by_run["kava"]["n"] == 6
     # latent mode: 1 + T + 1 + (answer tokens - 1) passes; CoT writes its chain, so it makes more
     assert by_run["kava"]["forward_passes_mean"] >= 3
@@ -84,7 +92,11 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(quality, "train_and_evaluate", fail)
     assert _bench(out) == 0
-    assert capsys.readouterr().out.strip() == printed.strip()
+
+    def without_wall_time(table: str) -> str:  # the footer's wall time of each invocation differs
+        return table.strip().rsplit("; wall time of this invocation", 1)[0]
+
+    assert without_wall_time(capsys.readouterr().out) == without_wall_time(printed)
     monkeypatch.undo()
 
     # A run interrupted after training is evaluated again without retraining.

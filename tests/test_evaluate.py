@@ -227,3 +227,33 @@ def test_results_are_written_atomically(monkeypatch, tmp_path):
     recs = [json.loads(x) for x in path.read_text().splitlines()]
     assert path.read_text().startswith(before) and recs[-1]["id"] == "new"
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_cli_evaluate_latent_controls(tiny_checkpoint, tmp_path, capsys):
+    path = tmp_path / "cot.jsonl"
+    rows = [{"question": "Tom has 3 apples and buys 4.", "answer": 14, "steps": ["<<3+4=7>>", "<<7*2=14>>"]},
+            {"question": "Ann has 5 pens and loses 2.", "answer": 3, "cot": "<<5-2=3>> <<3*1=3>>"},
+            {"question": "What is 10 minus 12?", "answer": -2, "steps": ["<<10-12=-2>>"]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", str(path), "--batch-size", "2",
+            "--max-new-tokens", "4", "--output-dir", str(out), "--no-progress", "--latent-control", "shuffled", "pass0",
+            "teacher"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| shuffled | " in printed and "| teacher | " in printed and "reliance" in printed
+    res = yaml.safe_load((out / "results_cot.yaml").read_text())
+    assert set(res["latent_controls"]) == {"shuffled", "pass0", "teacher"}
+    for name, c in res["latent_controls"].items():
+        assert c["reliance"] == pytest.approx(res["accuracy"] - c["accuracy"])
+        assert len(read_jsonl(out / f"predictions_cot.{name}.jsonl")) == 3
+    # the teacher control needs steps; --latent-control needs latent mode
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", str(_local_set(tmp_path)),
+                 "--no-progress", "--latent-control", "teacher"]) == 2
+    assert "CoT steps" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", str(path), "--mode", "direct",
+                 "--no-progress", "--latent-control", "pass0"]) == 2
+    assert "needs latent mode" in capsys.readouterr().err
+    # synthetic-test is the held-out split of a synthetic checkpoint only
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", "synthetic-test", "--no-progress"]) == 2
+    assert "not trained on the synthetic task" in capsys.readouterr().err

@@ -161,3 +161,22 @@ def test_sampling_is_reproducible_with_a_seeded_generator(setup, mode):
     assert any(run(s) != first for s in (1, 2, 3))
     greedy = [x.token_ids for x in generate(model, builder, QUESTIONS, mode=mode, max_new_tokens=8)]
     assert first != greedy
+
+
+def test_cot_mode_with_teacher_delimiters_writes_after_bot(build_model, monkeypatch):
+    """prompt.teacher_delimiters: the chain of thought is written after Q + <bot>, as the teacher read it."""
+    model, tok, builder = build_model("tiny-llama")
+    builder.prompt.teacher_delimiters = True
+    calls = []
+    real = model.lm
+
+    def lm(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(model, "lm", lm)
+    q = "Tom has 3 apples."
+    gen = generate(model, builder, [q], mode="cot", max_new_tokens=3)[0]
+    first = calls[0]["input_ids"][0].tolist()
+    assert first == builder.question_ids(q) + [builder.special.bot]
+    assert gen.forward_passes == len(calls) == gen.generated_tokens

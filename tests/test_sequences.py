@@ -16,7 +16,8 @@ EX_LONG = ReasoningExample("Ann has twelve pens and buys more pens.", ("<<12+8=2
 EX_ONE_STEP = ReasoningExample("Sum?", ("<<1+1=2>>",), "2")
 
 
-def make_builder(add_bos="auto", drop_last=True, tokenizer_adds_bos=False, template="{question}"):
+def make_builder(add_bos="auto", drop_last=True, tokenizer_adds_bos=False, template="{question}",
+                 codi_position="answer_start"):
     tok = build_char_tokenizer()
     if tokenizer_adds_bos:
         tok._tokenizer.post_processor = processors.TemplateProcessing(
@@ -25,7 +26,7 @@ def make_builder(add_bos="auto", drop_last=True, tokenizer_adds_bos=False, templ
     tok.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
     special = SpecialIds(*(tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS))
     prompt = PromptConfig(add_bos=add_bos, question_template=template)
-    return tok, SequenceBuilder(tok, prompt, special, drop_last_step=drop_last)
+    return tok, SequenceBuilder(tok, prompt, special, drop_last_step=drop_last, codi_position=codi_position)
 
 
 def dec(tok, ids):
@@ -127,11 +128,12 @@ def test_teacher_batch_layout():
         assert tb["cot_mask"][row].nonzero().flatten().tolist() == list(range(nq, nq + nc))
         assert tb["query_mask"][row].nonzero().flatten().tolist() == list(range(nq + nc, n))
         assert dec(tok, ids[tb["query_mask"][row]]) == dec(tok, e.p + e.a)
-        # CODI index: the last token of " The answer is:"; the next token starts the answer
+        # CODI index (default answer_start): the char tokenizer writes " -4" as " ", "-", "4", so
+        # the position whose next token is the answer's sign or first digit is the space after P
         ci = tb["codi_index"][row].item()
-        assert dec(tok, ids[: ci + 1]).endswith(" The answer is:")
-        assert dec(tok, ids[ci : ci + 1]) == ":"
-        assert ids[ci + 1].item() == e.a[0]
+        assert dec(tok, ids[: ci + 1]).endswith(" The answer is: ")
+        assert dec(tok, ids[ci : ci + 1]) == " "
+        assert ids[ci + 1].item() == e.a[1] and dec(tok, e.a[1:2]) in ("-", "1")
     assert dec(tok, tb["input_ids"][0][tb["attention_mask"][0].bool()]) == (
         "Tom has 3 apples. <<3+4=7>> <<7*2=14>> The answer is: -4<eos>"
     )
@@ -147,7 +149,19 @@ def test_teacher_batch_without_cot():
     lab = tb["labels"][0]
     assert dec(tok, lab[lab != IGNORE]) == " The answer is: -4<eos>"
     ci = tb["codi_index"][0].item()
-    assert dec(tok, tb["input_ids"][0, : ci + 1]) == "Tom has 3 apples. The answer is:"
+    assert dec(tok, tb["input_ids"][0, : ci + 1]) == "Tom has 3 apples. The answer is: "
+
+
+def test_codi_index_prefix_end_keeps_the_last_token_of_p():
+    tok, b = make_builder(codi_position="prefix_end")
+    encs = [b.encode(EX), b.encode(EX_LONG)]
+    tb, sb = b.teacher_batch(encs), b.student_batch(encs)
+    for row, e in enumerate(encs):
+        ci = tb["codi_index"][row].item()
+        assert dec(tok, tb["input_ids"][row, : ci + 1]).endswith(" The answer is:")
+        assert tb["input_ids"][row, ci + 1].item() == e.a[0]
+        si = sb["suffix_codi_index"][row].item()
+        assert dec(tok, sb["suffix_ids"][row, 1 : si + 1]) == " The answer is:"
 
 
 # ----- student batch ----------------------------------------------------------------------------
@@ -178,10 +192,10 @@ def test_student_batch_layout():
         assert labels[1:ns].tolist() == e.p + e.a
         assert (labels[ns:] == IGNORE).all()
         assert dec(tok, labels[labels != IGNORE]) == dec(tok, e.p + e.a)
-        # CODI index inside the suffix: the last token of P
+        # CODI index inside the suffix: the space after P, whose next token is the sign or first digit
         ci = sb["suffix_codi_index"][row].item()
-        assert dec(tok, sb["suffix_ids"][row, 1 : ci + 1]) == " The answer is:"
-        assert sb["suffix_ids"][row, ci + 1].item() == e.a[0]
+        assert dec(tok, sb["suffix_ids"][row, 1 : ci + 1]) == " The answer is: "
+        assert sb["suffix_ids"][row, ci + 1].item() == e.a[1]
     assert dec(tok, sb["suffix_ids"][0][sb["suffix_mask"][0].bool()]) == "<eot> The answer is: -4<eos>"
     assert dec(tok, sb["suffix_ids"][1][sb["suffix_mask"][1].bool()]) == "<eot> The answer is: 100<eos>"
 
@@ -202,3 +216,55 @@ def test_negative_answer_labels_keep_the_sign():
     lab = tb["labels"][0]
     assert dec(tok, lab[lab != IGNORE]).endswith(" The answer is: -4<eos>")
     assert tok.convert_tokens_to_ids("-") in e.a
+
+
+def make_delimited_builder():
+    tok = build_char_tokenizer()
+    tok.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
+    special = SpecialIds(*(tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS))
+    return tok, SequenceBuilder(tok, PromptConfig(teacher_delimiters=True), special)
+
+
+def test_teacher_delimiters_layout():
+    tok, b = make_delimited_builder()
+    encs = [b.encode(EX), b.encode(EX_LONG)]
+    tb = b.teacher_batch(encs)
+    bot, eot = b.special.bot, b.special.eot
+    for row, e in enumerate(encs):
+        nq, nc, np_, na = len(e.q), len(e.c), len(e.p), len(e.a)
+        n = nq + 1 + nc + 1 + np_ + na
+        assert b.teacher_length(e) == n
+        ids = tb["input_ids"][row]
+        assert ids[:n].tolist() == e.q + [bot] + e.c + [eot] + e.p + e.a
+        labels = tb["labels"][row]
+        # <bot> is given (the CoT prompt ends with it); <eot>, which ends the CoT, is trained
+        assert (labels[: nq + 1] == IGNORE).all() and labels[nq + 1 : n].tolist() == e.c + [eot] + e.p + e.a
+        assert tb["cot_mask"][row].nonzero().flatten().tolist() == list(range(nq + 1, nq + 1 + nc))
+        assert tb["query_mask"][row].nonzero().flatten().tolist() == list(range(n - np_ - na, n))
+        ci = tb["codi_index"][row].item()
+        assert dec(tok, ids[: ci + 1]).endswith(" The answer is: ") and ids[ci + 1].item() == e.a[1]
+    # the No-CoT sequence has no delimiters
+    direct = b.teacher_batch(encs, with_cot=False)
+    assert bot not in direct["input_ids"][0].tolist() and eot not in direct["input_ids"][0].tolist()
+    assert b.cot_prompt_ids(EX.question) == b.question_ids(EX.question) + [bot]
+
+
+def test_teacher_delimiters_align_the_teacher_with_the_student_when_m_is_the_cot_length():
+    """With M = |C|: the student's latent slot j has the position of the teacher's CoT token j, and the
+    student's <eot> + P + A the positions of the teacher's (position ids follow the masks)."""
+    from kava.model.positions import extend_mask, position_ids_from_mask
+
+    tok, b = make_delimited_builder()
+    encs = [b.encode(EX), b.encode(EX_LONG)]
+    tb, sb = b.teacher_batch(encs), b.student_batch(encs)
+    t_pos = position_ids_from_mask(tb["attention_mask"])
+    for row, e in enumerate(encs):
+        M = len(e.c)
+        mask = extend_mask(extend_mask(sb["q_mask"][row : row + 1], M), sb["suffix_ids"].shape[1], sb["suffix_mask"][row : row + 1])
+        s_pos = position_ids_from_mask(mask)[0]
+        Lq = sb["q_mask"].shape[1]
+        latent_pos = s_pos[Lq : Lq + M]
+        assert latent_pos.tolist() == t_pos[row][tb["cot_mask"][row]].tolist()
+        ns = 1 + len(e.p) + len(e.a)
+        nq = len(e.q)
+        assert s_pos[Lq + M : Lq + M + ns].tolist() == t_pos[row, nq + 1 + M : nq + 1 + M + ns].tolist()

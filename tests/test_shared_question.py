@@ -68,6 +68,10 @@ SWITCHES = [
     {"kava.kv_keys": "pre_rope", "kava.kv_loss_layer_std": "true"},
     {"kava.codi_position": "answer_start"},
     {"model.gradient_checkpointing": "true"},
+    {"prompt.teacher_delimiters": "true"},
+    {"kava.student_latents": "teacher", "kava.kv_keys": "pre_rope"},
+    {"kava.student_latents": "teacher"},
+    {"latent.first_input": "latent_embedding", "latent.projection_scale": "embedding_rms"},
 ]
 
 

@@ -4,7 +4,8 @@ References used here:
 - *alone*: each example run by the library with batch size 1 and no padding;
 - *recompute*: a Python loop that, at every iteration, runs the whole sequence
   `Q + <bot> + latent inputs` from scratch (no cache, default positions, no mask), with the
-  latent inputs built one by one: input_0 = e(<latent>), input_i = proj(h_{i-1});
+  latent inputs built one by one: input_0 = proj(h⁰ at <bot>) from pass 0 (or e(<latent>)
+  with `first_input="latent_embedding"`), input_i = proj(h_{i-1});
 - *full sequence*: the student's training sequence `Q + <bot> + latents + <eot> + P + A`
   run as one plain forward pass, CE computed by hand on P and A.
 """
@@ -43,10 +44,13 @@ def reference_latents(model, q_ids: list[int], T: int, detach_between: bool = Fa
     latent_id = model.special.latent
     e_q = model.backbone.get_input_embeddings()(q)
     e_lat = model.backbone.get_input_embeddings()(torch.tensor([[latent_id]]))[0, 0]
-    inputs = None
+    proj = model.projection if model.projection is not None else (lambda x: x)
+    inputs = first = None
     for k in range(T + 1):
         if k == 0:  # pass 0 straight from token ids: Q + <bot> + <latent> x M
             out = model.backbone(input_ids=torch.tensor([q_ids + [latent_id] * M]), use_cache=True, output_hidden_states=True)
+            bot_hidden = out.hidden_states[-1][0, Lq - 1]  # q_ids ends with <bot>
+            first = proj(bot_hidden) if model.first_input == "bot_hidden" else e_lat
         else:
             out = model.backbone(inputs_embeds=torch.cat([e_q, inputs[None]], 1), use_cache=True, output_hidden_states=True)
         h = out.hidden_states[-1][0, Lq:]
@@ -54,14 +58,14 @@ def reference_latents(model, q_ids: list[int], T: int, detach_between: bool = Fa
         last_inputs = inputs
         if detach_between:
             h = h.detach()
-        rows = [e_lat]
+        rows = [first]
         for i in range(1, M):
-            rows.append(model.projection(h[i - 1]) if model.projection is not None else h[i - 1])
+            rows.append(proj(h[i - 1]))
         inputs = torch.stack(rows)
     return h, kv, last_inputs
 
 
-def reference_student(model, enc, T: int):
+def reference_student(model, tok, enc, T: int):
     """Full training sequence from scratch; returns (per-example CE on P+A, logits over the suffix, codi hidden per layer)."""
     q_ids = enc.q + [model.special.bot]
     Lq, M = len(q_ids), model.num_latents
@@ -76,8 +80,11 @@ def reference_student(model, enc, T: int):
     start = Lq + M
     logits = out.logits[0, start : start + len(suffix)]
     nll = F.cross_entropy(logits[:-1], torch.tensor(suffix[1:]), reduction="none")
-    codi = [h[0, start + len(enc.p)] for h in out.hidden_states[1:]]
+    # CODI position: the token whose next token is the answer's first digit or sign
+    first = next(i for i, t in enumerate(suffix) if i > len(enc.p) and any(c.isdigit() or c == "-" for c in tok.decode([t])))
+    codi = [h[0, start + first - 1] for h in out.hidden_states[1:]]
     return nll, logits, codi
+
 
 
 # ----- fixtures are meaningful ----------------------------------------------------------
@@ -168,8 +175,37 @@ def test_reference_iterations_differ(llama, examples):
         h2, _, _ = reference_latents(model, e.q + [model.special.bot], 2)
         h0, _, _ = reference_latents(model, e.q + [model.special.bot], 0)
     assert (h1 - h2).abs().max() > 1e-3 and (h0 - h1).abs().max() > 1e-3
-    # the first latent's input is e(<latent>) in every iteration, so its state never changes
-    close(h0[0], h1[0])
+    # the first latent's input is proj(h⁰ at <bot>) in every iteration from the first on, so its
+    # state is the same after 1 and 2 iterations (and differs from pass 0's, whose input is e(<latent>))
+    close(h1[0], h2[0])
+    assert (h0[0] - h1[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("T", [0, 2])
+def test_run_latents_latent_embedding_first_input_equals_reference(build_model, examples, T):
+    """`latent.first_input: latent_embedding`: the first slot's input is e(<latent>) in every iteration."""
+    model, _, builder = build_model("tiny-llama")
+    model.first_input = "latent_embedding"
+    enc, batch = _batch(builder, examples)
+    with torch.no_grad():
+        state = run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=T)
+        for b, e in enumerate(enc):
+            h_ref, kv_ref, _ = reference_latents(model, e.q + [model.special.bot], T)
+            close(state.hidden[b], h_ref)
+            close(state.latent_kv[0][1][b], kv_ref[0][1])
+        h0, _, _ = reference_latents(model, enc[0].q + [model.special.bot], 0)
+        h1, _, _ = reference_latents(model, enc[0].q + [model.special.bot], 1)
+    close(h0[0], h1[0])  # the first slot never changes: its input is the same constant
+
+
+def test_first_latent_input_depends_on_the_question(llama, examples):
+    """With the default rule the first slot's input carries the question (it differs between questions)."""
+    model, _, builder = llama
+    _, batch = _batch(builder, examples)
+    with torch.no_grad():
+        state = run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=1)
+    first = state.inputs[:, 0]
+    assert (first[0] - first[1]).abs().max() > 1e-3
 
 
 def test_run_latents_without_projection_equals_reference(build_model, examples):
@@ -186,14 +222,14 @@ def test_run_latents_without_projection_equals_reference(build_model, examples):
 
 @pytest.mark.parametrize("T", [0, 3])
 def test_student_forward_equals_full_sequence_reference(any_model, examples, T, monkeypatch):
-    model, _, builder = any_model
+    model, tok, builder = any_model
     monkeypatch.setattr(model, "num_iterations", T)
     enc, batch = _batch(builder, examples)
     with torch.no_grad():
         out = student_forward(model, batch)
         all_nll = []
         for b, e in enumerate(enc):
-            nll, logits, codi = reference_student(model, e, T)
+            nll, logits, codi = reference_student(model, tok, e, T)
             n = logits.shape[0]
             close(out.logits[b, :n], logits, atol=1e-4)
             close(F.cross_entropy(out.logits[b, : n - 1], batch["suffix_labels"][b, 1:n]), nll.mean())

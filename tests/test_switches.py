@@ -214,7 +214,8 @@ def test_drop_last_step_switch(drop):
 
 
 def _selections(method, lam=0.1, num_latents=4):
-    cfg, model, builder = _setup(kava__compression=method, kava__rkv_lambda=lam, latent__num_latents=num_latents)
+    cfg, model, builder = _setup(kava__compression=method, kava__rkv_lambda=lam, latent__num_latents=num_latents,
+                                 kava__shared_question=False)  # the full teacher sequence
     batch = _batch(cfg, builder)["teacher"]
     with torch.no_grad():
         out = teacher_forward(model, batch, budget=num_latents, lam=lam, method=method, with_ce=False,
@@ -265,19 +266,52 @@ def test_projection_switch(monkeypatch, projection):
         run_latents(model, q["input_ids"], q["attention_mask"], num_iterations=1)
         ref = model.backbone(**calls[0])  # pass 0 again: its hidden states h⁰
     Lq = q["input_ids"].shape[1]
-    h0 = ref.hidden_states[-1][:, Lq:]
+    h0 = ref.hidden_states[-1][:, Lq - 1 :]  # <bot> and the M latents
     inputs = calls[1]["inputs_embeds"]
-    torch.testing.assert_close(inputs[:, :1], model.latent_embeddings(len(EXAMPLES)))
     if projection:
-        torch.testing.assert_close(inputs[:, 1:], model.projection(h0[:, :-1]))
-        assert not torch.allclose(inputs[:, 1:], h0[:, :-1])
+        torch.testing.assert_close(inputs, model.projection(h0[:, :-1]))
+        assert not torch.allclose(inputs, h0[:, :-1])
     else:
-        torch.testing.assert_close(inputs[:, 1:], h0[:, :-1])
+        torch.testing.assert_close(inputs, h0[:, :-1])
+
+
+@pytest.mark.parametrize("first_input", ["bot_hidden", "latent_embedding"])
+def test_first_input_switch(monkeypatch, first_input):
+    """latent.first_input: the first slot's input is proj(h⁰ at <bot>) or e(<latent>)."""
+    cfg, model, builder = _setup(latent__first_input=first_input)
+    assert model.first_input == first_input
+    calls = _count_lm_calls(monkeypatch, model)
+    q = builder.question_batch([builder.encode(e).q for e in EXAMPLES], add_bot=True)
+    with torch.no_grad():
+        run_latents(model, q["input_ids"], q["attention_mask"], num_iterations=2)
+        ref = model.backbone(**calls[0])
+    Lq = q["input_ids"].shape[1]
+    expected = (model.projection(ref.hidden_states[-1][:, Lq - 1 : Lq]) if first_input == "bot_hidden"
+                else model.latent_embeddings(len(EXAMPLES)))
+    for call in calls[1:]:
+        torch.testing.assert_close(call["inputs_embeds"][:, :1], expected)
+
+
+@pytest.mark.parametrize("scale", ["unit", "embedding_rms"])
+def test_projection_scale_switch(scale):
+    """latent.projection_scale: the projection's LayerNorm gain starts at 1 or at the embeddings' RMS."""
+    from kava.model.kava_model import embedding_rms
+
+    raw = {"model": {"name": "tiny-llama", "dtype": "float32"}, "lora": {"enabled": False},
+           "data": {"dataset": "x.jsonl", "source": "local"}, "latent": {"projection_scale": scale}}
+    model, _tok, _builder = build_kava_model(config_from_dict(raw))
+    rms = embedding_rms(model.backbone)
+    assert 0 < rms < 0.5  # the tiny model's embeddings are small (std 0.02 at init)
+    gain = model.projection.net[-1].weight
+    expected = 1.0 if scale == "unit" else rms
+    torch.testing.assert_close(gain, torch.full_like(gain, expected))
+    out = model.projection(torch.randn(3, 5, gain.shape[0]))
+    torch.testing.assert_close(out.pow(2).mean().sqrt(), torch.tensor(expected), rtol=0.05, atol=0)
 
 
 @pytest.mark.parametrize("M", [2, 5])
 def test_num_latents_sets_the_latent_slots(M):
-    cfg, model, builder = _setup(latent__num_latents=M)
+    cfg, model, builder = _setup(latent__num_latents=M, kava__shared_question=False)  # the full teacher sequence
     batch = _batch(cfg, builder)
     out = student_forward(model, batch["student"])
     assert all(k.shape[2] == M and v.shape[2] == M for k, v in out.latent_kv)
@@ -350,7 +384,7 @@ def test_kv_keys_pre_rope_changes_the_kv_term_not_the_values(monkeypatch):
 
 def test_pre_rope_student_keys_are_the_latent_k_proj_outputs():
     """The latent slots' positions used to undo RoPE are the ones the student ran at (left padding too)."""
-    cfg, model, builder = _setup()
+    cfg, model, builder = _setup(kava__shared_question=False)  # the full teacher sequence
     batch = _batch(cfg, builder)
     M = cfg.latent.num_latents
     raw = []
@@ -385,3 +419,18 @@ def test_codi_position_switch(monkeypatch, position, next_text):
     seen = _spy(monkeypatch, objective_module, "codi_loss")
     KavaObjective(model, cfg)(batch)
     assert len(seen) == 1
+
+
+def test_student_latents_teacher_reads_the_teachers_kv(monkeypatch):
+    """kava.student_latents=teacher: the answer pass attends to the teacher's kept CoT keys/values."""
+    from kava.inference import latent_control
+
+    cfg, model, builder = _setup(kava__student_latents="teacher", kava__alpha_kv=0)
+    batch = _batch(cfg, builder)
+    seen = _spy(monkeypatch, latent_control, "selections_state")
+    out = KavaObjective(model, cfg)(batch)
+    assert len(seen) == 1 and torch.isfinite(out["loss"])
+    # the answer pass's CE differs from the student's own-latent CE (the latents it reads changed)
+    cfg_own, model_own, _ = _setup(kava__alpha_kv=0)
+    own = KavaObjective(model_own, cfg_own)(batch)
+    assert abs(float(out["ce_student"]) - float(own["ce_student"])) > 1e-4

@@ -128,3 +128,41 @@ def test_bad_special_tokens():
         build_word_tokenizer(["a"], special_tokens=("<pad>", "<bos>", "<eos>"))
     with pytest.raises(KavaError):
         build_word_tokenizer(["a"], special_tokens=("<pad>", "<pad>", "<eos>", "<unk>"))
+
+
+def reference_chunks(text: str, n: int) -> list[str]:
+    """Every maximal run of digits cut left to right into chunks of n; any other character one
+    piece, runs of letters one piece."""
+    out, i = [], 0
+    while i < len(text):
+        j = i + 1
+        if text[i].isdigit():
+            while j < len(text) and text[j].isdigit():
+                j += 1
+            out += [text[k : min(k + n, j)] for k in range(i, j, n)]
+        else:
+            if text[i].isalpha():
+                while j < len(text) and text[j].isalpha():
+                    j += 1
+            out.append(text[i:j])
+        i = j
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_number_digits_cuts_numbers_into_chunks(n):
+    tok = build_word_tokenizer(["Tom", "has", "apples", "and"], number_digits=n)
+    text = "Tom has 16 apples, 105 and 1234 and 7 and 1005."
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    assert tok.unk_token_id not in ids
+    toks = tok.convert_ids_to_tokens(ids)
+    assert toks == reference_chunks(text, n) == pieces(text, n)
+    if n == 2:
+        i = toks.index("10")
+        assert toks[i : i + 2] == ["10", "5"] and "16" in toks and "05" in toks  # 105 -> 10 5, 1005 -> 10 05
+
+
+def test_number_digits_out_of_range():
+    with pytest.raises(KavaError, match="number_digits"):
+        build_word_tokenizer(["Tom"], number_digits=4)

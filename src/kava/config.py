@@ -32,6 +32,10 @@ class TinyModelConfig(_Strict):
     intermediate_size: int = Field(128, ge=8)
     seed: int = 0
     tokenizer: Literal["char", "word"] = "char"
+    number_digits: int = Field(
+        1, ge=1, le=3,
+        description="word tokenizer: numbers are cut into tokens of up to this many digits (Llama 3 uses 3)",
+    )
 
 
 class ModelConfig(_Strict):
@@ -57,12 +61,27 @@ class LatentConfig(_Strict):
     num_latents: int = Field(24, ge=1, description="M, latent tokens = R-KV budget")
     num_iterations: int = Field(3, ge=0, description="T, Jacobi iterations after pass 0")
     projection: bool = Field(True, description="Linear-GELU-Linear-LayerNorm on the latent hidden states [pccot]")
+    first_input: Literal["bot_hidden", "latent_embedding"] = Field(
+        "bot_hidden",
+        description="input of the first latent slot in every Jacobi iteration: proj(h⁰ at <bot>) from pass 0 "
+        "[pccot][codi], or the constant <latent> embedding (kava before 0.2)",
+    )
+    projection_scale: Literal["unit", "embedding_rms"] = Field(
+        "unit",
+        description="initial gain of the projection's LayerNorm: 1 [pccot][codi], or the RMS of the input "
+        "embeddings, so fed-back latents start at the scale of token embeddings [decision]",
+    )
 
 
 class PromptConfig(_Strict):
     question_template: str = "{question}"
     answer_prefix: str = "The answer is:"
     add_bos: Literal["auto", "always", "never"] = "auto"
+    teacher_delimiters: bool = Field(
+        False,
+        description="the teacher reads Q + <bot> + C + <eot> + P + A (CoT mode writes after Q + <bot>), so that with "
+        "M = |C| its CoT and P sit at the positions of the student's latents and P [decision]",
+    )
 
 
 class SyntheticDataConfig(_Strict):
@@ -107,15 +126,21 @@ class KavaLossConfig(_Strict):
     alpha_codi: float = Field(10.0, ge=0, description="α₁")
     alpha_kv: float = Field(1.0, ge=0, description="α₂ (0 = PCCoT)")
     codi_position: Literal["prefix_end", "answer_start"] = Field(
-        "prefix_end",
-        description="CODI hidden states at the last token of P, or at the token before the first "
-        "non-whitespace answer token (a tokenizer that writes ' 72' as ' ' + '72' predicts only the space after P)",
+        "answer_start",
+        description="CODI hidden states at the token whose next token is the answer's first digit or sign "
+        "(after a whitespace-only token opening the answer: Llama 3 and Qwen2.5 write ' 72' as ' ' + '72') "
+        "[codi][pccot], or at the last token of P whatever follows it (kava before 0.2)",
     )
     teacher_ce: bool = Field(True, description="train the teacher's CE on C+P+A too")
     shared_question: bool = Field(
         True,
         description="run the question once for the teacher's training pass and the student (both continue its "
         "cache; with LoRA dropout they share its masks); false: each runs its own",
+    )
+    student_latents: Literal["own", "teacher"] = Field(
+        "own",
+        description="what the student's answer pass reads: its own latents, or (a diagnostic, not a method) the "
+        "teacher's compressed CoT keys/values — whether the channel can carry the answer at all",
     )
     teacher_targets: Literal["same_pass", "separate_pass"] = Field(
         "same_pass", description="distillation targets from the teacher's training pass, or a no-grad eval-mode pass"

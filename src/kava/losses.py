@@ -3,7 +3,7 @@
     L_KV   = mean over layers of ½·(ρ(sg[K̃_t] − K_s) + ρ(sg[Ṽ_t] − V_s))
              averaged over the M latent slots (missing teacher slots masked out), heads, dims;
              ρ ∈ {smooth-L1, L1, MSE}; optionally divided by the teacher's per-layer std.
-    L_CODI = mean over layers of smooth-L1(h_s, sg[h_t]) / std(h_t), at the last token of P.
+    L_CODI = mean over layers of smooth-L1(h_s, sg[h_t]) / std(h_t), at the CODI position (the token whose next token is the answer's first digit or sign).
     L      = CE_student + CE_teacher + α₁·L_CODI + α₂·L_KV
 """
 

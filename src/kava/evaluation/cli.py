@@ -95,7 +95,7 @@ def _dataset_key(name: str) -> str:
     """A file-name-safe key: the dataset's name, or a local file's stem."""
     from kava.data.eval_sets import EVAL_DATASETS
 
-    key = name if name in EVAL_DATASETS else Path(name).stem
+    key = name if name in EVAL_DATASETS or name == SYNTHETIC_TEST else Path(name).stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key) or "dataset"
 
 
@@ -114,7 +114,7 @@ def _add_evaluate(sub) -> None:
     _add_model_options(p)
     p.add_argument(
         "--datasets", nargs="+", default=["gsm8k", "gsm8k-hard", "svamp"], metavar="NAME",
-        help=f"{', '.join(EVAL_DATASETS)}, "
+        help=f"{', '.join(EVAL_DATASETS)}, synthetic-test (the held-out split of a checkpoint's synthetic task), "
         "or a .jsonl file with question and answer (default: gsm8k gsm8k-hard svamp)",
     )
     p.add_argument("--source", choices=("hub", "offline"), default="hub",
@@ -126,13 +126,39 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default 16 latent/direct, 256 cot)")
     p.add_argument("--output", metavar="FILE.yaml", help="one YAML with every dataset's results")
     p.add_argument("--output-dir", metavar="DIR", help="results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset")
+    p.add_argument(
+        "--latent-control", nargs="+", choices=("shuffled", "pass0", "teacher"), metavar="CONTROL",
+        help="also answer (latent mode) with other latents and report the accuracy change: shuffled = each "
+        "question gets the next question's latents, pass0 = T=0, teacher = the teacher's compressed CoT "
+        "keys/values (needs a .jsonl set with steps)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
 
-def _cmd_evaluate(args) -> int:
+SYNTHETIC_TEST = "synthetic-test"
+
+
+def _load_dataset(name: str, args):
+    """An evaluation set by name, or `synthetic-test`: the held-out split of the synthetic task the
+    checkpoint was trained on (with its CoT steps, for `--latent-control teacher`)."""
     from kava.data.eval_sets import load_eval_dataset
-    from kava.evaluation.evaluate import evaluate_dataset
+
+    if name != SYNTHETIC_TEST:
+        return load_eval_dataset(name, source=args.source, limit=args.limit)
+    from kava.bench.quality import held_out_examples
+    from kava.training.checkpoint import read_checkpoint_config
+
+    if args.checkpoint is None:
+        raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of a checkpoint's synthetic task: give --checkpoint")
+    cfg = read_checkpoint_config(args.checkpoint)
+    if cfg.data.source != "synthetic":
+        raise KavaError(f"--datasets {SYNTHETIC_TEST}: {args.checkpoint} was not trained on the synthetic task")
+    return held_out_examples(cfg)[: args.limit]
+
+
+def _cmd_evaluate(args) -> int:
+    from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
     from kava.io import atomic_write_yaml
 
     _positive("--limit", args.limit)
@@ -146,9 +172,12 @@ def _cmd_evaluate(args) -> int:
         raise KavaError(f"two datasets would share result files ({', '.join(names)}); rename one")
     _early_checks(args)
     # Data first (cheap, and a wrong name fails before the model loads).
-    data = {name: load_eval_dataset(name, source=args.source, limit=args.limit) for name in names}
+    data = {name: _load_dataset(name, args) for name in names}
     pipe = _load_pipeline(args)
     mode = pipe.resolve_mode(args.mode)
+    controls = list(dict.fromkeys(args.latent_control or []))
+    if controls and mode != "latent":
+        raise KavaError(f"--latent-control needs latent mode, not {mode}")
 
     out_dir = Path(args.output_dir) if args.output_dir else None
     combined = Path(args.output) if args.output else None
@@ -162,11 +191,14 @@ def _cmd_evaluate(args) -> int:
             pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
         else:
             pred_path = None
-        res = evaluate_dataset(
-            pipe.model, pipe.builder, data[name], mode=mode, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, predictions_path=pred_path, progress=not args.no_progress,
-            dataset=name,
-        )
+        common = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+                      dataset=name)
+        if controls:
+            both = evaluate_latent_controls(pipe.model, pipe.builder, data[name], controls, predictions_path=pred_path,
+                                            teacher_settings=pipe.teacher_settings(), **common)
+            res = both["own"] | {"latent_controls": both["controls"]}
+        else:
+            res = evaluate_dataset(pipe.model, pipe.builder, data[name], mode=mode, predictions_path=pred_path, **common)
         res.update(meta)
         if pred_path is not None:
             res["predictions"] = str(pred_path)
@@ -176,11 +208,24 @@ def _cmd_evaluate(args) -> int:
         if combined is not None:
             atomic_write_yaml(combined, {**meta, "mode": mode, "datasets": results})
     print(format_results_table(results))
+    if controls:
+        print()
+        print(format_controls_table(results))
     written = [str(out_dir)] if out_dir is not None else []
     written += [str(combined)] if combined is not None else []
     if written:
         print(f"results written to {' and '.join(written)}")
     return 0
+
+
+def format_controls_table(results: dict[str, dict]) -> str:
+    """Accuracy with the question's own latents and under each control; latent reliance."""
+    lines = ["| dataset | latents | accuracy (%) | reliance (points) | answers changed (%) |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | own | {r['accuracy']:.1f} | | |")
+        for control, c in r.get("latent_controls", {}).items():
+            lines.append(f"| {name} | {control} | {c['accuracy']:.1f} | {c['reliance']:+.1f} | {c['changed']:.1f} |")
+    return "\n".join(lines)
 
 
 def format_results_table(results: dict[str, dict]) -> str:

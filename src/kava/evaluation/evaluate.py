@@ -17,6 +17,12 @@ number from each answer (`extract_prediction`), scores it (`is_correct`) and ret
 Predictions file (JSONL, one record per example):
     id, question, gold, gold_text, text, answer (extracted, null when none), correct,
     forward_passes, generated_tokens, mode, max_new_tokens, seconds
+    (+ latent_control, with a latent control)
+
+`latent_control` (latent mode; `kava.inference.latent_control`): "shuffled" answers example
+i with the latents of example i + 1 of `examples` (the last with the first's), "pass0" with
+T = 0, "teacher" with the teacher's compressed CoT keys/values (each example needs
+`steps`). `latent_reliance(own, control)` compares two evaluations of the same examples.
 Each batch's records are appended (and fsynced) as soon as the batch is done; at the end
 the file is rewritten atomically in the dataset's order. When the file already holds
 records for some ids of this evaluation, they are kept and not generated again (resume);
@@ -65,7 +71,8 @@ def _pstd(xs: list[float]) -> float | None:
     return float(math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs)))
 
 
-def _load_done(path: Path, examples: list[EvalExample], mode: str, max_new_tokens: int) -> dict[str, dict]:
+def _load_done(path: Path, examples: list[EvalExample], mode: str, max_new_tokens: int,
+               latent_control: str | None = None) -> dict[str, dict]:
     """Records already in the predictions file for this evaluation's ids (checked)."""
     if not path.is_file():
         return {}
@@ -86,6 +93,11 @@ def _load_done(path: Path, examples: list[EvalExample], mode: str, max_new_token
                 f"predictions file {path} holds {rec.get('mode')!r}-mode answers, not {mode!r}; "
                 "use another output file or folder (or delete it)"
             )
+        if rec.get("latent_control") != latent_control:
+            raise KavaError(
+                f"predictions file {path} holds answers made with latent control {rec.get('latent_control')!r}, "
+                f"not {latent_control!r}; use another output file or folder (or delete it)"
+            )
         if rec.get("max_new_tokens", max_new_tokens) != max_new_tokens:
             raise KavaError(
                 f"predictions file {path} was made with max_new_tokens={rec['max_new_tokens']}, not {max_new_tokens}; "
@@ -104,9 +116,11 @@ def _load_done(path: Path, examples: list[EvalExample], mode: str, max_new_token
     return done
 
 
-def _record(ex: EvalExample, gen, mode: str, prefix: str, seconds: float, max_new_tokens: int) -> dict:
+def _record(ex: EvalExample, gen, mode: str, prefix: str, seconds: float, max_new_tokens: int,
+            latent_control: str | None = None) -> dict:
     pred = extract_prediction(gen.text, mode, prefix)
-    return {
+    extra = {"latent_control": latent_control} if latent_control is not None else {}
+    return extra | {
         "id": ex.id,
         "question": ex.question,
         "gold": ex.answer,
@@ -154,16 +168,33 @@ def evaluate_dataset(
     predictions_path: str | Path | None = None,
     progress: bool = True,
     dataset: str | None = None,
+    latent_control: str | None = None,
+    teacher_settings: dict | None = None,
+    keep_records: bool = False,
 ) -> dict:
-    """Answer `examples` in `mode` and score them; returns the result dict (module docstring).
+    """Answer `examples` in `mode` and score them; returns the result dict (module docstring),
+    with the prediction records under `records` when `keep_records`.
 
     `predictions_path`: JSONL of every example, appended batch by batch and resumed from.
-    `dataset`: a name for the result (and the progress bar).
+    `dataset`: a name for the result (and the progress bar). `latent_control`: see the module
+    docstring; `teacher_settings`: the teacher control's compression (`compression`, `lam`, `move`).
     """
     from tqdm.auto import tqdm
 
+    from kava.inference.latent_control import CONTROLS
+
     if mode not in MODES:
         raise KavaError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
+    if latent_control is not None:
+        if latent_control not in CONTROLS:
+            raise KavaError(f"unknown latent control {latent_control!r}; use one of: {', '.join(CONTROLS)}")
+        if mode != "latent":
+            raise KavaError(f"a latent control needs --mode latent, not {mode}")
+        if latent_control == "teacher" and any(not ex.steps for ex in examples):
+            raise KavaError("the teacher latent control needs each example's CoT steps; "
+                            f"{dataset or 'these examples'} have none (it works on a training-format set)")
+        if latent_control == "shuffled" and len(examples) < 2:
+            raise KavaError("the shuffled latent control needs at least 2 examples (each gets another's latents)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise KavaError(f"batch size must be a positive integer, got {batch_size!r}")
     if not examples:
@@ -176,7 +207,8 @@ def evaluate_dataset(
     prefix = builder.prompt.answer_prefix
     path = Path(predictions_path) if predictions_path is not None else None
     budget = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[mode]
-    done = _load_done(path, examples, mode, budget) if path is not None else {}
+    done = _load_done(path, examples, mode, budget, latent_control) if path is not None else {}
+    donor_of = {ex.id: examples[(i + 1) % len(examples)].question for i, ex in enumerate(examples)}
     resumed = len(done)
 
     todo = [ex for ex in examples if ex.id not in done]
@@ -191,10 +223,15 @@ def evaluate_dataset(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             t0 = time.perf_counter()
-            gens = generate(model, builder, [ex.question for ex in batch], mode=mode, max_new_tokens=max_new_tokens)
+            control = {}
+            if latent_control is not None:
+                control = dict(latent_control=latent_control, donors=[donor_of[ex.id] for ex in batch],
+                               steps=[list(ex.steps or ()) for ex in batch], teacher_settings=teacher_settings)
+            gens = generate(model, builder, [ex.question for ex in batch], mode=mode, max_new_tokens=max_new_tokens,
+                            **control)
             share = (time.perf_counter() - t0) / len(batch)
             for ex, gen in zip(batch, gens):
-                rec = _record(ex, gen, mode, prefix, share, budget)
+                rec = _record(ex, gen, mode, prefix, share, budget, latent_control)
                 done[ex.id] = rec
                 correct += rec["correct"]
                 if path is not None:
@@ -206,7 +243,12 @@ def evaluate_dataset(
 
     if path is not None:
         _rewrite_in_order(path, examples, done)
-    result = summarize([done[ex.id] for ex in examples], mode, dataset)
+    records = [done[ex.id] for ex in examples]
+    result = summarize(records, mode, dataset)
+    if latent_control is not None:
+        result["latent_control"] = latent_control
+    if keep_records:
+        result["records"] = records
     result["resumed"] = resumed
     result["batch_size"] = batch_size
     result["max_new_tokens"] = budget
@@ -219,3 +261,42 @@ def _rewrite_in_order(path: Path, examples: list[EvalExample], done: dict[str, d
     others = [r for r in read_jsonl(path) if str(r.get("id")) not in ours] if path.is_file() else []
     lines = [json.dumps(done[ex.id]) for ex in examples] + [json.dumps(r) for r in others]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def latent_reliance(own: list[dict], control: list[dict]) -> dict:
+    """How much the answers depend on the latents: two evaluations of the same examples, one
+    with each question's own latents and one under a latent control (prediction records).
+
+    Returns own_accuracy, control_accuracy, reliance (own − control, in points) and changed
+    (the share of examples, in %, whose extracted answer differs), all in %."""
+    by_id = {r["id"]: r for r in control}
+    if set(by_id) != {r["id"] for r in own}:
+        raise KavaError("latent reliance compares two evaluations of the same examples")
+    n = len(own)
+    acc = 100.0 * sum(r["correct"] for r in own) / n
+    ctrl = 100.0 * sum(by_id[r["id"]]["correct"] for r in own) / n
+    changed = 100.0 * sum(r["answer"] != by_id[r["id"]]["answer"] for r in own) / n
+    return {"own_accuracy": acc, "control_accuracy": ctrl, "reliance": acc - ctrl, "changed": changed}
+
+
+def evaluate_latent_controls(model, builder, examples: list[EvalExample], controls: list[str],
+                             predictions_path: str | Path | None = None, **kwargs) -> dict:
+    """Latent-mode accuracy with each question's own latents and under each control.
+
+    Returns {"own": result, "controls": {control: result + latent_reliance(...)}}; with
+    `predictions_path` (`.../predictions.jsonl`) the controls' predictions go next to it
+    (`predictions.<control>.jsonl`). Other keyword arguments go to `evaluate_dataset`."""
+    path = Path(predictions_path) if predictions_path is not None else None
+
+    def run(control):
+        p = None if path is None else (path if control is None else path.with_name(f"{path.stem}.{control}{path.suffix}"))
+        return evaluate_dataset(model, builder, examples, mode="latent", predictions_path=p, latent_control=control,
+                                keep_records=True, **kwargs)
+
+    own = run(None)
+    out = {}
+    for control in controls:
+        res = run(control)
+        res.update(latent_reliance(own["records"], res["records"]))
+        out[control] = {k: v for k, v in res.items() if k != "records"}
+    return {"own": {k: v for k, v in own.items() if k != "records"}, "controls": out}

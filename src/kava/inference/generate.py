@@ -2,7 +2,7 @@
 
     latent  (the student)  Q + <bot> -> pass 0 + T Jacobi passes -> <eot> + P -> answer tokens
             forward passes = 1 + T + 1 + (generated tokens − 1)
-    cot     (the teacher)  Q -> chain of thought, answer prefix and answer, decoded freely
+    cot     (the teacher)  Q (+ <bot>, prompt.teacher_delimiters) -> chain of thought, answer prefix and answer
             forward passes = generated tokens (the prefill makes the first)
     direct  (No-CoT)       Q + P -> answer tokens; forward passes = generated tokens
 
@@ -22,7 +22,7 @@ from kava.data.sequences import SequenceBuilder
 from kava.model.cache import select_batch
 from kava.model.kava_model import KavaModel
 from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
-from kava.model.student import run_latents
+from kava.inference.latent_control import controlled_latents
 
 MODES = ("latent", "cot", "direct")
 DEFAULT_MAX_NEW_TOKENS = {"latent": 16, "direct": 16, "cot": 256}
@@ -115,10 +115,21 @@ def generate(
     generator: torch.Generator | None = None,
     return_latents: bool = False,
     ignore_eos: bool = False,
+    latent_control: str | None = None,
+    donors: list[str] | None = None,
+    steps: list[list[str]] | None = None,
+    teacher_settings: dict | None = None,
 ) -> list[Generation]:
-    """ignore_eos: decode exactly max_new_tokens (speed benchmarks of untrained models)."""
+    """ignore_eos: decode exactly max_new_tokens (speed benchmarks of untrained models).
+
+    latent_control (latent mode): answer with latents other than the question's own —
+    "shuffled" (`donors`: the question whose latents each one gets), "pass0" (T = 0) or
+    "teacher" (`steps`: each question's CoT) — see `kava.inference.latent_control`.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if latent_control is not None and mode != "latent":
+        raise ValueError(f"a latent control needs mode 'latent', not {mode!r}")
     if not questions:
         return []
     if max_new_tokens is not None and max_new_tokens < 1:
@@ -130,7 +141,9 @@ def generate(
     latent_hidden = None
     if mode == "latent":
         qb = builder.question_batch(q_ids, add_bot=True)
-        state = run_latents(model, qb["input_ids"].to(device), qb["attention_mask"].to(device))
+        state = controlled_latents(model, builder, qb["input_ids"].to(device), qb["attention_mask"].to(device),
+                                   latent_control, questions=questions, donors=donors, steps=steps,
+                                   teacher_settings=teacher_settings)
         latent_hidden = state.hidden
         for b in range(len(questions)):
             passes[b] += state.passes
@@ -148,6 +161,8 @@ def generate(
     else:
         if mode == "direct":
             q_ids = [q + builder.p_ids for q in q_ids]
+        else:
+            q_ids = [builder.cot_prompt_ids(q) for q in questions]
         qb = builder.question_batch(q_ids, add_bot=False)
         mask = qb["attention_mask"].to(device)
         out = model.lm(

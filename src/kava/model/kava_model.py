@@ -19,9 +19,14 @@ from kava.model.load import load_backbone
 
 
 class LatentProjection(nn.Module):
-    """Linear(d,d) → GELU → Linear(d,d) → LayerNorm(d), trained in full [pccot]. Runs in fp32."""
+    """Linear(d,d) → GELU → Linear(d,d) → LayerNorm(d), trained in full [pccot]. Runs in fp32.
 
-    def __init__(self, hidden_size: int):
+    `gain` initialises the LayerNorm's weight (1 in PCCoT and CODI). The LayerNorm's output
+    has RMS ≈ gain, while a small model's token embeddings may have RMS ≈ 0.02: with gain 1
+    the fed-back latents then dominate their residual stream (`latent.projection_scale`).
+    """
+
+    def __init__(self, hidden_size: int, gain: float = 1.0):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(hidden_size, hidden_size),
@@ -29,6 +34,8 @@ class LatentProjection(nn.Module):
             nn.Linear(hidden_size, hidden_size),
             nn.LayerNorm(hidden_size),
         )
+        with torch.no_grad():
+            self.net[-1].weight.fill_(gain)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h.float()).to(h.dtype)
@@ -103,16 +110,37 @@ def use_fast_trainable_tokens(backbone) -> int:
     return n
 
 
+FIRST_INPUTS = ("bot_hidden", "latent_embedding")
+
+
 class KavaModel(nn.Module):
-    def __init__(self, backbone, special: SpecialIds, num_latents: int, num_iterations: int, projection: bool):
+    """The backbone, the special token ids, the latent projection and the latent settings.
+
+    first_input: the first latent slot's input in every Jacobi iteration — "bot_hidden",
+    proj(h⁰ at <bot>) from pass 0, as the official PCCoT and CODI code do (SPEC.md §2), or
+    "latent_embedding", the constant e(<latent>).
+    """
+
+    def __init__(self, backbone, special: SpecialIds, num_latents: int, num_iterations: int, projection: bool,
+                 first_input: str = "bot_hidden", projection_gain: float = 1.0):
         super().__init__()
+        if first_input not in FIRST_INPUTS:
+            raise ValueError(f"first_input must be one of {FIRST_INPUTS}, got {first_input!r}")
         use_fast_trainable_tokens(backbone)
         self.backbone = backbone
         self.special = special
         self.num_latents = num_latents
         self.num_iterations = num_iterations
+        self.first_input = first_input
         hidden = backbone.config.get_text_config().hidden_size
-        self.projection = LatentProjection(hidden) if projection else None
+        self.projection = LatentProjection(hidden, projection_gain) if projection else None
+
+    @classmethod
+    def from_config(cls, backbone, special: SpecialIds, cfg: KavaConfig) -> KavaModel:
+        lat = cfg.latent
+        gain = embedding_rms(backbone) if lat.projection_scale == "embedding_rms" else 1.0
+        return cls(backbone, special, lat.num_latents, lat.num_iterations, lat.projection,
+                   first_input=lat.first_input, projection_gain=gain)
 
     @property
     def config(self):
@@ -139,6 +167,12 @@ class KavaModel(nn.Module):
     def lm(self, **kwargs):
         """One call of the backbone (kept as the single entry point for counting and hooks)."""
         return self.backbone(**kwargs)
+
+
+def embedding_rms(backbone) -> float:
+    """Root mean square of the input embedding matrix's entries (the scale of a token's input)."""
+    w = backbone.get_input_embeddings().weight.detach()
+    return float(w.float().pow(2).mean().sqrt())
 
 
 def add_special_tokens(model, tokenizer) -> SpecialIds:
@@ -189,7 +223,7 @@ def build_kava_model(cfg: KavaConfig, device: torch.device | str = "cpu", word_v
     special = add_special_tokens(backbone, tok)
     if cfg.lora.enabled:
         backbone = apply_lora(backbone, cfg, special)
-    model = KavaModel(backbone, special, cfg.latent.num_latents, cfg.latent.num_iterations, cfg.latent.projection)
+    model = KavaModel.from_config(backbone, special, cfg)
     model.to(device)
     builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step,
                               codi_position=cfg.kava.codi_position)

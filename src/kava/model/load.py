@@ -123,7 +123,7 @@ def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_voc
         if t.tokenizer == "word":
             from kava.model.word_tokenizer import build_word_tokenizer
 
-            tok = build_word_tokenizer(word_vocabulary or [])
+            tok = build_word_tokenizer(word_vocabulary or [], number_digits=t.number_digits)
         else:
             tok = build_char_tokenizer()
         model = build_tiny_model(

@@ -1,4 +1,4 @@
-"""Undo rotary position embeddings on cached keys (SPEC.md §4, §5: keys before or after RoPE).
+"""Rotary position embeddings on cached keys: undo them, apply them, move keys (SPEC.md §4, §5).
 
 The cache holds keys after RoPE: a key at position p is the raw key rotated by angles
 p·θ. The teacher's kept CoT entries sit at positions far from the student's latent slots
@@ -37,3 +37,19 @@ def unrotate_keys(model, keys: torch.Tensor, positions: torch.Tensor) -> torch.T
     k = keys.float()
     raw = (k * cos - _rotate_half(k) * sin) / (cos * cos + sin * sin)
     return raw.to(keys.dtype)
+
+
+def rotate_keys(model, raw: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """raw keys [B, H, N, D] (before RoPE) -> the keys as cached at positions [B, H, N] (or [B, N])."""
+    rotary = _rotary_module(model)
+    b, h, n, d = raw.shape
+    pos = positions if positions.dim() == 3 else positions[:, None, :].expand(b, h, n)
+    cos, sin = rotary(raw.float(), pos.reshape(b, h * n).to(raw.device))
+    cos, sin = cos.float().view(b, h, n, d), sin.float().view(b, h, n, d)
+    k = raw.float()
+    return (k * cos + _rotate_half(k) * sin).to(raw.dtype)
+
+
+def move_keys(model, keys: torch.Tensor, from_positions: torch.Tensor, to_positions: torch.Tensor) -> torch.Tensor:
+    """Cached keys at `from_positions` -> the same raw keys cached at `to_positions`."""
+    return rotate_keys(model, unrotate_keys(model, keys, from_positions), to_positions)

@@ -1,7 +1,7 @@
 """The student: parallel latent reasoning with Jacobi iterations (SPEC.md §2) [pccot][paper].
 
     pass 0:  Q + <bot> + <latent>×M          -> cache of Q + <bot>, hidden states h⁰
-    k=1..T:  [e(<latent>), proj(h^{k-1}_1), …, proj(h^{k-1}_{M-1})] over the Q + <bot> cache
+    k=1..T:  [proj(h⁰_<bot>), proj(h^{k-1}_1), …, proj(h^{k-1}_{M-1})] over the Q + <bot> cache
              (causal inside the block)       -> hᵏ, latent keys/values KVᵏ
     then:    <eot> + P (+ A when training) over Q + <bot> + latents(KVᵀ)
 
@@ -9,6 +9,9 @@ The question's keys and values are computed once, in pass 0, and reused by every
 iteration (never recomputed); in training they come from the question's pass that the
 teacher continues too (`kava.model.question`), and pass 0 runs `<bot>` + latents over them. Gradients flow through all T iterations (no detach).
 Questions are left-padded so the latent blocks line up; positions follow the mask.
+The first slot's input is the projected pass-0 hidden state at <bot>, the same in every
+iteration, as in the official PCCoT and CODI code (`latent.first_input: latent_embedding`
+feeds the constant e(<latent>) instead).
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ class LatentState:
     hidden: torch.Tensor  # [B, M, d] last-layer hidden states of the final iteration
     latent_kv: KV  # per layer ([B, H_kv, M, D], [B, H_kv, M, D])
     passes: int  # model calls made (1 + T)
+    inputs: torch.Tensor | None = None  # [B, M, d] the latent inputs of the final pass
 
 
-def latent_inputs(model: KavaModel, hidden: torch.Tensor) -> torch.Tensor:
-    """Jacobi inputs from the previous iteration: shift by one, the first stays e(<latent>)."""
-    first = model.latent_embeddings(hidden.shape[0]).to(hidden.dtype)
+def first_latent_input(model: KavaModel, bot_hidden: torch.Tensor) -> torch.Tensor:
+    """[B, 1, d]: the first slot's input in every iteration (from pass 0's h at <bot>, [B, 1, d])."""
+    if model.first_input == "bot_hidden":
+        return model.project(bot_hidden)
+    return model.latent_embeddings(bot_hidden.shape[0]).to(bot_hidden.dtype)
+
+
+def latent_inputs(model: KavaModel, first: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Jacobi inputs from the previous iteration's hidden states: shift by one after `first`."""
     return torch.cat([first, model.project(hidden[:, :-1])], dim=1)
 
 
@@ -67,13 +77,16 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
         logits_to_keep=no_logits(model, q_ids.device),
     )
     hidden = out.hidden_states[-1][:, -M:]
+    inputs = lat
     cache = out.past_key_values if cache is None else cache
     prefix_kv = slice_kv(kv_of(cache), 0, Lq)
     latent_pos = positions_for_new(mask, M)
+    first = first_latent_input(model, out.hidden_states[-1][:, -M - 1 : -M]) if T else None  # h⁰ at <bot>
     for _ in range(T):
         cache = pass_cache(prefix_kv, model.config)
+        inputs = latent_inputs(model, first, hidden)
         out = model.lm(
-            inputs_embeds=latent_inputs(model, hidden),
+            inputs_embeds=inputs,
             attention_mask=mask,
             position_ids=latent_pos,
             past_key_values=cache,
@@ -84,21 +97,26 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
         hidden = out.hidden_states[-1]
     final_kv = kv_of(cache)  # (pass caches serve one pass: hand on a plain cache over the same tensors)
     return LatentState(cache=cache_from_kv(final_kv, model.config), mask=mask, hidden=hidden,
-                       latent_kv=slice_kv(final_kv, Lq, None), passes=1 + T)
+                       latent_kv=slice_kv(final_kv, Lq, None), passes=1 + T, inputs=inputs)
 
 
 @dataclass
 class StudentOutput:
     ce: torch.Tensor
     latent_kv: KV
-    codi_hidden: list[torch.Tensor]  # per layer [B, d] at the last token of P
+    codi_hidden: list[torch.Tensor]  # per layer [B, d] at the CODI position
     logits: torch.Tensor
 
 
-def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=None) -> StudentOutput:
+def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=None, latent_override=None) -> StudentOutput:
     """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A.
-    question: the question's pass shared with the teacher (see `run_latents`)."""
+
+    question: the question's pass shared with the teacher (see `run_latents`).
+    latent_override(state) -> state: replaces the latents the answer pass reads (the
+    `kava.student_latents: teacher` diagnostic)."""
     state = run_latents(model, batch["q_ids"], batch["q_mask"], question=question)
+    if latent_override is not None:
+        state = latent_override(state)
     suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
     mask = extend_mask(state.mask, suffix_ids.shape[1], suffix_mask)
     out = model.lm(

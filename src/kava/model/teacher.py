@@ -2,7 +2,7 @@
 
 One pass with gradient (its CE on C, P, A is part of the loss). The distillation targets
 are taken from it and detached: the R-KV-compressed CoT keys/values (§4) and the
-hidden states at the last token of P for the CODI loss. `teacher_targets:
+hidden states at the CODI position (the token before the answer's first digit) for the CODI loss. `teacher_targets:
 separate_pass` takes the targets from a second, no-grad, eval-mode pass instead.
 
 Under `kava.shared_question` the teacher reads `C + P + A` over the question's pass that
@@ -71,7 +71,8 @@ def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want
 
 
 def _targets(model, out, importance, batch, budget, lam, method, generator, want_kv=True):
-    """R-KV selections over this pass's own tokens (a question prefix in the cache is skipped)."""
+    """R-KV selections over this pass's own tokens (a question prefix in the cache is skipped);
+    their `positions` are the kept tokens' positions, as the index is in a full teacher sequence."""
     selections = [] if want_kv else None
     for layer, (k, v) in enumerate(kv_of(out.past_key_values) if want_kv else []):
         offset = k.shape[2] - batch["cot_mask"].shape[1]
@@ -90,6 +91,10 @@ def _targets(model, out, importance, batch, budget, lam, method, generator, want
                 importance=imp,
             )
         )
+    if "position_ids" in batch and selections:  # after a question: indices into C + P + A -> positions
+        pos = batch["position_ids"]
+        selections = [sel._replace(positions=torch.where(
+            sel.slot_mask, pos.gather(1, sel.positions.flatten(1)).view_as(sel.positions), 0)) for sel in selections]
     idx = batch["codi_index"]
     rows = torch.arange(idx.shape[0], device=idx.device)
     codi = [h[rows, idx].detach() for h in out.hidden_states[1:]]
@@ -116,6 +121,8 @@ def teacher_forward(
     (`SequenceBuilder.continuation_batch`) over this question. Its pass (`question.kv`) serves
     the training pass; a target pass without gradient (separate_pass, or with_ce=False) runs
     the question again in eval mode."""
+    if ("position_ids" in batch) != (question is not None):
+        raise ValueError("a continuation batch (SequenceBuilder.continuation_batch) needs its question, and only it")
     ce = selections = codi = None
     if with_ce:
         if question is not None and question.kv is None:

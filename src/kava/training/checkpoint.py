@@ -168,7 +168,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype:
 
         special = add_special_tokens(backbone, tok)
         backbone = PeftModel.from_pretrained(backbone, path / "adapter", is_trainable=False)
-    model = KavaModel(backbone, special, cfg.latent.num_latents, cfg.latent.num_iterations, cfg.latent.projection)
+    model = KavaModel.from_config(backbone, special, cfg)
     if model.projection is not None:
         model.projection.load_state_dict(load_file(str(path / "projection.safetensors")))
     model.to(device).eval()

@@ -45,7 +45,8 @@ class KavaObjective(nn.Module):
             _, ce = lm_with_ce(self.model, t["labels"], **_lm_args(t))
             return {"loss": ce, "ce_student": ce.detach()}
         k = self.cfg.kava
-        want_targets = k.alpha_codi > 0 or k.alpha_kv > 0
+        reads_teacher = k.student_latents == "teacher"
+        want_targets = k.alpha_codi > 0 or k.alpha_kv > 0 or reads_teacher
         if phase in (None, "teacher"):
             question = self._question(batch)
             if question is not None and phase == "teacher":
@@ -59,7 +60,7 @@ class KavaObjective(nn.Module):
                 with_ce=k.teacher_ce,
                 want_targets=want_targets,
                 separate_pass=k.teacher_targets == "separate_pass",
-                want_kv=k.alpha_kv > 0,
+                want_kv=k.alpha_kv > 0 or reads_teacher,
                 question=question,
             )
             if question is not None and question.kv is not None:
@@ -71,8 +72,16 @@ class KavaObjective(nn.Module):
                 return first
         elif phase != "student" or teacher is None:
             raise ValueError(f"phase must be None, 'teacher' or 'student' (with teacher=), got {phase!r}")
+        override = None
+        if reads_teacher:
+            from kava.inference.latent_control import selections_state
+
+            def override(state):
+                return selections_state(self.model, state, teacher.selections, move=k.kv_keys == "pre_rope")
+
         shared = teacher.question
-        student = student_forward(self.model, batch["student"], question=shared.source if shared is not None else None)
+        student = student_forward(self.model, batch["student"], question=shared.source if shared is not None else None,
+                                  latent_override=override)
         loss = student.ce + question_gradient(shared)
         out = {"ce_student": student.ce.detach()}
         if teacher.ce is not None and phase is None:
@@ -118,11 +127,12 @@ def _unrotated(model: KavaModel, batch, student_kv, selections):
     # latent slot i follows the real tokens of Q + <bot>: its position is their count + i
     s_pos = q_mask.sum(-1, keepdim=True) + torch.arange(M, device=q_mask.device)
     t = batch["teacher"]
-    t_pos_all = t["position_ids"] if "position_ids" in t else position_ids_from_mask(t["attention_mask"])
+    t_pos_all = None if "position_ids" in t else position_ids_from_mask(t["attention_mask"])
     out_s, out_t = [], []
     for (ks, vs), sel in zip(student_kv, selections, strict=True):
         out_s.append((unrotate_keys(model.backbone, ks, s_pos), vs))
-        t_pos = t_pos_all.gather(1, sel.positions.flatten(1)).view_as(sel.positions)
+        # (after a shared question the selections already hold positions, not indices)
+        t_pos = sel.positions if t_pos_all is None else t_pos_all.gather(1, sel.positions.flatten(1)).view_as(sel.positions)
         out_t.append(sel._replace(keys=unrotate_keys(model.backbone, sel.keys, t_pos)))
     return out_s, out_t
 
