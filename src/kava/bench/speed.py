@@ -230,6 +230,7 @@ def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup
     timer = Timer(device)
     names = [r.name for r in runs]
     seconds = {n: [] for n in names}
+    cpu = {n: [] for n in names}  # process CPU time: on a shared machine, less noisy than wall time
     parts: dict[str, list[dict]] = {r.name: [] for r in runs if r.method == "kava"}
     gpu_peak = dict.fromkeys(names, 0)
     with breakdown_patches(timer):
@@ -239,13 +240,14 @@ def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 timer.reset()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 train_step(objective, optimizer, params, batch, objective.cfg.train.grad_clip, timer)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if device.type == "cuda":
                     gpu_peak[name] = max(gpu_peak[name], torch.cuda.max_memory_allocated(device))
                 if rep >= warmup:
                     seconds[name].append(dt)
+                    cpu[name].append(dc)
                     if name in parts:
                         parts[name].append(dict(timer.exclusive, total=dt))
     med = {n: statistics.median(s) for n, s in seconds.items()}
@@ -253,6 +255,7 @@ def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup
         "runs": {r.name: {"method": r.method, "overrides": r.overrides} for r in runs},
         "seconds_per_step": med,
         "seconds_all": {n: [round(x, 4) for x in s] for n, s in seconds.items()},
+        "cpu_seconds_per_step": {n: statistics.median(s) for n, s in cpu.items()},
         "comparisons": {},
         "breakdown_seconds": {},
         "breakdown_share": {},
@@ -261,8 +264,10 @@ def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup
     for a, b, label in COMPARISONS:
         if a in med and b in med:
             pair = [x / y for x, y in zip(seconds[a], seconds[b])]
+            cpu_a, cpu_b = statistics.median(cpu[a]), statistics.median(cpu[b])
             result["comparisons"][f"{a}/{b}"] = {"label": label, "ratio": med[a] / med[b],
-                                                 "ratio_per_pair_median": statistics.median(pair)}
+                                                 "ratio_per_pair_median": statistics.median(pair),
+                                                 "cpu_time_ratio": cpu_a / cpu_b if cpu_b > 0 else None}
     for name, ps in parts.items():
         breakdown = {n: statistics.median(p.get(n, 0.0) for p in ps) for n in PARTS}
         breakdown["other"] = statistics.median(p["total"] - sum(p.get(n, 0.0) for n in PARTS) for p in ps)
@@ -421,14 +426,16 @@ def format_speed(r: dict) -> str:
     tr = r.get("training")
     if tr:
         s = tr["seconds_per_step"]
-        lines += ["", "| training run | s / step | tokens / s | peak memory MB | MFU |", "|---|---|---|---|---|"]
+        lines += ["", "| training run | s / step | CPU s / step | tokens / s | peak memory MB | MFU |",
+                  "|---|---|---|---|---|---|"]
         for n in s:
             mfu = f"{100 * tr['mfu'][n]:.1f}%" if n in tr.get("mfu", {}) else "-"
-            lines.append(f"| {n} | {s[n]:.3f} | {tr['tokens_per_second'][n]:.0f} | "
+            lines.append(f"| {n} | {s[n]:.3f} | {tr['cpu_seconds_per_step'][n]:.3f} | {tr['tokens_per_second'][n]:.0f} | "
                          f"{_memory_cell(tr.get('peak_memory_mb', {}).get(n))} | {mfu} |")
-        lines += ["", "| ratio | median | pair by pair |", "|---|---|---|"]
+        lines += ["", "| ratio | median | pair by pair | CPU time |", "|---|---|---|---|"]
         for c in tr["comparisons"].values():
-            lines.append(f"| {c['label']} | {c['ratio']:.3f} | {c['ratio_per_pair_median']:.3f} |")
+            cpu_ratio = "-" if c["cpu_time_ratio"] is None else f"{c['cpu_time_ratio']:.3f}"
+            lines.append(f"| {c['label']} | {c['ratio']:.3f} | {c['ratio_per_pair_median']:.3f} | {cpu_ratio} |")
         tw = r["ideal_ratio_question_twice"]
         lines.append("")
         lines.append(f"KaVa / CoT ideal: {tr['ideal_ratio']:.2f}x padded, {tr['ideal_ratio_real_tokens']:.2f}x real tokens "
