@@ -20,6 +20,9 @@ from kava.model.kava_model import build_kava_model
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+# Registered here, before the test modules import their constants (fixtures_sweep.sweep_argv).
+pytest_plugins = ["fixtures_sweep"]
+
 # The models are tiny: one intra-op thread is much faster than several (on a busy 2-core
 # machine, multi-threaded matmuls of this size spend their time spinning).
 torch.set_num_threads(1)

@@ -1,38 +1,21 @@
 """End to end, for real: `kava sweep` trains and evaluates the tiny config over 2 seeds in
 subprocesses (`python -m kava train` / `python -m kava evaluate` on the offline evaluation
-sets), then `kava aggregate` writes the tables. Nothing is faked and nothing is downloaded.
+sets; the session's `tiny_sweep`), then `kava aggregate` writes the tables. Nothing is faked
+and nothing is downloaded.
 """
 
 import csv
 import json
-from pathlib import Path
 
 import yaml
 
+from fixtures_sweep import DATASETS, OVERRIDES, SEEDS, sweep_argv
 from kava.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = "configs/tiny.yaml"
-SEEDS = (1, 2)
-DATASETS = ("gsm8k", "svamp")
-# Keep it quick: a smaller random model, 2 optimizer steps, 4 questions per dataset.
-OVERRIDES = ("train.max_steps=2", "train.save_every=100", "data.max_train_examples=32",
-             "model.tiny.hidden_size=32", "model.tiny.num_layers=2")
 
-
-def test_sweep_then_aggregate_on_the_tiny_config(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(REPO)
-    # One intra-op thread per subprocess: on a small, busy CPU machine the default thread
-    # pool makes these tiny matmuls tens of times slower.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    exp = tmp_path / "exp"
-    argv = ["sweep", "--config", CONFIG, "--seeds", *map(str, SEEDS), *OVERRIDES, "--output-dir", str(exp),
-            "--datasets", *DATASETS, "--source", "offline", "--limit", "4"]
-    assert main(argv) == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    assert "seed 1: done" in out and "seed 2: done" in out
-
+def test_sweep_then_aggregate_on_the_tiny_config(tiny_sweep, capsys):
+    exp = tiny_sweep
+    argv = sweep_argv(exp)
     run = exp / "tiny"
     meta = yaml.safe_load((run / "run.yaml").read_text())
     assert meta["overrides"] == list(OVERRIDES) and meta["eval_args"] == ["--source", "offline", "--limit", "4"]
@@ -41,11 +24,11 @@ def test_sweep_then_aggregate_on_the_tiny_config(tmp_path, monkeypatch, capsys):
         d = run / f"seed_{s}"
         assert (d / "checkpoint-final" / "kava_config.yaml").is_file()
         log = [json.loads(line) for line in (d / "train_log.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in log] == [1, 2]
+        assert [r["step"] for r in log] == list(range(1, 13))
         status = yaml.safe_load((d / "status.yaml").read_text())
         assert (status["train"], status["eval"], status["error"]) == ("done", "done", None)
         trained = yaml.safe_load((d / "checkpoint-final" / "kava_config.yaml").read_text())
-        assert trained["seed"] == s and trained["train"]["max_steps"] == 2
+        assert trained["seed"] == s and trained["train"]["max_steps"] == 12
         for ds in DATASETS:
             res = yaml.safe_load((d / f"results_{ds}.yaml").read_text())
             assert res["n"] == 4 and 0 <= res["accuracy"] <= 100 and res["forward_passes_mean"] >= 4

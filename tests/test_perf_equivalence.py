@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from kava.config import config_from_dict
+from kava.model.cache import replays_layers
 from kava.model.kava_model import build_kava_model, trainable_parameters
 from kava.training.objective import KavaObjective
 from kava.training.trainer import forward_backward, make_batch
@@ -208,7 +209,7 @@ def test_gradient_checkpointing_equals_plain_step(name, separate_pass):
                                         "kava.teacher_targets": "separate_pass" if separate_pass else "same_pass"})
         model, builder = _model(cfg)
         model.train()
-        assert model.backbone.is_activation_checkpointing == gc
+        assert replays_layers(model) == gc  # (transformers < 5.23 has no is_activation_checkpointing)
         batch = make_batch(builder, [builder.encode(e) for e in EXAMPLES], "kava", "cpu")
         torch.manual_seed(7)
         losses = forward_backward(KavaObjective(model, cfg), batch, lambda loss: loss.backward())

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kava.model.cache import kv_of
+from kava.model.cache import LMOutput, kv_of
 from kava.model.student import run_latents, student_forward
 from kava.model.teacher import teacher_forward
 
@@ -54,7 +54,7 @@ def reference_latents(model, q_ids: list[int], T: int, detach_between: bool = Fa
         else:
             out = model.backbone(inputs_embeds=torch.cat([e_q, inputs[None]], 1), use_cache=True, output_hidden_states=True)
         h = out.hidden_states[-1][0, Lq:]
-        kv = [(kk[0, :, Lq:], vv[0, :, Lq:]) for kk, vv in kv_of(out.past_key_values)]
+        kv = [(kk[0, :, Lq:], vv[0, :, Lq:]) for kk, vv in kv_of(LMOutput.of(out).past_key_values)]
         last_inputs = inputs
         if detach_between:
             h = h.detach()

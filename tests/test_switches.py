@@ -264,7 +264,7 @@ def test_projection_switch(monkeypatch, projection):
     q = builder.question_batch([builder.encode(e).q for e in EXAMPLES], add_bot=True)
     with torch.no_grad():
         run_latents(model, q["input_ids"], q["attention_mask"], num_iterations=1)
-        ref = model.backbone(**calls[0])  # pass 0 again: its hidden states h⁰
+        ref = model.lm(**calls[0])  # pass 0 again: its hidden states h⁰
     Lq = q["input_ids"].shape[1]
     h0 = ref.hidden_states[-1][:, Lq - 1 :]  # <bot> and the M latents
     inputs = calls[1]["inputs_embeds"]

@@ -19,6 +19,9 @@ from kava.data.synthetic import (
     write_splits,
 )
 from kava.errors import KavaError
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 from kava.io import read_jsonl
 
 CONFIGS = [
@@ -220,3 +223,25 @@ def test_write_jsonl_round_trip(tmp_path):
     splits = generate_splits(SyntheticTaskConfig(), 30, 5, 5)
     paths = write_splits(splits, tmp_path / "splits")
     assert {s: read_jsonl(p) for s, p in paths.items()} == splits
+
+
+def test_format_steps():
+    from kava.data.synthetic import format_steps
+
+    steps = ["<<2*3=6>>", "<<6*2=12>>", "<<12/6=2>>"]
+    assert format_steps(steps, "equations") == steps
+    assert format_steps(steps, "results") == ["6", "12", "2"]
+    with pytest.raises(KavaError, match="CoT format"):
+        format_steps(steps, "prose")
+
+
+def test_results_format_reaches_the_training_rows_and_the_test_split():
+    from kava.bench.quality import held_out_examples
+    from kava.config import load_config
+    from kava.data.train_sets import load_training_examples
+
+    cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml", ["data.synthetic.cot_format=results", "data.synthetic.num_train=20",
+                                                                 "data.synthetic.num_val=2", "data.synthetic.num_test=3"])
+    train, _ = load_training_examples(cfg.data)
+    assert all(all(s.isdigit() for s in ex.steps) and ex.steps[-1] == ex.answer for ex in train)
+    assert all(ex.steps[-1] == ex.answer_text for ex in held_out_examples(cfg))

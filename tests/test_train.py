@@ -145,3 +145,41 @@ def test_validation_loss_is_logged(tmp_path, data_file):
     assert [r["step"] for r in val] == [1, 2]
     assert {"loss", "ce_student", "ce_teacher", "codi", "kv"} <= set(val[0])
     assert all(r["loss"] > 0 for r in val)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_latent_warmup_trains_only_the_latent_parameters(tmp_path, data_file, lora):
+    """train.latent_warmup_steps: in the first N steps only the projection and the rows of <bot>,
+    <eot>, <latent> change. Two runs on different data from the same initial weights then end with
+    bit-identical backbones (both still the initial one) and different latent parameters; without
+    the warm-up the backbones differ."""
+
+    def run(name, data_seed, warmup):
+        extra = {"train.latent_warmup_steps": warmup, "train.max_steps": 2, "output_dir": tmp_path / name,
+                 "model.tiny.seed": 0, "seed": data_seed}
+        if not lora:
+            extra["lora.enabled"] = "false"
+        cfg = _cfg(tmp_path, data_file, **extra)
+        model, *_ = load_checkpoint(train(cfg, show_progress=False))
+        return model
+
+    a, b, c = run("a", 1, 2), run("b", 2, 2), run("c", 2, 0)
+    special = [a.special.bot, a.special.eot, a.special.latent]
+    pb, pc = dict(b.named_parameters()), dict(c.named_parameters())
+    n_backbone = 0
+    for name, p in a.named_parameters():
+        x, y = p.detach(), pb[name].detach()
+        if name.startswith("projection.") or "trainable_tokens_delta" in name:
+            assert not torch.equal(x, y), name
+        elif x.dim() == 2 and x.shape[0] > max(special) and ("embed_tokens" in name or "lm_head" in name):
+            differ = {i for i in range(x.shape[0]) if not torch.equal(x[i], y[i])}
+            # full fine-tuning: the special rows train inside the matrix; LoRA: the matrix is frozen
+            assert (differ <= set(special) and differ) if p.requires_grad else not differ, name
+        elif "lora_A" in name:  # drawn from the global RNG, which `seed` moves: not comparable across runs
+            continue
+        else:
+            assert torch.equal(x, y), name
+            n_backbone += 1
+            if not torch.equal(y, pc[name].detach()):
+                n_backbone += 1000  # control: without the warm-up this weight trained
+    assert n_backbone > 1000

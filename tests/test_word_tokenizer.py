@@ -166,3 +166,13 @@ def test_number_digits_cuts_numbers_into_chunks(n):
 def test_number_digits_out_of_range():
     with pytest.raises(KavaError, match="number_digits"):
         build_word_tokenizer(["Tom"], number_digits=4)
+
+
+def test_brackets_are_one_token_each():
+    tok = build_word_tokenizer(["Tom"], number_digits=2, brackets=True)
+    text = "Tom <<16-3=13>> <<13*2=26>> < > <<"
+    toks = tok.convert_ids_to_tokens(tok(text)["input_ids"])
+    assert toks == ["Tom", " ", "<<", "16", "-", "3", "=", "13", ">>", " ", "<<", "13", "*", "2", "=", "26", ">>",
+                    " ", "<", " ", ">", " ", "<<"]
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert pieces(text, 2, brackets=True) == toks

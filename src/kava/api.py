@@ -285,8 +285,12 @@ def load(
     model: str | None = None,
     device: str | torch.device | None = None,
     dtype: str | None = None,
+    revision: str | None = None,
 ) -> KavaPipeline:
     """Load a checkpoint (`checkpoint=`) or a base model (`model=`), exactly one of them.
+
+    `checkpoint`: a folder from `kava train`, or a hub repo id from `kava push` (`revision`:
+    its branch, tag or commit), downloaded into and read from the hub cache (kava.hub).
 
     `device`: None = CUDA when available, else CPU. `dtype`: None keeps the checkpoint's
     (`model.dtype`; `auto` = bfloat16 on a GPU, float32 on a CPU), or one of
@@ -297,7 +301,9 @@ def load(
     _check_dtype(dtype)
     dev = resolve_device(device)
     if checkpoint is not None:
-        m, tok, builder, cfg = load_checkpoint_model(checkpoint, dev, dtype)
+        from kava.hub import resolve_checkpoint
+
+        m, tok, builder, cfg = load_checkpoint_model(resolve_checkpoint(checkpoint, revision), dev, dtype)
         return KavaPipeline(m, tok, builder, cfg, name=str(checkpoint), is_base_model=False)
     m, tok, builder = load_base_model(model, dev, dtype)
     return KavaPipeline(m, tok, builder, None, name=str(model), is_base_model=True)

@@ -70,7 +70,7 @@ def _extra_commands():
     import importlib
 
     found = []
-    for module in ("kava.evaluation.cli", "kava.experiments.cli", "kava.bench.cli", "kava.demo"):
+    for module in ("kava.evaluation.cli", "kava.experiments.cli", "kava.bench.cli", "kava.demo", "kava.hub"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:

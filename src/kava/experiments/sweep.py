@@ -46,11 +46,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
+import copy
 import os
-import queue
 import re
 import shlex
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,6 +58,7 @@ from typing import Any
 
 import yaml
 
+from kava.config import LauncherConfig
 from kava.errors import KavaError
 from kava.experiments.aggregate import (
     read_results_file,
@@ -67,6 +67,7 @@ from kava.experiments.aggregate import (
     write_run_summary,
     write_yaml_readable,
 )
+from kava.experiments.launch import LAUNCHERS, run_local, submit, subprocess_runner
 from kava.io import atomic_write_yaml
 
 CHECKPOINT_DIR = "checkpoint-final"
@@ -78,13 +79,6 @@ RUN_FILE = "run.yaml"
 ERROR_TAIL_LINES = 20
 
 Runner = Callable[[list[str], dict[str, str], Path], int]
-
-
-def subprocess_runner(argv: list[str], env: dict[str, str], log_path: Path) -> int:
-    """Default runner: run ``argv`` with ``env``, stdout and stderr appended to ``log_path``."""
-    with open(log_path, "ab") as log:
-        proc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return proc.returncode
 
 
 def train_command(config: str | os.PathLike, seed_dir: Path, seed: int, overrides: Sequence[str] = (),
@@ -266,6 +260,25 @@ class _Sweep:
         self.progress = progress
         self.summary_lock = threading.Lock()
 
+    def __getstate__(self) -> dict:  # a submitit job carries the sweep to its node
+        return {k: v for k, v in self.__dict__.items() if k != "summary_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.summary_lock = threading.Lock()
+
+    def with_runner(self, runner: Runner) -> "_Sweep":
+        other = copy.copy(self)
+        other.runner = runner
+        return other
+
+    def seed_complete(self, seed_dir: Path) -> bool:
+        """Whether the seed has nothing left to do (its checkpoint with --train-only, else
+        a readable results file for every dataset)."""
+        if self.train_only:
+            return (seed_dir / CHECKPOINT_DIR).is_dir()
+        return all(self._results_ok(seed_dir, d) for d in self.datasets)
+
     # -- helpers
     def _say(self, seed: int, device: str | None, msg: str) -> None:
         dev = f" [device {device}]" if device is not None else ""
@@ -317,6 +330,7 @@ class _Sweep:
             "error": old.get("error"),
             "device": device,
         }
+        status.update({k: v for k, v in old.items() if k not in status and k != "updated"})  # a job's job_state, ...
         ckpt = seed_dir / CHECKPOINT_DIR
         ran: list[str] = []
 
@@ -465,6 +479,9 @@ def run_sweep(
     eval_args: Sequence[str] = (),
     runner: Runner | None = None,
     progress: Callable[[str], None] | None = None,
+    launcher: str = "local",
+    launcher_config: LauncherConfig | None = None,
+    wait: bool = False,
 ) -> dict:
     """Train and evaluate ``config`` once per seed under ``output_dir/<run_name>/seed_<s>/``.
 
@@ -475,14 +492,25 @@ def run_sweep(
     subprocess call (tests). ``progress`` receives one-line progress messages (default:
     stderr).
 
+    ``launcher``: ``local`` (this process runs the seeds), ``slurm`` or ``submitit-local``
+    (one submitit job per seed, set up from ``launcher_config``; see
+    :mod:`kava.experiments.launch`). Submitted seeds have action ``submitted`` (or
+    ``queued``: a job from an earlier sweep is still queued or running); with ``wait`` the
+    jobs are waited for and their seeds end as ``ran`` or ``failed`` as in a local sweep.
+
     Returns ``{"run_name", "run_dir", "seeds": {seed: {seed, train, eval, error, device,
-    action ("skipped" | "ran" | "failed"), ran ([] / ["train"] / ["train", "eval"])}},
-    "done", "skipped", "failed" (lists of seeds), "n_failed", "summary"}``; the CLI
+    action ("skipped" | "ran" | "failed" | "submitted" | "queued"), ran ([] / ["train"] /
+    ["train", "eval"]), job_id (jobs only)}}, "done", "skipped", "failed", "submitted"
+    (lists of seeds), "n_failed", "summary"}``; the CLI
     should exit non-zero when ``n_failed`` > 0. Raises KavaError for user mistakes
     (seed given twice, missing config, both --train-only and --eval-only, ...).
     """
     if train_only and eval_only:
         raise KavaError("--train-only and --eval-only exclude each other")
+    if launcher not in LAUNCHERS:
+        raise KavaError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    if launcher != "local" and devices is not None:
+        raise KavaError("--devices is for --launcher local; a cluster job gets its GPUs from --gpus-per-job")
     seed_list = validate_seeds(seeds)
     ds_list = _validate_datasets(datasets, required=not train_only)
     device_list = _validate_devices(devices)
@@ -512,36 +540,10 @@ def run_sweep(
                    eval_only=eval_only, overrides=overrides, eval_args=eval_args,
                    runner=runner or subprocess_runner, progress=progress or _stderr)
 
-    results: dict[int, dict] = {}
-    if len(device_list) <= 1:
-        for s in seed_list:
-            results[s] = sweep.run_seed_and_summarize(s, device_list[0])
+    if launcher == "local":
+        results = run_local(sweep, seed_list, device_list)
     else:
-        todo: queue.Queue[int] = queue.Queue()
-        for s in seed_list:
-            todo.put(s)
-        errors: list[BaseException] = []
-
-        def worker(device: str) -> None:
-            while True:
-                try:
-                    s = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    results[s] = sweep.run_seed_and_summarize(s, device)
-                except BaseException as e:  # a bug, not a failed seed: stop this worker, re-raise below
-                    errors.append(e)
-                    return
-
-        threads = [threading.Thread(target=worker, args=(d,), name=f"kava-sweep-device-{d}", daemon=True)
-                   for d in device_list[: len(seed_list)]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        results = submit(sweep, seed_list, launcher, launcher_config or LauncherConfig(), wait)
 
     with sweep.summary_lock:
         summary = write_run_summary(run_dir)
@@ -554,6 +556,7 @@ def run_sweep(
         "done": [s for s, r in ordered.items() if r["action"] == "ran"],
         "skipped": [s for s, r in ordered.items() if r["action"] == "skipped"],
         "failed": failed,
+        "submitted": [s for s, r in ordered.items() if r["action"] in ("submitted", "queued")],
         "n_failed": len(failed),
         "summary": summary,
     }

@@ -4,15 +4,73 @@ transformers 5.x stores a `DynamicCache` as a list of layers, each holding `keys
 `values` of shape [B, H_kv, S, D] (after RoPE). The rest of kava only sees plain
 per-layer (keys, values) tuples and these few functions, so a change in the cache
 classes touches this file alone.
+
+It also holds the one piece of knowledge about how a backbone's forward names its cache:
+transformers up to 5.23 takes and returns `past_key_values`; 5.24 renamed both to `cache`
+(`deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")`: the old name warns now
+and stops working in 5.40). kava's own calls always go through `KavaModel.lm`, which speaks
+`past_key_values` to its callers and, through `backbone_kwargs` and `LMOutput.of`, whatever
+the installed transformers speaks to the backbone.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_cache(cls: type) -> bool:
+    try:
+        return "cache" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return False
+
+
+def cache_argument(backbone) -> str:
+    """The keyword under which `backbone.forward` takes a cache: `cache` or `past_key_values`.
+    A peft wrapper passes its keywords through, so the base model's forward decides."""
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    return "cache" if _forward_takes_cache(type(base)) else "past_key_values"
+
+
+def backbone_kwargs(backbone, kwargs: dict) -> dict:
+    """`kwargs` of a `KavaModel.lm` call with its cache (`past_key_values=` or `cache=`)
+    under the name `backbone` takes."""
+    if "past_key_values" in kwargs and "cache" in kwargs:
+        raise TypeError("pass the cache once: past_key_values= or cache=, not both")
+    name = "past_key_values" if "past_key_values" in kwargs else "cache" if "cache" in kwargs else None
+    want = cache_argument(backbone)
+    if name is None or name == want:
+        return kwargs
+    out = dict(kwargs)
+    out[want] = out.pop(name)
+    return out
+
+
+@dataclasses.dataclass
+class LMOutput:
+    """What kava reads off one backbone call, whatever transformers names the cache."""
+
+    logits: torch.Tensor | None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    past_key_values: DynamicCache | None = None
+
+    @classmethod
+    def of(cls, out) -> "LMOutput":
+        """From a transformers `ModelOutput` (its `cache` field, else `past_key_values`)."""
+        names = {f.name for f in dataclasses.fields(out)}
+        cache = out.cache if "cache" in names else getattr(out, "past_key_values", None)
+        return cls(logits=out.logits, hidden_states=getattr(out, "hidden_states", None),
+                   attentions=getattr(out, "attentions", None), past_key_values=cache)
 
 
 def new_cache(config) -> DynamicCache:

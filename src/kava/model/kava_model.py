@@ -15,6 +15,7 @@ from torch import nn
 
 from kava.config import KavaConfig
 from kava.data.sequences import SPECIAL_TOKENS, SequenceBuilder, SpecialIds
+from kava.model.cache import LMOutput, backbone_kwargs
 from kava.model.load import load_backbone
 
 
@@ -164,9 +165,11 @@ class KavaModel(nn.Module):
     def device(self) -> torch.device:
         return self.backbone.get_input_embeddings().weight.device
 
-    def lm(self, **kwargs):
-        """One call of the backbone (kept as the single entry point for counting and hooks)."""
-        return self.backbone(**kwargs)
+    def lm(self, **kwargs) -> LMOutput:
+        """One call of the backbone: the single entry point for counting, hooks and the
+        transformers-version differences (the cache goes in as `past_key_values=` and comes
+        back as `.past_key_values`; `kava.model.cache` maps both to what the backbone uses)."""
+        return LMOutput.of(self.backbone(**backbone_kwargs(self.backbone, kwargs)))
 
 
 def embedding_rms(backbone) -> float:

@@ -123,7 +123,7 @@ def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_voc
         if t.tokenizer == "word":
             from kava.model.word_tokenizer import build_word_tokenizer
 
-            tok = build_word_tokenizer(word_vocabulary or [], number_digits=t.number_digits)
+            tok = build_word_tokenizer(word_vocabulary or [], number_digits=t.number_digits, brackets=t.brackets)
         else:
             tok = build_char_tokenizer()
         model = build_tiny_model(
@@ -151,7 +151,10 @@ def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_voc
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23 (the old name warns from 5.24)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = True
         # transformers drops the cache of checkpointed layers (a replayed layer would append to it
         # twice); kava's training passes use replay-safe caches (kava.model.cache.pass_cache).

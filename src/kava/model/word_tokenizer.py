@@ -23,7 +23,8 @@ task (the synthetic problems of `kava.data.synthetic`; SPEC.md §1).
   eos, unk: ids 0-3 with the defaults), the whitespace tokens, the digits ``0``-``9``, every
   ASCII punctuation character (``string.punctuation``, which covers the CoT format
   ``<<a*b=c>>`` and the answer prefix), the digit chunks of 2 to `number_digits` digits
-  (``00`` … ``99``, in order), the words of the fixed prompt piece
+  (``00`` … ``99``, in order), ``<<`` and ``>>`` with ``brackets=True`` (then each is one piece,
+  as in Llama 3's tokenizer), the words of the fixed prompt piece
   ``The answer is:``, then the given words, sorted. Ids depend only on the set of words,
   not on their order. A given string that is not a single word (``"don't"``) contributes
   its pieces (``don``, ``'``, ``t``).
@@ -61,19 +62,22 @@ PROMPT_PIECES = ("The answer is:",)
 MAX_NUMBER_DIGITS = 3
 
 
-def piece_pattern(number_digits: int = 1) -> str:
+BRACKETS = ("<<", ">>")  # the CoT's equation brackets: one token each in Llama 3's and Qwen2.5's tokenizers
+
+
+def piece_pattern(number_digits: int = 1, brackets: bool = False) -> str:
     if not 1 <= number_digits <= MAX_NUMBER_DIGITS:
         raise KavaError(f"word tokenizer: number_digits must be 1 to {MAX_NUMBER_DIGITS}, got {number_digits}")
     digits = r"\d" if number_digits == 1 else rf"\d{{1,{number_digits}}}"
-    return rf"[^\W\d_]+|{digits}|\s|[^\w\s]|_"
+    return ("<<|>>|" if brackets else "") + rf"[^\W\d_]+|{digits}|\s|[^\w\s]|_"
 
 
 PIECE_PATTERN = piece_pattern(1)
 
 
-def pieces(text: str, number_digits: int = 1) -> list[str]:
+def pieces(text: str, number_digits: int = 1, brackets: bool = False) -> list[str]:
     """The pre-tokenization pieces of `text` (what the WordLevel model looks up)."""
-    return re.findall(piece_pattern(number_digits), text)
+    return re.findall(piece_pattern(number_digits, brackets), text)
 
 
 def digit_chunks(number_digits: int) -> list[str]:
@@ -85,20 +89,22 @@ def digit_chunks(number_digits: int) -> list[str]:
 
 
 def build_word_tokenizer(
-    words: list[str], special_tokens: tuple[str, str, str, str] = DEFAULT_SPECIAL_TOKENS, number_digits: int = 1
+    words: list[str], special_tokens: tuple[str, str, str, str] = DEFAULT_SPECIAL_TOKENS, number_digits: int = 1,
+    brackets: bool = False,
 ) -> PreTrainedTokenizerFast:
     """A WordLevel tokenizer over `words` (see the module docstring).
 
     `special_tokens` are, in this order, the pad, bos, eos and unk tokens; `number_digits`
-    the longest digit chunk that is one token.
+    the longest digit chunk that is one token; `brackets`: `<<` and `>>` are one token each.
     """
-    pattern = piece_pattern(number_digits)
+    pattern = piece_pattern(number_digits, brackets)
     if len(special_tokens) != 4 or len(set(special_tokens)) != 4:
         raise KavaError(f"word tokenizer: special_tokens must be 4 distinct tokens (pad, bos, eos, unk), got {special_tokens}")
     pad, bos, eos, unk = special_tokens
     word_pieces = {p for w in [*PROMPT_PIECES, *words] for p in pieces(w) if not p.isspace()}
     vocab: dict[str, int] = {}
-    for token in [*special_tokens, *WHITESPACE, *DIGITS, *PUNCTUATION, *digit_chunks(number_digits), *sorted(word_pieces)]:
+    for token in [*special_tokens, *WHITESPACE, *DIGITS, *PUNCTUATION, *digit_chunks(number_digits),
+                  *(BRACKETS if brackets else ()), *sorted(word_pieces)]:
         vocab.setdefault(token, len(vocab))
 
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))

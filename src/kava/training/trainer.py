@@ -25,6 +25,7 @@ from kava.data.sequences import Encoded, SequenceBuilder
 from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
 from kava.io import append_jsonl, atomic_write_yaml, read_jsonl
+from kava.training.latent_warmup import keep_latent_gradients
 from kava.training.checkpoint import (
     load_trainable_state,
     load_training_state,
@@ -249,6 +250,8 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
                                           no_sync=lambda: accelerator.no_sync(objective))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / sched.accumulation
+        if step < cfg.train.latent_warmup_steps and cfg.train.method == "kava":
+            keep_latent_gradients(model, params)  # kava.training.latent_warmup: backbone frozen
         grad_norm = accelerator.clip_grad_norm_(params, cfg.train.grad_clip)
         optimizer.step()
         scheduler.step()

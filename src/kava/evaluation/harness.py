@@ -1,0 +1,163 @@
+"""kava models in lm-evaluation-harness (`pip install kava[harness]`).
+
+Importing this module registers the model ``kava`` in the harness's registry, so that
+
+    python -m kava.evaluation.harness --model kava --model_args checkpoint=USER/NAME,mode=latent \\
+        --tasks gsm8k --num_fewshot 0
+
+is the harness's own command line (``lm_eval``'s arguments, all of them) with kava's model
+in it: lm-eval 0.4 has no plugin discovery, so the plain ``lm_eval`` command only knows the
+models it ships. In Python, ``lm_eval.simple_evaluate(model="kava", model_args=...)`` works
+after ``import kava.evaluation.harness``; ``kava evaluate --harness TASK`` is the shortcut.
+
+:class:`KavaLM` implements ``generate_until`` in latent, cot and direct mode, through the
+same batched :func:`kava.inference.generate.generate` as ``kava evaluate``. The harness's
+context is read as the question, and kava builds the prompt it was trained with around it
+(Q, ``<bot>``, latents, ``<eot>``, the answer prefix): use 0-shot tasks whose prompt is the
+bare question (a few-shot prompt would be read as one long question). In latent and direct
+mode the prompt ends with the answer prefix (``The answer is:``), so the returned text is
+that prefix and what the model wrote after it; in cot mode the model writes the prefix
+itself. Either way the answer is the number after the last prefix, which
+:func:`process_results` reads with kava's own parser, so a harness task using it scores
+exactly as ``kava evaluate`` does. Forward passes (SPEC.md §2) are counted per request and
+reported with the harness's metrics. Log-likelihood requests are not supported: a KaVa
+student is trained to answer after its latents, not to score continuations.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+
+from kava.errors import KavaError
+
+try:
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ImportError:  # pragma: no cover - the optional extra is missing
+    raise KavaError("lm-evaluation-harness is not installed: pip install 'kava[harness]'") from None
+
+from kava.evaluation.answer import ANSWER_PREFIX, extract_answer, is_correct, parse_number
+
+
+def forward_pass_summary(passes: list[int]) -> dict:
+    """Mean and population std of forward passes per request."""
+    n = len(passes)
+    mean = sum(passes) / n if n else float("nan")
+    std = math.sqrt(sum((p - mean) ** 2 for p in passes) / n) if n else float("nan")
+    return {"n": n, "forward_passes_mean": mean, "forward_passes_std": std}
+
+
+@register_model("kava")
+class KavaLM(LM):
+    """A kava checkpoint (folder or hub repo id) or base model for the harness.
+
+    model_args: ``checkpoint`` or ``model``, ``revision``, ``mode`` (latent, cot, direct;
+    default: what the checkpoint was trained for), ``max_new_tokens`` (default: the task's
+    ``max_gen_toks``, else kava's per-mode budget), ``dtype``; ``batch_size`` and ``device``
+    come from the harness's flags. ``pipeline=`` takes an already loaded ``KavaPipeline``.
+    """
+
+    def __init__(self, checkpoint: str | None = None, model: str | None = None, mode: str | None = None,
+                 revision: str | None = None, max_new_tokens: int | None = None, dtype: str | None = None,
+                 device: str | None = None, batch_size: int | str = 16, pipeline=None, **unused):
+        super().__init__()
+        if pipeline is None:
+            import kava.api
+
+            pipeline = kava.api.load(checkpoint=checkpoint, model=model, device=device, dtype=dtype,
+                                     revision=revision)
+        self.pipe = pipeline
+        self.mode = pipeline.resolve_mode(mode)
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16  # ("auto": kava's default)
+        self.max_new_tokens = int(max_new_tokens) if max_new_tokens is not None else None
+        self.forward_passes: list[int] = []
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from tqdm.auto import tqdm
+
+        from kava.inference.generate import generate
+
+        out: list[str | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            until = gen_kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            budget = self.max_new_tokens or gen_kwargs.get("max_gen_toks")
+            groups.setdefault((tuple(until), budget), []).append(i)
+        prefix = self.pipe.builder.prompt.answer_prefix
+        bar = tqdm(total=len(requests), desc=f"kava ({self.mode})", disable=disable_tqdm, file=sys.stderr)
+        for (until, budget), idx in groups.items():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start : start + self.batch_size]
+                gens = generate(self.pipe.model, self.pipe.builder, [requests[i].args[0] for i in chunk],
+                                mode=self.mode, max_new_tokens=budget)
+                for i, g in zip(chunk, gens):
+                    text = g.text if self.mode == "cot" else f"{prefix} {g.text}"
+                    for stop in until:
+                        if stop and stop in text:
+                            text = text[: text.index(stop)]
+                    out[i] = text
+                    self.forward_passes.append(g.forward_passes)
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                bar.update(len(chunk))
+        bar.close()
+        s = forward_pass_summary(self.forward_passes)
+        print(f"kava: {s['n']} requests in {self.mode} mode, forward passes {s['forward_passes_mean']:.2f} "
+              f"± {s['forward_passes_std']:.2f} (mean ± std per request)", file=sys.stderr)
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise KavaError("the kava model answers generation tasks only (generate_until, e.g. gsm8k), "
+                        "not log-likelihood tasks")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        self.loglikelihood(requests)
+
+
+def _gold(doc: dict) -> float | None:
+    for key in ("answer", "target", "Answer"):
+        if key in doc:
+            return parse_number(str(doc[key]).split("####")[-1])
+    raise KavaError(f"a harness document with no answer, target or Answer field: {sorted(doc)}")
+
+
+def process_results(doc: dict, results: list[str]) -> dict:
+    """``process_results`` for a task YAML: ``acc`` scored as ``kava evaluate`` scores it
+    (the number after the last answer prefix of the response, else its last number; gold
+    from ``answer`` (after ``####``), ``target`` or ``Answer``)."""
+    return {"acc": float(bool(is_correct(extract_answer(results[0], ANSWER_PREFIX), _gold(doc))))}
+
+
+def run_harness(pipe, tasks: Iterable[str], mode: str | None = None, limit: int | None = None,
+                batch_size: int = 16, max_new_tokens: int | None = None, include_path: str | None = None,
+                num_fewshot: int | None = 0) -> dict:
+    """``lm_eval.simple_evaluate`` on a loaded pipeline; the harness's results dict with
+    ``kava`` (mode and forward passes) added."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    lm = KavaLM(pipeline=pipe, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    try:
+        manager = TaskManager(include_path=include_path)
+        res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
+                                      task_manager=manager, log_samples=True)
+    except (KeyError, ValueError) as e:  # an unknown task name, ...
+        raise KavaError(f"lm-evaluation-harness: {str(e).strip().splitlines()[0]}") from None
+    res["kava"] = {"mode": lm.mode, **forward_pass_summary(lm.forward_passes)}
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The harness's command line, with the ``kava`` model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
