@@ -38,16 +38,19 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
     assert r["teacher_lengths"] == [24, 24]
     tok = r["tokens"]["padded"]
     assert tok["cot"] == 48 and tok["student_iterations"] == 2 * 2 * 4
-    assert tok["kava"] == tok["teacher"] + tok["student_pass0"] + tok["student_iterations"] + tok["student_suffix"]
+    assert tok["question"] > 0 and tok["student_pass0"] == 2 * (1 + 4)  # the question once; <bot> + M latents over it
+    assert tok["kava"] == tok["question"] + tok["teacher"] + tok["student_pass0"] + tok["student_iterations"] + tok["student_suffix"]
+    assert r["ideal_ratio_question_twice"]["padded"] > tok["ideal_ratio"]
     assert tok["ideal_ratio"] == pytest.approx(tok["kava"] / tok["cot"])
     t = r["training"]
     assert t["seconds_per_step"]["kava"] > 0 and t["seconds_per_step"]["cot"] > 0
     assert t["ratio"] == pytest.approx(t["seconds_per_step"]["kava"] / t["seconds_per_step"]["cot"])
     assert t["ratio_over_ideal"] == pytest.approx(t["ratio"] / t["ideal_ratio"])
-    assert set(t["breakdown_seconds"]) == {"teacher", "student_latent_passes", "student_suffix", "rkv", "losses",
-                                           "backward", "optimizer", "other"}
-    assert t["breakdown_seconds"]["teacher"] > 0 and t["breakdown_seconds"]["backward"] > 0
-    assert sum(t["breakdown_share"].values()) == pytest.approx(1.0)
+    parts = t["breakdown_seconds"]["kava"]
+    assert set(parts) == {"question", "teacher", "student_latent_passes", "student_suffix", "rkv", "losses",
+                          "backward", "optimizer", "other"}
+    assert parts["question"] > 0 and parts["teacher"] > 0 and parts["backward"] > 0
+    assert sum(t["breakdown_share"]["kava"].values()) == pytest.approx(1.0)
     mem = t["peak_memory_mb"]
     assert mem["kava"]["peak_mb"] > 0 and mem["cot"]["peak_mb"] > 0 and t["memory_ratio"] > 0
     assert t["tokens_per_second"]["kava"] > 0 and "mfu" not in t  # no MFU on a CPU
@@ -65,7 +68,7 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
 
 def test_bench_speed_shape_model_and_switches(tmp_path, monkeypatch):
     """A random model of a named shape (a small one added here), eager attention, gradient checkpointing."""
-    from kava.bench.speed import bench_config
+    from kava.bench.common import bench_config
     from kava.model import shapes
 
     assert shapes.shape_of("random:llama-3.2-1b") == dict(
@@ -115,3 +118,63 @@ def test_bench_infer_untrained_model_fixed_lengths(tmp_path):
     T = 2  # configs/tiny.yaml
     assert rows["latent"]["forward_passes_per_question"] == 1 + T + 1 + 1
     assert r["speedup"]["2"]["latent_vs_cot_forward_passes"] == pytest.approx(5 / (1 + T + 1 + 1))
+
+
+def test_bench_speed_variants_side_by_side(tmp_path, capsys):
+    """--variants: KaVa with the question twice and both methods with checkpointing, in the same run."""
+    out = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--model", "tiny-llama", "--seq-len", "20", "--batch-size", "2", "--reps", "1",
+                 "--warmup", "0", "--threads", "1", "--no-infer", "--no-memory", "--variants",
+                 "question-twice,checkpointing", "--output", str(out), "latent.num_latents=3",
+                 "latent.num_iterations=1"]) == 0
+    assert "question once / question twice" in capsys.readouterr().out
+    t = json.loads(out.read_text())["training"]
+    assert set(t["seconds_per_step"]) == {"kava", "cot", "kava_question_twice", "kava_checkpointing", "cot_checkpointing"}
+    assert set(t["comparisons"]) == {"kava/cot", "kava/kava_question_twice", "kava_checkpointing/kava",
+                                     "cot_checkpointing/cot"}
+    assert set(t["breakdown_seconds"]) == {"kava", "kava_question_twice", "kava_checkpointing"}
+    assert t["breakdown_seconds"]["kava_question_twice"]["question"] == 0  # the teacher and the student run it
+    assert t["tokens_per_second"]["kava_question_twice"] > 0
+
+
+def test_bench_speed_unknown_variant_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "speed", "--variants", "question-thrice"])
+    assert "unknown variant 'question-thrice'" in capsys.readouterr().err
+
+
+def test_bench_speed_tiny_synthetic_config(tmp_path):
+    """The quality benchmark's config: its own model and generated examples (word tokenizer)."""
+    out = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--batch-size", "2",
+                 "--reps", "1", "--warmup", "0", "--threads", "1", "--no-infer", "--no-memory", "--output", str(out),
+                 "model.tiny.num_layers=1", "data.synthetic.num_train=50"]) == 0
+    r = json.loads(out.read_text())
+    assert r["model_name"] == "tiny-llama" and r["examples"] == "synthetic training examples"
+    assert r["training"]["seconds_per_step"]["kava"] > 0
+
+
+def test_bench_gpu_without_a_gpu_is_one_line(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "gpu", "--output-dir", "unused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CUDA GPU") and "--device cpu" in err[0]
+
+
+def test_bench_gpu_dry_run_on_cpu(tmp_path, capsys):
+    """`kava bench gpu --device cpu`: every step of the GPU check at a tiny shape, JSON and Markdown."""
+    folder = tmp_path / "gpu"
+    assert main(["bench", "gpu", "--device", "cpu", "--output-dir", str(folder), "--batch-size", "2", "--seq-len", "24",
+                 "--cot-tokens", "3"]) == 0
+    r = json.loads((folder / "gpu.json").read_text())
+    assert r["device"] == "cpu" and r["attention"] == ["sdpa"]
+    t = r["training"]["sdpa"]
+    assert set(t["seconds_per_step"]) == {"kava", "cot", "kava_question_twice", "kava_checkpointing", "cot_checkpointing"}
+    assert t["mfu"] == {}  # no MFU on a CPU
+    rows = {(x["mode"], x["batch_size"]) for x in r["inference"]["rows"]}
+    assert rows == {(m, b) for m in ("latent", "cot", "direct") for b in (1, 2)}
+    md = (folder / "gpu.md").read_text()
+    assert md.strip() in capsys.readouterr().out
+    assert "| sdpa | kava |" in md and "latent is" in md

@@ -237,3 +237,36 @@ def test_gradient_checkpointing_model_still_generates():
         b = generate(ref, builder, qs, mode=mode, max_new_tokens=5)
         assert [g.token_ids for g in a] == [g.token_ids for g in b]
         assert [g.forward_passes for g in a] == [g.forward_passes for g in b]
+
+
+def test_gradient_checkpointing_recomputes_each_layer_once(monkeypatch):
+    """Every pass's layers (question, teacher, pass 0, each Jacobi iteration, suffix) are replayed
+    exactly once in the backward: the Jacobi chain and the pass caches add no recomputation."""
+    from transformers.models.llama import modeling_llama
+
+    calls = {"n": 0}
+    real = modeling_llama.LlamaMLP.forward
+
+    def counted(self, x):
+        calls["n"] += 1
+        return real(self, x)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    for gc in (False, True):
+        cfg = _cfg(dropout=0.1, **{"model.gradient_checkpointing": str(gc).lower()})
+        model, builder = _model(cfg)
+        model.train()
+        batch = make_batch(builder, [builder.encode(e) for e in EXAMPLES], "kava", "cpu")
+        in_backward = []
+
+        def backward(loss):
+            before = calls["n"]
+            loss.backward()
+            in_backward.append(calls["n"] - before)
+
+        calls["n"] = 0
+        forward_backward(KavaObjective(model, cfg), batch, backward)
+        layers, T = model.num_layers, cfg.latent.num_iterations
+        passes = 1 + 1 + 1 + T + 1  # question, teacher C + P + A, pass 0, T iterations, suffix
+        assert calls["n"] - sum(in_backward) == layers * passes
+        assert sum(in_backward) == (layers * passes if gc else 0)

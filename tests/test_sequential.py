@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kava.config import config_from_dict
+from kava.config import config_from_dict, shares_question
 from kava.inference.generate import generate
 from kava.model.cache import kv_of
 from kava.model.kava_model import build_kava_model
@@ -220,7 +220,7 @@ def test_gradient_checkpointing_equals_plain_step():
 
         enable_capture(model.backbone)
         model.train()
-        batch = make_batch(builder, [builder.encode(e) for e in EXAMPLES], "kava", "cpu")
+        batch = make_batch(builder, [builder.encode(e) for e in EXAMPLES], "kava", "cpu", shares_question(cfg))
         torch.manual_seed(7)
         losses = forward_backward(KavaObjective(model, cfg), batch, lambda loss: loss.backward())
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

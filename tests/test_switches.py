@@ -51,7 +51,8 @@ def _setup(**overrides):
 
 
 def _batch(cfg, builder, method=None):
-    return make_batch(builder, [builder.encode(e) for e in EXAMPLES], method or cfg.train.method, "cpu")
+    return make_batch(builder, [builder.encode(e) for e in EXAMPLES], method or cfg.train.method, "cpu",
+                      cfg.kava.shared_question)
 
 
 def _spy(monkeypatch, module, name):
@@ -143,12 +144,14 @@ def test_kv_loss_layer_std_changes_the_kv_term():
     assert not torch.isclose(base, KavaObjective(model, cfg)(_batch(cfg, builder))["kv"])
 
 
-def test_teacher_targets_separate_pass_runs_the_teacher_twice(monkeypatch):
+@pytest.mark.parametrize("shared", [True, False])
+def test_teacher_targets_separate_pass_runs_the_teacher_twice(monkeypatch, shared):
     for mode, teacher_calls in (("same_pass", 1), ("separate_pass", 2)):
-        cfg, model, builder = _setup(kava__teacher_targets=mode)
+        cfg, model, builder = _setup(kava__teacher_targets=mode, kava__shared_question=shared)
         calls = _count_lm_calls(monkeypatch, model)
-        KavaObjective(model, cfg)(_batch(cfg, builder))
-        assert sum(1 for c in calls if "input_ids" in c and c["input_ids"].shape[1] > 20) == teacher_calls
+        batch = _batch(cfg, builder)
+        KavaObjective(model, cfg)(batch)
+        assert sum(1 for c in calls if c.get("input_ids") is batch["teacher"]["input_ids"]) == teacher_calls
 
 
 # -- the baselines -------------------------------------------------------------------------
@@ -211,7 +214,8 @@ def test_drop_last_step_switch(drop):
 
 
 def _selections(method, lam=0.1, num_latents=4):
-    cfg, model, builder = _setup(kava__compression=method, kava__rkv_lambda=lam, latent__num_latents=num_latents)
+    cfg, model, builder = _setup(kava__compression=method, kava__rkv_lambda=lam, latent__num_latents=num_latents,
+                                 kava__shared_question=False)  # the full teacher sequence
     batch = _batch(cfg, builder)["teacher"]
     with torch.no_grad():
         out = teacher_forward(model, batch, budget=num_latents, lam=lam, method=method, with_ce=False,
@@ -308,7 +312,7 @@ def test_projection_scale_switch(scale):
 
 @pytest.mark.parametrize("M", [2, 5])
 def test_num_latents_sets_the_latent_slots(M):
-    cfg, model, builder = _setup(latent__num_latents=M)
+    cfg, model, builder = _setup(latent__num_latents=M, kava__shared_question=False)  # the full teacher sequence
     batch = _batch(cfg, builder)
     out = student_forward(model, batch["student"])
     assert all(k.shape[2] == M and v.shape[2] == M for k, v in out.latent_kv)
@@ -381,7 +385,7 @@ def test_kv_keys_pre_rope_changes_the_kv_term_not_the_values(monkeypatch):
 
 def test_pre_rope_student_keys_are_the_latent_k_proj_outputs():
     """The latent slots' positions used to undo RoPE are the ones the student ran at (left padding too)."""
-    cfg, model, builder = _setup()
+    cfg, model, builder = _setup(kava__shared_question=False)  # the full teacher sequence
     batch = _batch(cfg, builder)
     M = cfg.latent.num_latents
     raw = []

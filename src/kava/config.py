@@ -140,6 +140,12 @@ class KavaLossConfig(_Strict):
         "[codi][pccot], or at the last token of P whatever follows it (kava before 0.2)",
     )
     teacher_ce: bool = Field(True, description="train the teacher's CE on C+P+A too")
+    shared_question: bool = Field(
+        True,
+        description="run the question once for the teacher's training pass and the student (both continue its "
+        "cache; with LoRA dropout they share its masks); false: each runs its own. Jacobi latents only: "
+        "latent.mode sequential always runs its own question",
+    )
     student_latents: Literal["own", "teacher"] = Field(
         "own",
         description="what the student's answer pass reads: its own latents, or (a diagnostic, not a method) the "
@@ -370,6 +376,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(raw, dict):
         raise KavaError(f"config {path} must be a YAML mapping of sections (model, data, train, ...)")
     return config_from_dict(raw, overrides, source=str(path))
+
+
+def shares_question(cfg: KavaConfig) -> bool:
+    """Whether a training step runs the question once for teacher and student (`kava.shared_question`,
+    Jacobi latents only)."""
+    return cfg.kava.shared_question and cfg.latent.mode != "sequential"
 
 
 def config_to_dict(cfg: KavaConfig) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("kava.bench.speed", "kava.bench.infer", "kava.bench.quality")
+BENCHMARKS = ("kava.bench.speed", "kava.bench.infer", "kava.bench.quality", "kava.bench.gpu")
 
 
 def register(sub) -> None:

@@ -20,12 +20,11 @@ hold on a noisy machine. Results go to the screen and to `--output` (JSON).
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
+from kava.bench.common import DTYPE_NAMES, bench_config, build_model, sync, write_json
 from kava.errors import KavaError
 
 DEFAULT_COT_TOKENS = 65  # full-CoT forward passes on GSM8k reported by the paper (Llama-3.2-1B)
@@ -64,9 +63,6 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_infer)
 
 
-DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
-
-
 def _cmd_infer(args) -> int:
     import torch
 
@@ -82,11 +78,8 @@ def _cmd_infer(args) -> int:
         model, _tok, builder, cfg = load_checkpoint_model(args.checkpoint, device, None if dtype == "auto" else dtype)
         name, trained = str(args.checkpoint), True
     else:
-        from kava.bench.speed import bench_config
-        from kava.model.kava_model import build_kava_model
-
         cfg = bench_config(args.model, config=args.config, dtype=dtype, attn=args.attn)
-        model, _tok, builder = build_kava_model(cfg, device)
+        model, _tok, builder = build_model(cfg, device)
         model.eval()
         name, trained = args.model, False
     from kava.data.eval_sets import load_eval_dataset
@@ -109,13 +102,6 @@ def _cmd_infer(args) -> int:
     return 0
 
 
-def write_json(path, obj) -> None:
-    from kava.io import atomic_write_text
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def typical_cot_tokens(builder, n: int = 512) -> int:
     """Mean tokens of CoT (all steps) + answer prefix + answer over GSM8k training examples."""
     try:
@@ -131,13 +117,6 @@ def typical_cot_tokens(builder, n: int = 512) -> int:
     finally:
         builder.drop_last_step = keep
     return max(1, round(sum(lens) / len(lens)))
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure_inference(
@@ -178,22 +157,25 @@ def measure_inference(
     for rep in range(warmup + reps):
         for bs in batch_sizes:
             for mode in modes:
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 gens = []
                 for start in range(0, len(questions), bs):
                     gens += generate(model, builder, questions[start:start + bs], mode=mode,
                                      max_new_tokens=budget[mode], ignore_eos=lengths == "fixed")
-                _sync(device)
+                sync(device)
                 dt = time.perf_counter() - t0
                 if rep >= warmup:
                     times[(mode, bs)].append(dt)
                 first.setdefault((mode, bs), gens)
     prefix = builder.prompt.answer_prefix
+    cost = pass_cost(model)
     rows = []
     for bs in batch_sizes:
         for mode in modes:
             gens = first[(mode, bs)]
+            bound = sum(sum(max(cost["call_s"], n * cost["token_s"]) for n in pass_tokens(model, builder, mode, chunk))
+                        for chunk in (gens[i:i + bs] for i in range(0, len(gens), bs)))
             correct = sum(bool(is_correct(extract_prediction(g.text, mode, prefix), ex.answer)) for g, ex in zip(gens, examples))
             med = statistics.median(times[(mode, bs)])
             rows.append({
@@ -202,6 +184,8 @@ def measure_inference(
                 "forward_passes_per_question": sum(g.forward_passes for g in gens) / len(gens),
                 "generated_tokens_per_question": sum(g.generated_tokens for g in gens) / len(gens),
                 "seconds_per_question": med / len(gens),
+                "lower_bound_seconds_per_question": bound / len(gens),
+                "over_lower_bound": med / bound,
                 "seconds_all_reps": [round(t, 4) for t in times[(mode, bs)]],
             })
     speedups = {}
@@ -211,11 +195,54 @@ def measure_inference(
             speedups[str(bs)] = {
                 "latent_vs_cot_seconds": by["cot"]["seconds_per_question"] / by["latent"]["seconds_per_question"],
                 "latent_vs_cot_forward_passes": by["cot"]["forward_passes_per_question"] / by["latent"]["forward_passes_per_question"],
+                "latent_vs_cot_lower_bounds": by["cot"]["lower_bound_seconds_per_question"] / by["latent"]["lower_bound_seconds_per_question"],
                 # the same ratio from each repetition (cot and latent ran side by side): a spread for the median
                 "latent_vs_cot_seconds_per_rep": [round(c / lt, 3) for c, lt in zip(times[("cot", bs)], times[("latent", bs)])],
             }
     return {"rows": rows, "speedup": speedups, "lengths": lengths, "budgets": budget, "reps": reps, "warmup": warmup,
-            "questions": len(questions)}
+            "questions": len(questions), "pass_cost": cost}
+
+
+def pass_tokens(model, builder, mode: str, gens) -> list[int]:
+    """Tokens each forward pass of one generate() call reads, padded as the batch runs: latent
+    `Q + <bot> + M`, T × M, `<eot> + P`, then one per step; CoT and direct their prompt, then
+    one per step (finished examples leave the batch)."""
+    qs = [len(builder.question_ids(g.question)) for g in gens]
+    steps = sorted((g.generated_tokens for g in gens), reverse=True)
+    decode = [sum(1 for n in steps if n > k) for k in range(1, steps[0])]  # examples still running at step k
+    b, lq, p = len(gens), max(qs), len(builder.p_ids)
+    if mode == "latent":
+        M, T = model.num_latents, model.num_iterations
+        return [b * (lq + 1 + M)] + [b * M] * T + [b * (1 + p)] + decode
+    return [b * (lq + (p if mode == "direct" else 0))] + decode
+
+
+def pass_cost(model, reps: int = 3) -> dict:
+    """The model's measured cost per pass, for the lower bounds: `token_s`, seconds per token of
+    a 512-token pass (its arithmetic when compute-bound), and `call_s`, the fastest one-token
+    step at batch 1 over a 64-token cache (the floor of any call: weights read, launches). A
+    pass of n tokens costs at least max(call_s, n · token_s); attention over the cache is not
+    counted, so the bound stays below what any implementation of the same passes can do."""
+    import torch
+
+    device = model.device
+    ids = torch.zeros(8, 64, dtype=torch.long, device=device)  # (the cost does not depend on the ids)
+    with torch.no_grad():
+        best_tok = best_call = float("inf")
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            model.lm(input_ids=ids, use_cache=False, logits_to_keep=1)
+            sync(device)
+            best_tok = min(best_tok, (time.perf_counter() - t0) / ids.numel())
+            cache = model.lm(input_ids=ids[:1], use_cache=True, logits_to_keep=1).past_key_values
+            sync(device)
+            t0 = time.perf_counter()
+            model.lm(input_ids=ids[:1, :1], past_key_values=cache, use_cache=True)
+            sync(device)
+            best_call = min(best_call, time.perf_counter() - t0)
+    return {"token_s": best_tok, "call_s": best_call}
+
 
 
 def format_inference(result: dict) -> str:
@@ -223,13 +250,18 @@ def format_inference(result: dict) -> str:
         f"Inference: {result.get('model', '')} on {result['questions']} {result.get('dataset', '')} questions, "
         f"lengths {result['lengths']} (budgets {result['budgets']}), median of {result['reps']} reps",
         "",
-        "| mode | batch | accuracy % | forward passes / q | tokens / q | s / q |",
-        "|---|---|---|---|---|---|",
+        "| mode | batch | accuracy % | forward passes / q | tokens / q | s / q | lower bound s / q | over the bound |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(f"| {r['mode']} | {r['batch_size']} | {r['accuracy']:.1f} | {r['forward_passes_per_question']:.2f} "
-                     f"| {r['generated_tokens_per_question']:.1f} | {r['seconds_per_question']:.4f} |")
+                     f"| {r['generated_tokens_per_question']:.1f} | {r['seconds_per_question']:.4f} "
+                     f"| {r['lower_bound_seconds_per_question']:.4f} | {r['over_lower_bound']:.2f}x |")
+    c = result["pass_cost"]
+    lines.append(f"\nlower bound: a pass of n tokens costs at least max({1e3 * c['call_s']:.2f} ms, n x {1e3 * c['token_s']:.3f} ms) "
+                 "(measured: the fastest one-token step, and the per-token time of a 512-token pass)")
     for bs, s in result["speedup"].items():
         lines.append(f"\nbatch {bs}: latent is {s['latent_vs_cot_seconds']:.2f}x faster per question than CoT "
-                     f"({s['latent_vs_cot_forward_passes']:.2f}x fewer forward passes; per rep {s['latent_vs_cot_seconds_per_rep']})")
+                     f"({s['latent_vs_cot_forward_passes']:.2f}x fewer forward passes, {s['latent_vs_cot_lower_bounds']:.2f}x "
+                     f"by the lower bounds; per rep {s['latent_vs_cot_seconds_per_rep']})")
     return "\n".join(lines)

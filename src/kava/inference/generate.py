@@ -56,15 +56,18 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
 
 
 def _decode_loop(model, cache, mask, logits, passes, max_new_tokens, eos_ids, temperature, top_p, generator):
-    """Greedy/sampled decoding of every example until EOS or the budget; returns token lists."""
+    """Greedy/sampled decoding of every example until EOS or the budget; returns token lists.
+
+    Per step: one host read of the picked tokens (not one per example), and the next
+    position is the previous one + 1 instead of a cumulative sum over the whole mask."""
     B = logits.shape[0]
     tokens: list[list[int]] = [[] for _ in range(B)]
-    running = torch.arange(B, device=logits.device)
+    running = list(range(B))
+    position = mask.sum(-1, keepdim=True) - 1  # [B, 1]: the last real token's position
     nxt = _pick(logits, temperature, top_p, generator)
     while True:
         keep = []
-        for j, b in enumerate(running.tolist()):
-            t = int(nxt[j])
+        for j, (b, t) in enumerate(zip(running, nxt.tolist())):
             tokens[b].append(t)
             if t not in eos_ids and len(tokens[b]) < max_new_tokens:
                 keep.append(j)
@@ -73,16 +76,17 @@ def _decode_loop(model, cache, mask, logits, passes, max_new_tokens, eos_ids, te
         if len(keep) < len(running):
             k = torch.tensor(keep, device=logits.device)
             select_batch(cache, k)
-            running, mask, nxt = running[k], mask[k], nxt[k]
+            running, mask, nxt, position = [running[j] for j in keep], mask[k], nxt[k], position[k]
         mask = extend_mask(mask, 1)
+        position = position + 1
         out = model.lm(
             input_ids=nxt[:, None],
             attention_mask=mask,
-            position_ids=positions_for_new(mask, 1),
+            position_ids=position,
             past_key_values=cache,
             use_cache=True,
         )
-        for b in running.tolist():
+        for b in running:
             passes[b] += 1
         nxt = _pick(out.logits[:, -1], temperature, top_p, generator)
 

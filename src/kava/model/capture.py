@@ -35,6 +35,7 @@ class _Capture:
     rows: torch.Tensor  # [B, R] long: sequence indices of the query rows
     row_valid: torch.Tensor  # [B, R] bool
     key_mask: torch.Tensor  # [B, S] bool: real (non-padding) keys
+    offset: int = 0  # keys before the first query row (a cached prefix: the question's)
     importance: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -60,14 +61,14 @@ def _make_wrapper(base: str):
 
 
 def _row_importance(query: torch.Tensor, key: torch.Tensor, scaling: float, cap: _Capture) -> torch.Tensor:
-    """query [B, H_q, S, D], key [B, H_kv, S, D] -> importance [B, H_kv, S]."""
-    b, h_q, s, d = query.shape
-    h_kv = key.shape[1]
+    """query [B, H_q, S_q, D], key [B, H_kv, S, D] (S = offset + S_q) -> importance [B, H_kv, S]."""
+    b, h_q, _, d = query.shape
+    h_kv, s = key.shape[1], key.shape[2]
     idx = cap.rows[:, None, :, None].expand(b, h_q, cap.rows.shape[1], d)
     q_rows = query.gather(2, idx).float()  # [B, H_q, R, D]
     k = key.float().repeat_interleave(h_q // h_kv, dim=1)  # [B, H_q, S, D]
     scores = torch.matmul(q_rows, k.transpose(-1, -2)) * scaling  # [B, H_q, R, S]
-    causal = torch.arange(s, device=query.device)[None, None, :] <= cap.rows[:, :, None]  # [B, R, S]
+    causal = torch.arange(s, device=query.device)[None, None, :] <= cap.rows[:, :, None] + cap.offset  # [B, R, S]
     allowed = causal & cap.key_mask[:, None, :]
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
@@ -90,11 +91,12 @@ def enable_capture(model) -> None:
 
 
 @contextlib.contextmanager
-def capture_importance(query_mask: torch.Tensor, key_mask: torch.Tensor):
+def capture_importance(query_mask: torch.Tensor, key_mask: torch.Tensor, offset: int = 0):
     """Within this block, every attention layer records its R-KV importance.
 
-    query_mask [B, S] bool: the rows whose attention gives the importance (`P + A`).
-    key_mask   [B, S] bool: real tokens (padding is never attended).
+    query_mask [B, S_q] bool: the rows of this pass whose attention gives the importance (`P + A`).
+    key_mask   [B, S] bool: real tokens (padding is never attended), S = offset + S_q.
+    offset: keys in the cache before this pass (the question's, under `kava.shared_question`).
     Yields a dict layer -> importance [B, H_kv, S], filled by the forward pass.
     """
     counts = query_mask.sum(-1)
@@ -102,7 +104,7 @@ def capture_importance(query_mask: torch.Tensor, key_mask: torch.Tensor):
     # Stable sort puts the True rows first, in order; the rest are padding rows.
     order = torch.sort((~query_mask).int(), dim=-1, stable=True).indices[:, :r]
     row_valid = torch.arange(r, device=query_mask.device)[None, :] < counts[:, None]
-    cap = _Capture(rows=order, row_valid=row_valid, key_mask=key_mask.bool())
+    cap = _Capture(rows=order, row_valid=row_valid, key_mask=key_mask.bool(), offset=offset)
     token = _ACTIVE.set(cap)
     try:
         yield cap.importance

