@@ -42,6 +42,9 @@ class ModelConfig(_Strict):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached (default ~/.cache/kava)")
+    trust_remote_code: bool = Field(
+        False, description="let transformers run the Python code a hub model ships (only for a model you trust)"
+    )
     tiny: TinyModelConfig = TinyModelConfig()
 
 
@@ -138,6 +141,13 @@ class TrainConfig(_Strict):
     eval_every: int | None = Field(None, ge=1, description="validation loss every N optimizer steps (and at the end)")
     eval_max_examples: int = Field(256, ge=1, description="validation examples used for the validation loss")
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
+    max_skipped_in_a_row: int = Field(
+        10, ge=1, description="stop after this many skipped steps in a row (non-finite loss or gradient norm, loss spike)"
+    )
+    loss_spike_factor: float | None = Field(
+        None, gt=1, description="skip a step whose loss exceeds this multiple of the recent mean loss (None: off)"
+    )
+    loss_spike_window: int = Field(20, ge=1, description="applied steps whose mean loss the spike guard compares with")
 
     @model_validator(mode="after")
     def _check_batch(self) -> TrainConfig:

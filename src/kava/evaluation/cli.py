@@ -12,6 +12,7 @@ lines are answered, and the command exits 1 at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -53,6 +54,8 @@ def _add_model_options(p) -> None:
     )
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's; auto = bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run the Python code a hub model ships (only for code you trust)")
 
 
 def _positive(name: str, value) -> None:
@@ -78,7 +81,8 @@ def _load_pipeline(args):
     from kava.api import load
 
     _early_checks(args)
-    return load(checkpoint=args.checkpoint, model=args.model, device=args.device, dtype=args.dtype)
+    return load(checkpoint=args.checkpoint, model=args.model, device=args.device, dtype=args.dtype,
+                trust_remote_code=args.trust_remote_code)
 
 
 def _fmt_num(x) -> str:
@@ -155,32 +159,48 @@ def _cmd_evaluate(args) -> int:
     meta = {"checkpoint": args.checkpoint} if args.checkpoint else {"model": args.model}
     meta.update({"source": args.source, "limit": args.limit})
     results: dict[str, dict] = {}
-    for name, key in zip(names, keys):
-        if out_dir is not None:
-            pred_path = out_dir / f"predictions_{key}.jsonl"
-        elif combined is not None:
-            pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
-        else:
-            pred_path = None
-        res = evaluate_dataset(
-            pipe.model, pipe.builder, data[name], mode=mode, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, predictions_path=pred_path, progress=not args.no_progress,
-            dataset=name,
-        )
-        res.update(meta)
-        if pred_path is not None:
-            res["predictions"] = str(pred_path)
-        results[name] = res
-        if out_dir is not None:
-            atomic_write_yaml(out_dir / f"results_{key}.yaml", res)
-        if combined is not None:
-            atomic_write_yaml(combined, {**meta, "mode": mode, "datasets": results})
+    with _output_locks(out_dir, combined):
+        for name, key in zip(names, keys):
+            if out_dir is not None:
+                pred_path = out_dir / f"predictions_{key}.jsonl"
+            elif combined is not None:
+                pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
+            else:
+                pred_path = None
+            res = evaluate_dataset(
+                pipe.model, pipe.builder, data[name], mode=mode, batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens, predictions_path=pred_path, progress=not args.no_progress,
+                dataset=name,
+            )
+            res.update(meta)
+            if pred_path is not None:
+                res["predictions"] = str(pred_path)
+            results[name] = res
+            if out_dir is not None:
+                atomic_write_yaml(out_dir / f"results_{key}.yaml", res)
+            if combined is not None:
+                atomic_write_yaml(combined, {**meta, "mode": mode, "datasets": results})
     print(format_results_table(results))
     written = [str(out_dir)] if out_dir is not None else []
     written += [str(combined)] if combined is not None else []
     if written:
         print(f"results written to {' and '.join(written)}")
     return 0
+
+
+@contextlib.contextmanager
+def _output_locks(out_dir: Path | None, combined: Path | None):
+    """One evaluation per output: --output-dir's folder lock, --output FILE's own lock (kava.locking)."""
+    from kava.locking import FolderLock
+
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(FolderLock(out_dir, "kava evaluate"))
+        if combined is not None:
+            stack.enter_context(FolderLock(
+                combined.parent, "kava evaluate", name=f".{combined.name}.lock",
+                owns=lambda f: f == combined.name or f.startswith(f"{combined.stem}_predictions_")))
+        yield
 
 
 def format_results_table(results: dict[str, dict]) -> str:

@@ -67,7 +67,8 @@ from kava.experiments.aggregate import (
     write_run_summary,
     write_yaml_readable,
 )
-from kava.io import atomic_write_yaml
+from kava.io import atomic_write_yaml, remove_stale_temporaries
+from kava.locking import FolderLock
 
 CHECKPOINT_DIR = "checkpoint-final"
 TRAIN_LOG = "train.out"
@@ -309,6 +310,7 @@ class _Sweep:
     def run_seed(self, seed: int, device: str | None) -> dict:
         seed_dir = self.run_dir / f"seed_{seed}"
         seed_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(seed_dir, owns=lambda name: name == STATUS_FILE)  # left by a killed sweep
         old = read_yaml_mapping(seed_dir / STATUS_FILE)
         status = {
             "seed": seed,
@@ -505,58 +507,60 @@ def run_sweep(
         raise KavaError(f"output directory {out} is a file")
     run_dir = (out / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    _update_run_yaml(run_dir, run_name=name, config=config, sha=sha, cfg=cfg, seeds=seed_list,
-                     datasets=ds_list, overrides=overrides, eval_args=eval_args, check=not eval_only)
+    # One sweep per run folder at a time (kava.locking); released however this process ends.
+    with FolderLock(run_dir, "kava sweep"):
+        _update_run_yaml(run_dir, run_name=name, config=config, sha=sha, cfg=cfg, seeds=seed_list,
+                         datasets=ds_list, overrides=overrides, eval_args=eval_args, check=not eval_only)
 
-    sweep = _Sweep(config=config, run_dir=run_dir, run_name=name, datasets=ds_list, train_only=train_only,
-                   eval_only=eval_only, overrides=overrides, eval_args=eval_args,
-                   runner=runner or subprocess_runner, progress=progress or _stderr)
+        sweep = _Sweep(config=config, run_dir=run_dir, run_name=name, datasets=ds_list, train_only=train_only,
+                       eval_only=eval_only, overrides=overrides, eval_args=eval_args,
+                       runner=runner or subprocess_runner, progress=progress or _stderr)
 
-    results: dict[int, dict] = {}
-    if len(device_list) <= 1:
-        for s in seed_list:
-            results[s] = sweep.run_seed_and_summarize(s, device_list[0])
-    else:
-        todo: queue.Queue[int] = queue.Queue()
-        for s in seed_list:
-            todo.put(s)
-        errors: list[BaseException] = []
+        results: dict[int, dict] = {}
+        if len(device_list) <= 1:
+            for s in seed_list:
+                results[s] = sweep.run_seed_and_summarize(s, device_list[0])
+        else:
+            todo: queue.Queue[int] = queue.Queue()
+            for s in seed_list:
+                todo.put(s)
+            errors: list[BaseException] = []
 
-        def worker(device: str) -> None:
-            while True:
-                try:
-                    s = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    results[s] = sweep.run_seed_and_summarize(s, device)
-                except BaseException as e:  # a bug, not a failed seed: stop this worker, re-raise below
-                    errors.append(e)
-                    return
+            def worker(device: str) -> None:
+                while True:
+                    try:
+                        s = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        results[s] = sweep.run_seed_and_summarize(s, device)
+                    except BaseException as e:  # a bug, not a failed seed: stop this worker, re-raise below
+                        errors.append(e)
+                        return
 
-        threads = [threading.Thread(target=worker, args=(d,), name=f"kava-sweep-device-{d}", daemon=True)
-                   for d in device_list[: len(seed_list)]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+            threads = [threading.Thread(target=worker, args=(d,), name=f"kava-sweep-device-{d}", daemon=True)
+                       for d in device_list[: len(seed_list)]]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
 
-    with sweep.summary_lock:
-        summary = write_run_summary(run_dir)
-    ordered = {s: results[s] for s in seed_list}
-    failed = [s for s, r in ordered.items() if r["action"] == "failed"]
-    return {
-        "run_name": name,
-        "run_dir": str(run_dir),
-        "seeds": ordered,
-        "done": [s for s, r in ordered.items() if r["action"] == "ran"],
-        "skipped": [s for s, r in ordered.items() if r["action"] == "skipped"],
-        "failed": failed,
-        "n_failed": len(failed),
-        "summary": summary,
-    }
+        with sweep.summary_lock:
+            summary = write_run_summary(run_dir)
+        ordered = {s: results[s] for s in seed_list}
+        failed = [s for s, r in ordered.items() if r["action"] == "failed"]
+        return {
+            "run_name": name,
+            "run_dir": str(run_dir),
+            "seeds": ordered,
+            "done": [s for s, r in ordered.items() if r["action"] == "ran"],
+            "skipped": [s for s, r in ordered.items() if r["action"] == "skipped"],
+            "failed": failed,
+            "n_failed": len(failed),
+            "summary": summary,
+        }
 
 
 # ------------------------------------------------------------------ reproduction plan
