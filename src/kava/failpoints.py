@@ -4,8 +4,9 @@
 `kava sweep` with, say, ``KAVA_FAILPOINT=checkpoint.tokenizer:2``: the second time that
 process reaches ``failpoint("checkpoint.tokenizer")`` it SIGKILLs itself, so the harness can
 kill it *inside* a checkpoint write or a JSONL append, not only at a random moment.
-``name:N:enospc`` raises ``OSError(ENOSPC)`` there instead, as a full disk would.
-Several specs are separated by commas. Unset (always, outside the harness), a failpoint
+``name:N:enospc`` raises ``OSError(ENOSPC)`` there instead, as a full disk would, and
+``name:N:SIGTERM`` (any signal name) sends the process that signal and goes on, as a
+scheduler pre-empting the job at that moment would. Several specs are separated by commas. Unset (always, outside the harness), a failpoint
 is one dictionary lookup.
 
 The points (where they sit):
@@ -55,6 +56,9 @@ def failpoint(name: str, before_kill: Callable[[], None] | None = None) -> None:
         return
     if wanted[1] == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<{name}>")
+    if wanted[1].startswith("SIG"):
+        os.kill(os.getpid(), signal.Signals[wanted[1]])
+        return
     if before_kill is not None:
         before_kill()
     os.kill(os.getpid(), signal.SIGKILL)

@@ -36,6 +36,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,7 @@ from pathlib import Path
 import yaml
 
 KILLED = -signal.SIGKILL
+_SWEEP_CHILD_KILLED = re.compile(r"seed (\d+)(?: \[device [^\]]*\])?: FAILED: (\w+) failed \(killed by signal 9\)")
 TRAIN_STEPS = 8
 EVAL_QUESTIONS = 8
 MOMENTS = {  # failpoint -> how many times one full run passes it (an upper bound for N)
@@ -101,12 +103,21 @@ def command(kind: str, work: dict[str, Path], out: Path, checkpoint: Path | None
 # ----- starting and killing processes ------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent ends (a harness interrupted mid-run leaves no orphans)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _run_cli(argv: list[str], env: dict, log_path: str) -> int:
     """In a fresh process: kava's CLI with `argv`, output to `log_path`; returns its exit code."""
     import traceback
 
     from kava import failpoints
 
+    _die_with_parent()
     failpoints._hits.clear()
     os.environ.clear()
     os.environ.update(env)
@@ -160,6 +171,9 @@ class Launcher:
             self.ctx = multiprocessing.get_context("forkserver")
             self.ctx.set_forkserver_preload(["kava.bench.faults", "kava.cli", "kava.training.trainer",
                                              "kava.evaluation.cli", "kava.experiments.sweep", "kava.api"])
+            warm = self.ctx.Process(target=os.getpid)  # start the server now, not inside a timed run
+            warm.start()
+            warm.join()
 
     def start(self, argv: list[str], env: dict, log_path: Path):
         env = {**env, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
@@ -284,6 +298,21 @@ CHECKS = {"train": check_train, "evaluate": check_evaluate, "sweep": check_sweep
 # ----- episodes ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Moment:
+    """When to kill: at a failpoint ("name:N", see kava.failpoints) or `delay` s after the start."""
+
+    failpoint: str | None = None
+    delay: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.failpoint.split(":")[0] if self.failpoint else "timed"
+
+    def __str__(self) -> str:
+        return self.failpoint or f"timed:{self.delay}s"
+
+
 @dataclass
 class Tally:
     kind: str
@@ -292,50 +321,59 @@ class Tally:
     missed: int = 0
     by_moment: dict[str, int] = field(default_factory=dict)
     moments: set = field(default_factory=set)
+    outcomes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
-def _moment(kind: str, rng: random.Random, ref_seconds: float) -> tuple[str | None, float | None]:
+def seeded_moments(kind: str, rng: random.Random, n: int, ref_seconds: float) -> list[Moment]:
+    """`n` kill moments: a quarter timed (a delay up to the reference run's duration), the
+    rest a failpoint of `MOMENTS[kind]` reached for the N-th time, N seeded."""
     points = MOMENTS[kind]
-    if rng.random() < 0.25:
-        return None, round(rng.uniform(0.05, ref_seconds), 2)
-    name = rng.choice(sorted(points))
-    return f"{name}:{rng.randint(1, points[name])}", None
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.25:
+            out.append(Moment(delay=round(rng.uniform(0.05, ref_seconds), 2)))
+        else:
+            name = rng.choice(sorted(points))
+            out.append(Moment(failpoint=f"{name}:{rng.randint(1, points[name])}"))
+    return out
 
 
 def episode(kind: str, launcher: Launcher, work: dict[str, Path], folder: Path, ref: Path, checkpoint: Path | None,
-            rng: random.Random, kills: int, ref_seconds: float, tally: Tally) -> None:
-    """One fresh folder: up to `kills` seeded kills, then runs until the command finishes; then the checks."""
+            moments: list[Moment], tally: Tally) -> None:
+    """One fresh folder: a run killed at each of `moments` in turn (a run that finishes
+    first ends the list), then a run to the end; then the checks against `ref`."""
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "out"
     log = folder / "log.txt"
     tally.episodes += 1
     resume = finished = False
-    for _ in range(kills):
-        fp, delay = _moment(kind, rng, ref_seconds)
+    for m in moments:
         start = log.stat().st_size if log.exists() else 0
-        rc = run(launcher, command(kind, work, out, checkpoint, resume), log, failpoint=fp, delay=delay)
-        label = fp.split(":")[0] if fp else "timed"
-        if kind == "sweep" and rc == 1 and "killed by signal 9" in log.read_text(errors="replace")[start:]:
-            rc = KILLED  # a child of the sweep was killed: the sweep recorded it and went on
-        if rc == KILLED:
-            tally.kills += 1
-            tally.by_moment[label] = tally.by_moment.get(label, 0) + 1
-            tally.moments.add(fp or f"timed:{delay}")
+        rc = run(launcher, command(kind, work, out, checkpoint, resume), log, failpoint=m.failpoint, delay=m.delay)
+        killed = [str(m)] if rc == KILLED else []
+        if kind == "sweep" and rc == 1:  # children of the sweep were killed: it recorded them and went on
+            killed = [f"{m} (seed {seed}, {what})" for seed, what in _SWEEP_CHILD_KILLED.findall(
+                log.read_bytes()[start:].decode(errors="replace"))]
+        tally.outcomes.append(f"{folder.name} {m}: " + (f"{len(killed)} killed" if killed else f"exit {rc}"))
+        if killed:
+            tally.kills += len(killed)
+            tally.by_moment[m.label] = tally.by_moment.get(m.label, 0) + len(killed)
+            tally.moments.update(killed)
             resume = kind == "train"
         elif rc == 0:
             tally.missed += 1
             finished = True
             break
         else:
-            tally.problems.append(f"{folder.name}: exit code {rc} after {fp or f'{delay} s'}; log: {log}")
+            tally.problems.append(f"{folder.name}: exit code {rc} at {m}; log: {log}")
             return
     if not finished:
         rc = run(launcher, command(kind, work, out, checkpoint, resume), log)
         if rc != 0:
             tally.problems.append(f"{folder.name}: the resumed run exited {rc}; log: {log}")
             return
-    found = leftovers(out) + [p for p in CHECKS[kind](out, ref)]
+    found = leftovers(out) + CHECKS[kind](out, ref)
     tally.problems += [f"{folder.name}: {p}" for p in found]
     if not found:
         shutil.rmtree(folder)
@@ -368,7 +406,8 @@ def run_faults(root: Path, kinds=("train", "evaluate", "sweep"), kills: int = 10
         while tally.kills + tally.missed < kills and not tally.problems:
             n += 1
             k = min(rng.randint(1, 3), kills - tally.kills - tally.missed)
-            episode(kind, launcher, work, root / f"{kind}-{n:03d}", ref, checkpoint, rng, k, seconds, tally)
+            episode(kind, launcher, work, root / f"{kind}-{n:03d}", ref, checkpoint,
+                    seeded_moments(kind, rng, k, seconds), tally)
             progress(f"{kind}: episode {n}, {tally.kills} kills, {tally.missed} missed, {len(tally.problems)} problems")
         tallies[kind] = tally
     return tallies
