@@ -348,6 +348,9 @@ def _cmd_infer(args) -> int:
     items, bad = read_questions(args.input) if args.input is not None else ([], [])
     for n, problem in bad:
         print(f"error: {args.input}, line {n}: {problem}", file=sys.stderr)
+    if bad and not items:  # nothing to answer: no model to load, no empty --output to write
+        print(f"error: no line of {args.input} holds a question (all {len(bad)} reported above)", file=sys.stderr)
+        return 1
     pipe = _load_pipeline(args)
     mode = pipe.resolve_mode(args.mode)
     if args.show_latents and mode != "latent":

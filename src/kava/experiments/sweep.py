@@ -506,6 +506,8 @@ def run_sweep(
     if out.exists() and not out.is_dir():
         raise KavaError(f"output directory {out} is a file")
     run_dir = (out / name).resolve()
+    if eval_only and not run_dir.is_dir():
+        raise KavaError(f"--eval-only: there is no run {run_dir} to evaluate; train it first (without --eval-only)")
     run_dir.mkdir(parents=True, exist_ok=True)
     # One sweep per run folder at a time (kava.locking); released however this process ends.
     with FolderLock(run_dir, "kava sweep"):

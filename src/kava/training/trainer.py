@@ -179,6 +179,22 @@ def tracker_init_kwargs(trackers: list[str], start: int, wandb_id: str) -> dict:
     return kwargs
 
 
+def tracker_config(cfg: KavaConfig) -> dict:
+    """The config as flat `section.key: value` pairs of plain types (TensorBoard's hparams
+    refuse lists, None and nested sections)."""
+    out = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+    walk("", config_to_dict(cfg))
+    return out
+
+
 def _truncate_log(log_path: Path, step: int) -> None:
     """Keep the records of steps up to `step`: the resumed run writes the later ones again."""
     try:
@@ -270,7 +286,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
         atomic_write_yaml(out_dir / "config.yaml", config_to_dict(cfg))
     wandb_id = saved.get("wandb_run_id") or uuid.uuid4().hex[:12]
     if trackers:
-        accelerator.init_trackers(cfg.run_name, config=config_to_dict(cfg),
+        accelerator.init_trackers(cfg.run_name, config=tracker_config(cfg),
                                   init_kwargs=tracker_init_kwargs(trackers, start, wandb_id))
 
     rank, world = accelerator.process_index, accelerator.num_processes
