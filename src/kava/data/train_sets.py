@@ -114,7 +114,9 @@ def _from_row(row: dict, where: str) -> ReasoningExample:
     if isinstance(steps, str):
         steps = split_equation_cot(steps) or split_nl_cot(steps)
     if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
-        raise KavaError(f"{where}: steps must be a list of strings (or one string), got {type(steps).__name__}")
+        got = type(steps).__name__ if not isinstance(steps, list) else \
+            f"a list holding a {next(type(x).__name__ for x in steps if not isinstance(x, str))}"
+        raise KavaError(f"{where}: steps must be a list of strings (or one string), got {got}")
     if not isinstance(row["question"], str) or not row["question"].strip():
         raise KavaError(f"{where}: question must be a non-empty string")
     if isinstance(row["answer"], bool) or not isinstance(row["answer"], (str, int, float)):

@@ -280,8 +280,8 @@ def read_questions(path: str | Path) -> tuple[list[dict], list[tuple[int, str]]]
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            bad.append((n, f"not valid JSON ({err.msg})"))
+        except (json.JSONDecodeError, RecursionError) as err:
+            bad.append((n, f"not valid JSON ({getattr(err, 'msg', 'nested too deeply')})"))
             continue
         if not isinstance(row, dict):
             bad.append((n, f"expected a JSON object with a question, got {type(row).__name__}"))
