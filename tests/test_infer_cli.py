@@ -131,7 +131,8 @@ def test_incomplete_checkpoint(tiny_checkpoint, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)
     shutil.rmtree(broken / "adapter")
-    assert "could not load checkpoint" in _error(capsys, ["infer", "--checkpoint", str(broken), "--question", Q])
+    assert "is incomplete: adapter/adapter_config.json is missing" in _error(
+        capsys, ["infer", "--checkpoint", str(broken), "--question", Q])
 
 
 def test_unknown_dataset(tiny_checkpoint, capsys):

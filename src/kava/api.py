@@ -68,7 +68,7 @@ def _check_dtype(dtype: str | None) -> None:
         raise KavaError(f"unknown dtype {dtype!r}; use one of: {', '.join(DTYPES)}")
 
 
-def load_base_model(name: str, device: torch.device, dtype: str | None = None):
+def load_base_model(name: str, device: torch.device, dtype: str | None = None, trust_remote_code: bool = False):
     """(KavaModel, tokenizer, SequenceBuilder) around a base model, with no special tokens.
 
     The builder gets SpecialIds(-1, -1, -1): the latent mode is refused before it could use them.
@@ -79,7 +79,7 @@ def load_base_model(name: str, device: torch.device, dtype: str | None = None):
     from kava.model.load import load_backbone
 
     try:
-        cfg = ModelConfig(name=name, dtype=dtype or "auto")
+        cfg = ModelConfig(name=name, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
     except ValueError as err:  # pydantic's ValidationError is a ValueError
         raise KavaError(f"invalid model settings for {name!r}: {err}") from None
     backbone, tok = load_backbone(cfg, device)
@@ -97,13 +97,14 @@ def check_checkpoint(path: str | Path):
     return read_checkpoint_config(path)
 
 
-def load_checkpoint_model(path: str | Path, device: torch.device, dtype: str | None = None):
+def load_checkpoint_model(path: str | Path, device: torch.device, dtype: str | None = None,
+                          trust_remote_code: bool = False):
     """(KavaModel, tokenizer, SequenceBuilder, KavaConfig); any load failure is a KavaError."""
     from kava.training.checkpoint import load_checkpoint
 
     check_checkpoint(path)
     try:
-        return load_checkpoint(path, device=device, dtype=dtype)
+        return load_checkpoint(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     except KavaError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
@@ -286,6 +287,7 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | None = None,
     revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> KavaPipeline:
     """Load a checkpoint (`checkpoint=`) or a base model (`model=`), exactly one of them.
 
@@ -294,7 +296,8 @@ def load(
 
     `device`: None = CUDA when available, else CPU. `dtype`: None keeps the checkpoint's
     (`model.dtype`; `auto` = bfloat16 on a GPU, float32 on a CPU), or one of
-    auto/float32/bfloat16/float16.
+    auto/float32/bfloat16/float16. `trust_remote_code`: let transformers run the Python
+    code a hub model ships; a checkpoint's own config cannot turn it on.
     """
     if (checkpoint is None) == (model is None):
         raise KavaError("give exactly one of checkpoint (a folder from kava train) or model (a base model name)")
@@ -303,7 +306,7 @@ def load(
     if checkpoint is not None:
         from kava.hub import resolve_checkpoint
 
-        m, tok, builder, cfg = load_checkpoint_model(resolve_checkpoint(checkpoint, revision), dev, dtype)
+        m, tok, builder, cfg = load_checkpoint_model(resolve_checkpoint(checkpoint, revision), dev, dtype, trust_remote_code)
         return KavaPipeline(m, tok, builder, cfg, name=str(checkpoint), is_base_model=False)
-    m, tok, builder = load_base_model(model, dev, dtype)
+    m, tok, builder = load_base_model(model, dev, dtype, trust_remote_code)
     return KavaPipeline(m, tok, builder, None, name=str(model), is_base_model=True)

@@ -2,7 +2,10 @@
 
     kava train --config configs/tiny.yaml [--output-dir DIR] [--seed N] [--resume] [key.path=value ...]
 
-A user mistake (`KavaError`) prints one line, `error: ...`, and exits with code 2.
+A user mistake (`KavaError`, or arguments argparse rejects) prints one line, `error: ...`,
+and exits with code 2. Training stopped by SIGTERM, SIGINT or SIGUSR1 writes a checkpoint,
+prints one line with the command that resumes it and exits with code 75
+(`kava.training.signals.EXIT_PREEMPTED`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shlex
 import sys
 
 from kava.errors import KavaError
@@ -49,8 +53,19 @@ def _cmd_train(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (subcommand parsers inherit the class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _resume_command(argv: list[str]) -> str:
+    return shlex.join(["kava", *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kava",
         description="KaVa: latent reasoning via compressed KV-cache distillation (arXiv 2510.02312).",
         epilog="example: kava train --config configs/tiny.yaml --output-dir outputs/tiny",
@@ -82,7 +97,10 @@ def _extra_commands():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kava.training.signals import EXIT_PREEMPTED, Preempted
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -93,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except KavaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(f"kava: {stop}; resume with: {_resume_command(argv)}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130

@@ -47,6 +47,9 @@ class ModelConfig(_Strict):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached (default ~/.cache/kava)")
+    trust_remote_code: bool = Field(
+        False, description="let transformers run the Python code a hub model ships (only for a model you trust)"
+    )
     tiny: TinyModelConfig = TinyModelConfig()
 
 
@@ -208,6 +211,13 @@ class TrainConfig(_Strict):
     eval_every: int | None = Field(None, ge=1, description="validation loss every N optimizer steps (and at the end)")
     eval_max_examples: int = Field(256, ge=1, description="validation examples used for the validation loss")
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
+    max_skipped_in_a_row: int = Field(
+        10, ge=1, description="stop after this many skipped steps in a row (non-finite loss or gradient norm, loss spike)"
+    )
+    loss_spike_factor: float | None = Field(
+        None, gt=1, description="skip a step whose loss exceeds this multiple of the recent mean loss (None: off)"
+    )
+    loss_spike_window: int = Field(20, ge=1, description="applied steps whose mean loss the spike guard compares with")
 
     @model_validator(mode="after")
     def _check_batch(self) -> TrainConfig:
@@ -350,11 +360,15 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             parts.append(f"missing key '{loc}'")
         else:
             parts.append(f"'{loc}': {e['msg']}")
-    return f"invalid config {source}: " + "; ".join(parts) + " (see docs/configuration.md)"
+    text = f"invalid config {source}: " + "; ".join(parts) + " (see docs/configuration.md)"
+    return text.replace("\r", "\\r").replace("\n", "\\n")  # a key may hold a line break: keep one line
 
 
 def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>") -> KavaConfig:
-    raw = copy.deepcopy(raw)
+    try:
+        raw = copy.deepcopy(raw)
+    except RecursionError:
+        raise KavaError(f"config {source} is nested too deeply to be a kava config (see configs/ for the layout)") from None
     for key, value in parse_overrides(overrides):
         _set_dotted(raw, key, value)
     try:
@@ -369,10 +383,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise KavaError(f"config file not found: {path} (the shipped configs are in configs/)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise KavaError(f"config {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except RecursionError:
+        raise KavaError(f"config {path} is nested too deeply to be a kava config (see configs/ for the layout)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise KavaError(f"config {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        problem = str(getattr(err, "problem", None) or err).strip().splitlines()[0]
+        raise KavaError(f"config {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise KavaError(f"config {path} must be a YAML mapping of sections (model, data, train, ...)")
     return config_from_dict(raw, overrides, source=str(path))

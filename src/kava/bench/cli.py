@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("kava.bench.speed", "kava.bench.infer", "kava.bench.quality", "kava.bench.gpu")
+BENCHMARKS = ("kava.bench.speed", "kava.bench.infer", "kava.bench.quality", "kava.bench.gpu", "kava.bench.faults")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmarks: training/inference speed and memory, CPU-scale quality",
+        help="benchmarks: training/inference speed and memory, CPU-scale quality, fault injection",
         description="Benchmarks that print ratios measured side by side in one run.",
         epilog="example: kava bench speed --model tiny-llama --batch-size 8",
     )

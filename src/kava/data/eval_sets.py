@@ -348,8 +348,8 @@ def _read_jsonl_strict(path: Path) -> list[tuple[str, dict]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise KavaError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise KavaError(f"{path}, line {lineno}: not valid JSON ({getattr(err, 'msg', 'nested too deeply')})") from None
         if not isinstance(row, dict):
             raise KavaError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append((f"line {lineno}", row))

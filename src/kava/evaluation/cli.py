@@ -12,6 +12,7 @@ lines are answered, and the command exits 1 at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -56,6 +57,8 @@ def _add_model_options(p) -> None:
     p.add_argument("--revision", help="with a hub repo id: a branch, tag or commit (default: main)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's; auto = bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run the Python code a hub model ships (only for code you trust)")
 
 
 def _positive(name: str, value) -> None:
@@ -101,7 +104,7 @@ def _load_pipeline(args):
 
     _early_checks(args)
     return load(checkpoint=getattr(args, "checkpoint_dir", None), model=args.model, device=args.device,
-                dtype=args.dtype)
+                dtype=args.dtype, trust_remote_code=args.trust_remote_code)
 
 
 def _fmt_num(x) -> str:
@@ -217,29 +220,30 @@ def _cmd_evaluate(args) -> int:
         meta["revision"] = args.revision
     meta.update({"source": args.source, "limit": args.limit})
     results: dict[str, dict] = {}
-    for name, key in zip(names, keys):
-        if out_dir is not None:
-            pred_path = out_dir / f"predictions_{key}.jsonl"
-        elif combined is not None:
-            pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
-        else:
-            pred_path = None
-        common = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
-                      dataset=name)
-        if controls:
-            both = evaluate_latent_controls(pipe.model, pipe.builder, data[name], controls, predictions_path=pred_path,
-                                            teacher_settings=pipe.teacher_settings(), **common)
-            res = both["own"] | {"latent_controls": both["controls"]}
-        else:
-            res = evaluate_dataset(pipe.model, pipe.builder, data[name], mode=mode, predictions_path=pred_path, **common)
-        res.update(meta)
-        if pred_path is not None:
-            res["predictions"] = str(pred_path)
-        results[name] = res
-        if out_dir is not None:
-            atomic_write_yaml(out_dir / f"results_{key}.yaml", res)
-        if combined is not None:
-            atomic_write_yaml(combined, {**meta, "mode": mode, "datasets": results})
+    with _output_locks(out_dir, combined):
+        for name, key in zip(names, keys):
+            if out_dir is not None:
+                pred_path = out_dir / f"predictions_{key}.jsonl"
+            elif combined is not None:
+                pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
+            else:
+                pred_path = None
+            common = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+                          dataset=name)
+            if controls:
+                both = evaluate_latent_controls(pipe.model, pipe.builder, data[name], controls, predictions_path=pred_path,
+                                                teacher_settings=pipe.teacher_settings(), **common)
+                res = both["own"] | {"latent_controls": both["controls"]}
+            else:
+                res = evaluate_dataset(pipe.model, pipe.builder, data[name], mode=mode, predictions_path=pred_path, **common)
+            res.update(meta)
+            if pred_path is not None:
+                res["predictions"] = str(pred_path)
+            results[name] = res
+            if out_dir is not None:
+                atomic_write_yaml(out_dir / f"results_{key}.yaml", res)
+            if combined is not None:
+                atomic_write_yaml(combined, {**meta, "mode": mode, "datasets": results})
     print(format_results_table(results))
     if controls:
         print()
@@ -283,6 +287,21 @@ def format_controls_table(results: dict[str, dict]) -> str:
         for control, c in r.get("latent_controls", {}).items():
             lines.append(f"| {name} | {control} | {c['accuracy']:.1f} | {c['reliance']:+.1f} | {c['changed']:.1f} |")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _output_locks(out_dir: Path | None, combined: Path | None):
+    """One evaluation per output: --output-dir's folder lock, --output FILE's own lock (kava.locking)."""
+    from kava.locking import FolderLock
+
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(FolderLock(out_dir, "kava evaluate"))
+        if combined is not None:
+            stack.enter_context(FolderLock(
+                combined.parent, "kava evaluate", name=f".{combined.name}.lock",
+                owns=lambda f: f == combined.name or f.startswith(f"{combined.stem}_predictions_")))
+        yield
 
 
 def format_results_table(results: dict[str, dict]) -> str:
@@ -362,8 +381,8 @@ def read_questions(path: str | Path) -> tuple[list[dict], list[tuple[int, str]]]
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            bad.append((n, f"not valid JSON ({err.msg})"))
+        except (json.JSONDecodeError, RecursionError) as err:
+            bad.append((n, f"not valid JSON ({getattr(err, 'msg', 'nested too deeply')})"))
             continue
         if not isinstance(row, dict):
             bad.append((n, f"expected a JSON object with a question, got {type(row).__name__}"))
@@ -430,6 +449,9 @@ def _cmd_infer(args) -> int:
     items, bad = read_questions(args.input) if args.input is not None else ([], [])
     for n, problem in bad:
         print(f"error: {args.input}, line {n}: {problem}", file=sys.stderr)
+    if bad and not items:  # nothing to answer: no model to load, no empty --output to write
+        print(f"error: no line of {args.input} holds a question (all {len(bad)} reported above)", file=sys.stderr)
+        return 1
     pipe = _load_pipeline(args)
     mode = pipe.resolve_mode(args.mode)
     if args.show_latents and mode != "latent":

@@ -68,7 +68,8 @@ from kava.experiments.aggregate import (
     write_yaml_readable,
 )
 from kava.experiments.launch import LAUNCHERS, run_local, submit, subprocess_runner
-from kava.io import atomic_write_yaml
+from kava.io import atomic_write_yaml, remove_stale_temporaries
+from kava.locking import FolderLock
 
 CHECKPOINT_DIR = "checkpoint-final"
 TRAIN_LOG = "train.out"
@@ -322,6 +323,7 @@ class _Sweep:
     def run_seed(self, seed: int, device: str | None) -> dict:
         seed_dir = self.run_dir / f"seed_{seed}"
         seed_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(seed_dir, owns=lambda name: name == STATUS_FILE)  # left by a killed sweep
         old = read_yaml_mapping(seed_dir / STATUS_FILE)
         status = {
             "seed": seed,
@@ -532,34 +534,38 @@ def run_sweep(
     if out.exists() and not out.is_dir():
         raise KavaError(f"output directory {out} is a file")
     run_dir = (out / name).resolve()
+    if eval_only and not run_dir.is_dir():
+        raise KavaError(f"--eval-only: there is no run {run_dir} to evaluate; train it first (without --eval-only)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _update_run_yaml(run_dir, run_name=name, config=config, sha=sha, cfg=cfg, seeds=seed_list,
-                     datasets=ds_list, overrides=overrides, eval_args=eval_args, check=not eval_only)
+    # One sweep per run folder at a time (kava.locking); released however this process ends.
+    with FolderLock(run_dir, "kava sweep"):
+        _update_run_yaml(run_dir, run_name=name, config=config, sha=sha, cfg=cfg, seeds=seed_list,
+                         datasets=ds_list, overrides=overrides, eval_args=eval_args, check=not eval_only)
 
-    sweep = _Sweep(config=config, run_dir=run_dir, run_name=name, datasets=ds_list, train_only=train_only,
-                   eval_only=eval_only, overrides=overrides, eval_args=eval_args,
-                   runner=runner or subprocess_runner, progress=progress or _stderr)
+        sweep = _Sweep(config=config, run_dir=run_dir, run_name=name, datasets=ds_list, train_only=train_only,
+                       eval_only=eval_only, overrides=overrides, eval_args=eval_args,
+                       runner=runner or subprocess_runner, progress=progress or _stderr)
 
-    if launcher == "local":
-        results = run_local(sweep, seed_list, device_list)
-    else:
-        results = submit(sweep, seed_list, launcher, launcher_config or LauncherConfig(), wait)
+        if launcher == "local":
+            results = run_local(sweep, seed_list, device_list)
+        else:
+            results = submit(sweep, seed_list, launcher, launcher_config or LauncherConfig(), wait)
 
-    with sweep.summary_lock:
-        summary = write_run_summary(run_dir)
-    ordered = {s: results[s] for s in seed_list}
-    failed = [s for s, r in ordered.items() if r["action"] == "failed"]
-    return {
-        "run_name": name,
-        "run_dir": str(run_dir),
-        "seeds": ordered,
-        "done": [s for s, r in ordered.items() if r["action"] == "ran"],
-        "skipped": [s for s, r in ordered.items() if r["action"] == "skipped"],
-        "failed": failed,
-        "submitted": [s for s, r in ordered.items() if r["action"] in ("submitted", "queued")],
-        "n_failed": len(failed),
-        "summary": summary,
-    }
+        with sweep.summary_lock:
+            summary = write_run_summary(run_dir)
+        ordered = {s: results[s] for s in seed_list}
+        failed = [s for s, r in ordered.items() if r["action"] == "failed"]
+        return {
+            "run_name": name,
+            "run_dir": str(run_dir),
+            "seeds": ordered,
+            "done": [s for s, r in ordered.items() if r["action"] == "ran"],
+            "skipped": [s for s, r in ordered.items() if r["action"] == "skipped"],
+            "failed": failed,
+            "submitted": [s for s, r in ordered.items() if r["action"] in ("submitted", "queued")],
+            "n_failed": len(failed),
+            "summary": summary,
+        }
 
 
 # ------------------------------------------------------------------ reproduction plan

@@ -77,8 +77,9 @@ def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype
     cached = _converted_dir(cfg, folder, filename)
     if not (cached / "config.json").is_file():
         print(f"kava: converting {source.name} to safetensors (once) -> {cached}", file=sys.stderr)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32,
+                                                     trust_remote_code=False)
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.hf_quantizer = None
@@ -101,9 +102,11 @@ def _load_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision)
+        # Hub code runs only when the config asks for it (model.trust_remote_code).
+        tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            name, revision=cfg.revision, dtype=dtype, attn_implementation=cfg.attn_implementation
+            name, revision=cfg.revision, dtype=dtype, attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
         )
     except (OSError, ValueError) as err:
         reason = str(err).strip().split("\n")[0][:200]

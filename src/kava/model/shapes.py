@@ -57,8 +57,8 @@ def _tokenizer():
 
         cached = _converted_dir(cfg, folder, filename)
         if (cached / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(cached)
-        return AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+            return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(folder, gguf_file=filename, trust_remote_code=False)
     from kava.model.tiny import build_char_tokenizer
 
     return build_char_tokenizer()

@@ -1,35 +1,45 @@
-"""Checkpoints: written atomically, loadable again (SPEC.md §8).
+"""Checkpoints: written atomically, loaded strictly, never unpickled (SPEC.md §8).
 
     checkpoint-<step>/ or checkpoint-final/
-      adapter/                 LoRA + new-token embedding rows (peft, safetensors)   [LoRA on]
-      model/                   the full backbone (safetensors)                        [LoRA off]
-      projection.safetensors   the latent projection
-      tokenizer/               with <bot>, <eot>, <latent>
-      kava_config.yaml         the resolved config
-      trainer_state.json       step, epoch, total steps
-      training_state.pt        optimizer, scheduler and RNG states (for --resume)
+      adapter/                    LoRA + new-token embedding rows (peft, safetensors)   [LoRA on]
+      model/                      the full backbone (safetensors)                        [LoRA off]
+      projection.safetensors      the latent projection                                  [latent.projection]
+      tokenizer/                  with <bot>, <eot>, <latent>
+      kava_config.yaml            the resolved config
+      trainer_state.json          format, kava version, step, epoch, total steps, skip counters
+      training_state.safetensors  optimizer, scheduler and RNG states (for --resume;
+      training_state.json           kava.training.state: no pickle)
 
-A checkpoint is assembled in a temporary folder and renamed into place, so an
-interrupted save leaves the previous checkpoint intact and never a half-written one.
+A checkpoint is assembled in `<name>.tmp/` and renamed into place, so an interrupted
+save (a kill, a full disk) leaves the previous checkpoint intact and never a half-written
+one; `recover_output_dir` tidies what an interrupted save left behind.
+
+Loading is strict: every file must be there and readable, and the weights must fit the
+model key for key and shape for shape (a checkpoint of another model, a truncated file or
+an adapter of another rank is refused, never loaded with some weights left at random).
+Each refusal is a `KavaError` naming the checkpoint and what does not match.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from kava import __version__
 from kava.config import KavaConfig, config_to_dict
 from kava.errors import KavaError
-from kava.io import atomic_replace_dir, atomic_write_yaml
+from kava.failpoints import failpoint
+from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace
+from kava.training.state import STATE_JSON, STATE_TENSORS, load_training_state, save_training_state
 
+FORMAT = 2
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
+_LEFTOVER = re.compile(r"^(checkpoint-(?:\d+|final))\.(?:tmp|old)$")
 
 
 def _unwrap(model):
@@ -41,33 +51,29 @@ def save_checkpoint(path: str | Path, model, tokenizer, cfg: KavaConfig, state: 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model = _unwrap(model)
-    if cfg.lora.enabled:
-        model.backbone.save_pretrained(tmp / "adapter")
-    else:
-        model.backbone.save_pretrained(tmp / "model")
-    if model.projection is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()},
-                  str(tmp / "projection.safetensors"))
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    atomic_write_yaml(tmp / "kava_config.yaml", config_to_dict(cfg))
-    (tmp / "trainer_state.json").write_text(json.dumps(state or {}, indent=2))
-    if optimizer is not None:
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": {
-                    "python": random.getstate(),
-                    "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                },
-            },
-            tmp / "training_state.pt",
-        )
-    atomic_replace_dir(tmp, path)
+    try:
+        tmp.mkdir(parents=True)
+        model = _unwrap(model)
+        if cfg.lora.enabled:
+            model.backbone.save_pretrained(tmp / "adapter")
+        else:
+            model.backbone.save_pretrained(tmp / "model")
+        if model.projection is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()},
+                      str(tmp / "projection.safetensors"))
+        failpoint("checkpoint.weights")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        atomic_write_yaml(tmp / "kava_config.yaml", config_to_dict(cfg))
+        failpoint("checkpoint.tokenizer")
+        (tmp / "trainer_state.json").write_text(
+            json.dumps({"format": FORMAT, "kava_version": __version__, **(state or {})}, indent=2))
+        if optimizer is not None:
+            save_training_state(tmp, optimizer, scheduler)
+        failpoint("checkpoint.state")
+        atomic_replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: do not leave it fuller
+        raise
     return path
 
 
@@ -88,7 +94,21 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def recover_output_dir(output_dir: str | Path) -> None:
+    """Finish or undo the checkpoint saves a kill interrupted (call with the folder locked):
+    a `checkpoint-N.old` whose replacement never arrived is put back, `*.tmp` folders go."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return
+    for p in list(output_dir.iterdir()):
+        m = _LEFTOVER.match(p.name)
+        if m:
+            finish_interrupted_replace(output_dir / m.group(1))
+
+
 def read_checkpoint_config(path: str | Path) -> KavaConfig:
+    """The checkpoint's config, after checking that every file it needs is there (cheap:
+    no weights are read). A config this kava cannot read names both versions."""
     from kava.config import config_from_dict
 
     path = Path(path)
@@ -99,49 +119,153 @@ def read_checkpoint_config(path: str | Path) -> KavaConfig:
         raise KavaError(f"{path} is not a kava checkpoint (no kava_config.yaml); point to a checkpoint-* folder")
     import yaml
 
-    return config_from_dict(yaml.safe_load(cfg_file.read_text()), source=str(cfg_file))
+    meta = _trainer_state(path)
+    written = meta.get("kava_version")
+    try:
+        raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise KavaError(f"{cfg_file} is corrupt ({type(err).__name__}); the checkpoint cannot be used") from None
+    if not isinstance(raw, dict):
+        raise KavaError(f"{cfg_file} is corrupt (not a mapping); the checkpoint cannot be used")
+    try:
+        cfg = config_from_dict(raw, source=str(cfg_file))
+    except KavaError as err:
+        if written == __version__:
+            raise
+        by = f"kava {written}" if written else "an older kava (no version recorded)"
+        raise KavaError(f"checkpoint {path} was written by {by}, this is kava {__version__}, and its config does not "
+                        f"fit this version: {str(err).removeprefix(f'invalid config {cfg_file}: ')}; "
+                        f"load it with the kava version that wrote it") from None
+    if meta.get("format", 1) > FORMAT:
+        raise KavaError(f"checkpoint {path} has format {meta['format']} (kava {written}); this kava {__version__} reads "
+                        f"format {FORMAT} and older: upgrade kava")
+    for rel in _required_files(cfg):
+        if not (path / rel).exists():
+            raise KavaError(f"checkpoint {path} is incomplete: {rel} is missing; copy the whole checkpoint folder "
+                            "(or use another checkpoint)")
+    return cfg
+
+
+def _trainer_state(path: Path) -> dict:
+    f = path / "trainer_state.json"
+    if not f.is_file():
+        raise KavaError(f"checkpoint {path} is incomplete: trainer_state.json is missing; copy the whole checkpoint "
+                        "folder (or use another checkpoint)")
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise KavaError(f"{f} is corrupt ({type(err).__name__}); the checkpoint cannot be used") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("format", 1), int):
+        raise KavaError(f"{f} is corrupt (not a kava trainer state); the checkpoint cannot be used")
+    return meta
+
+
+def _required_files(cfg: KavaConfig) -> list[str]:
+    files = ["tokenizer/tokenizer_config.json"]
+    if cfg.lora.enabled:
+        files += ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
+    else:
+        files += ["model/config.json"]
+    if cfg.latent.projection:
+        files.append("projection.safetensors")
+    return files
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for bad files
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise KavaError(f"{file} is corrupt or truncated ({reason}); copy the checkpoint again or use another one") from None
+
+
+def check_weights_fit(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where) -> None:
+    """KavaError unless `found` has exactly `expected`'s keys, each with its shape."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k} is {tuple(found[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+              for k in sorted(set(found) & set(expected)) if found[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es) ({shapes[0]})")
+    if problems:
+        raise KavaError(f"{where} does not fit the model: {'; '.join(problems)}; it was written for another model "
+                        "or config (or is damaged)")
+
+
+def _load_projection(model, path: Path) -> None:
+    if model.projection is None:
+        return
+    weights = _read_safetensors(path / "projection.safetensors")
+    check_weights_fit(weights, model.projection.state_dict(), path / "projection.safetensors")
+    model.projection.load_state_dict(weights)
+
+
+def _load_full_weights(backbone, path: Path) -> None:
+    files = sorted((path / "model").glob("*.safetensors"))
+    if not files:
+        raise KavaError(f"checkpoint {path} is incomplete: model/ holds no .safetensors file")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(_read_safetensors(f))
+    expected = backbone.state_dict()
+    # save_pretrained writes a tied weight (lm_head = embed_tokens) once.
+    pointers = {expected[k].data_ptr() for k in state if k in expected}
+    expected = {k: v for k, v in expected.items() if k in state or v.data_ptr() not in pointers}
+    check_weights_fit(state, expected, path / "model")
+    backbone.load_state_dict(state, strict=False)
+
+
+def _load_adapter(backbone, path: Path) -> None:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    weights = _read_safetensors(path / "adapter" / "adapter_model.safetensors")
+    check_weights_fit(weights, get_peft_model_state_dict(backbone), path / "adapter" / "adapter_model.safetensors")
+    set_peft_model_state_dict(backbone, weights)
 
 
 def load_trainable_state(model, path: str | Path) -> None:
-    """Load the adapter/full weights and projection of a checkpoint into an already built model."""
-    from peft import set_peft_model_state_dict
-
+    """Load a checkpoint's adapter (or full weights) and projection into a built model, strictly."""
     path = Path(path)
     model = _unwrap(model)
-    if (path / "adapter").is_dir():
-        weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(model.backbone, weights)
-        if getattr(result, "unexpected_keys", None):
-            raise KavaError(f"checkpoint {path} does not match the model: unexpected keys {result.unexpected_keys[:3]}")
+    if hasattr(model.backbone, "peft_config"):
+        if not (path / "adapter").is_dir():
+            raise KavaError(f"checkpoint {path} holds full weights (model/), the run being loaded uses LoRA; "
+                            "set lora.enabled to match the checkpoint")
+        _load_adapter(model.backbone, path)
     else:
-        from safetensors.torch import load_model
-
-        files = sorted((path / "model").glob("*.safetensors"))
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        model.backbone.load_state_dict(state, strict=False)
-    if model.projection is not None:
-        model.projection.load_state_dict(load_file(str(path / "projection.safetensors")))
+        if not (path / "model").is_dir():
+            raise KavaError(f"checkpoint {path} holds a LoRA adapter, the run being loaded trains the full model; "
+                            "set lora.enabled to match the checkpoint")
+        _load_full_weights(model.backbone, path)
+    _load_projection(model, path)
 
 
-def load_training_state(path: str | Path, optimizer, scheduler) -> dict:
+def load_resume_state(path: str | Path, optimizer, scheduler) -> dict:
+    """Restore optimizer, scheduler and RNG from a step checkpoint; returns its trainer state.
+
+    A `training_state.pt` (the pickle older kava versions wrote) is never opened."""
     path = Path(path)
-    blob = torch.load(path / "training_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    if scheduler is not None and blob["scheduler"] is not None:
-        scheduler.load_state_dict(blob["scheduler"])
-    rng = blob["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "trainer_state.json").read_text())
+    if (path / "training_state.pt").exists() and not (path / STATE_JSON).exists():
+        raise KavaError(
+            f"{path} holds its optimizer state as training_state.pt, a pickle (older kava versions wrote it); kava "
+            "does not unpickle checkpoints, since loading a pickle can run any code. Start the run again, or "
+            f"evaluate its weights with kava evaluate --checkpoint {path}"
+        )
+    load_training_state(path, optimizer, scheduler)
+    return _trainer_state(path)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype: str | None = None):
-    """(KavaModel in eval mode, tokenizer, SequenceBuilder, config) from a checkpoint folder."""
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype: str | None = None,
+                    trust_remote_code: bool = False):
+    """(KavaModel in eval mode, tokenizer, SequenceBuilder, config) from a checkpoint folder.
+
+    A checkpoint whose config sets `model.trust_remote_code` loads only with
+    `trust_remote_code=True`: whoever hands you a checkpoint cannot grant their code that."""
     from transformers import AutoTokenizer
 
     from kava.data.sequences import SequenceBuilder
@@ -153,24 +277,21 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype:
     if dtype is not None:
         cfg.model.dtype = dtype
     cfg.model.gradient_checkpointing = False
+    if cfg.model.trust_remote_code and not trust_remote_code:
+        raise KavaError(f"checkpoint {path} needs model.trust_remote_code (its model {cfg.model.name} runs code from "
+                        "the hub); load it with --trust-remote-code only if you trust that code")
     backbone, _ = load_backbone(cfg.model, device)
-    tok = AutoTokenizer.from_pretrained(path / "tokenizer")
+    tok = AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=False)
     tok.padding_side = "left"
-    if (path / "model").is_dir():
-        from transformers import AutoModelForCausalLM
+    special = add_special_tokens(backbone, tok)
+    if cfg.lora.enabled:
+        from peft import PeftConfig, get_peft_model
 
-        from kava.model.load import resolve_dtype
-
-        backbone = AutoModelForCausalLM.from_pretrained(path / "model", dtype=resolve_dtype(cfg.model.dtype, device))
-        special = add_special_tokens(backbone, tok)
-    else:
-        from peft import PeftModel
-
-        special = add_special_tokens(backbone, tok)
-        backbone = PeftModel.from_pretrained(backbone, path / "adapter", is_trainable=False)
+        peft_cfg = PeftConfig.from_pretrained(path / "adapter")
+        peft_cfg.inference_mode = True
+        backbone = get_peft_model(backbone, peft_cfg)
     model = KavaModel.from_config(backbone, special, cfg)
-    if model.projection is not None:
-        model.projection.load_state_dict(load_file(str(path / "projection.safetensors")))
+    load_trainable_state(model, path)
     model.to(device).eval()
     builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step,
                               codi_position=cfg.kava.codi_position)

@@ -4,16 +4,24 @@ to the config's global batch, clipping, seeding, JSONL logging, atomic checkpoin
 Data order is a seeded permutation per epoch; optimizer step `s` always consumes the same
 `global_batch_size` examples, split evenly across processes and then into micro-batches,
 so a run on N processes sees the same batches as a run on one, and a resumed run
-continues exactly where the interrupted one stopped (optimizer, scheduler, RNG restored).
+continues exactly where the interrupted one stopped (optimizer, scheduler, RNG restored;
+on a CPU the losses and weights are bit-identical to an uninterrupted run's, and the log
+holds each step once). A stop signal ends the run at a step boundary with a checkpoint
+(`kava.training.signals`); a step with a non-finite loss or gradient is skipped
+(`kava.training.guard`). docs/reliability.md lists what is promised and how it is tested.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
+import signal
 import sys
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +32,20 @@ from kava.config import KavaConfig, config_to_dict, shares_question
 from kava.data.sequences import Encoded, SequenceBuilder
 from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
-from kava.io import append_jsonl, atomic_write_yaml, read_jsonl
+from kava.failpoints import failpoint
+from kava.io import append_jsonl, atomic_write_text, atomic_write_yaml, read_jsonl
+from kava.locking import FolderLock
 from kava.training.latent_warmup import keep_latent_gradients
 from kava.training.checkpoint import (
+    load_resume_state,
     load_trainable_state,
-    load_training_state,
     prune_checkpoints,
+    recover_output_dir,
     save_checkpoint,
     step_checkpoints,
 )
+from kava.training.guard import StepGuard
+from kava.training.signals import PREEMPTION_SIGNALS, Preempted, graceful_stop
 
 
 def seed_everything(seed: int) -> None:
@@ -160,9 +173,68 @@ def _trackers(cfg: KavaConfig):
     return names
 
 
-def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> Path:
-    """Train; returns the path of checkpoint-final."""
+def tracker_init_kwargs(trackers: list[str], start: int, wandb_id: str) -> dict:
+    """A resumed run continues its tracker runs from the checkpoint's step, with no step twice:
+    TensorBoard hides the interrupted run's events from step `start + 1` on (`purge_step`);
+    W&B reopens the same run (`id`, `resume="allow"`) and ignores steps it already holds."""
+    kwargs = {}
+    if "tensorboard" in trackers and start:
+        kwargs["tensorboard"] = {"purge_step": start + 1}
+    if "wandb" in trackers:
+        kwargs["wandb"] = {"id": wandb_id, "resume": "allow"}
+    return kwargs
+
+
+def tracker_config(cfg: KavaConfig) -> dict:
+    """The config as flat `section.key: value` pairs of plain types (TensorBoard's hparams
+    refuse lists, None and nested sections)."""
+    out = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+    walk("", config_to_dict(cfg))
+    return out
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Keep the records of steps up to `step`: the resumed run writes the later ones again."""
+    try:
+        kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= step]
+    except (ValueError, UnicodeDecodeError) as err:
+        raise KavaError(f"{log_path} is corrupt ({type(err).__name__}); move it away and resume again") from None
+    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True,
+          stop_signals: Sequence[str | int] = PREEMPTION_SIGNALS) -> Path:
+    """Train; returns the path of checkpoint-final.
+
+    The run holds its output folder's lock (`kava.locking`) until it returns. A signal in
+    `stop_signals` ends it at the next step boundary: it writes `checkpoint-<step>` and
+    raises `Preempted` (`kava.training.signals`); `resume=True` continues from there.
+    """
     from accelerate import Accelerator
+
+    trackers = _trackers(cfg)
+    seed_everything(cfg.seed)
+    train_rows, val_rows = load_training_examples(cfg.data)
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=trackers or None,
+        project_dir=str(cfg.output_dir),
+    )
+    lock = FolderLock(cfg.output_dir, "kava train") if accelerator.is_main_process else contextlib.nullcontext()
+    with lock, graceful_stop(stop_signals) as stop:
+        return _train(cfg, accelerator, trackers, train_rows, val_rows, resume, show_progress, stop)
+
+
+def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume: bool, show_progress: bool,
+           stop) -> Path:
     from tqdm.auto import tqdm
 
     from kava.model.capture import enable_capture
@@ -170,8 +242,13 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
     from kava.training.curriculum import Curriculum, reset_optimizer_state
     from kava.training.objective import KavaObjective
 
+    is_main = accelerator.is_main_process
+    log = (lambda *a: print(*a, file=sys.stderr)) if is_main else (lambda *a: None)
     out_dir = Path(cfg.output_dir)
     final = out_dir / "checkpoint-final"
+    if is_main:
+        recover_output_dir(out_dir)
+    accelerator.wait_for_everyone()
     existing = step_checkpoints(out_dir)
     if final.is_dir():
         if resume:
@@ -181,17 +258,6 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
     if existing and not resume:
         raise KavaError(f"{out_dir} holds checkpoints of an earlier run; pass --resume to continue it or choose another --output-dir")
 
-    trackers = _trackers(cfg)
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        log_with=trackers or None,
-        project_dir=str(out_dir),
-    )
-    seed_everything(cfg.seed)
-    is_main = accelerator.is_main_process
-    log = (lambda *a: print(*a, file=sys.stderr)) if is_main else (lambda *a: None)
-
-    train_rows, val_rows = load_training_examples(cfg.data)
     model, tok, builder = build_kava_model(cfg, accelerator.device, word_vocabulary=word_vocabulary_for(cfg))
     data, dropped = encode_dataset(train_rows, builder, cfg)
     log(f"kava: {len(data)} training examples ({dropped} dropped as longer than data.max_length={cfg.data.max_length})")
@@ -210,20 +276,17 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
     objective, optimizer = accelerator.prepare(objective, optimizer)
 
     start = 0
+    saved: dict = {}
     log_path = out_dir / "train_log.jsonl"
     if resume and existing:
         step, ckpt = existing[-1]
         load_trainable_state(model, ckpt)
-        state = load_training_state(ckpt, optimizer, scheduler)
+        saved = load_resume_state(ckpt, optimizer, scheduler)
         if curriculum is not None:
-            curriculum.check_resume(state)
-        start = state["step"]
+            curriculum.check_resume(saved)
+        start = saved["step"]
         if is_main and log_path.is_file():
-            kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= start]
-            from kava.io import atomic_write_text
-            import json
-
-            atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+            _truncate_log(log_path, start)
         log(f"kava: resuming from {ckpt} (step {start}/{sched.total_steps})")
     elif is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,79 +294,125 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True) -> 
             log_path.unlink()
     if is_main:
         atomic_write_yaml(out_dir / "config.yaml", config_to_dict(cfg))
+    wandb_id = saved.get("wandb_run_id") or uuid.uuid4().hex[:12]
     if trackers:
-        accelerator.init_trackers(cfg.run_name, config=config_to_dict(cfg))
+        accelerator.init_trackers(cfg.run_name, config=tracker_config(cfg),
+                                  init_kwargs=tracker_init_kwargs(trackers, start, wandb_id))
 
     rank, world = accelerator.process_index, accelerator.num_processes
     micro = cfg.train.micro_batch_size
     per_rank = micro * sched.accumulation
-    state = {"step": start, "total_steps": sched.total_steps, "steps_per_epoch": sched.steps_per_epoch}
+    t = cfg.train
+    guard = StepGuard(t.max_skipped_in_a_row, t.loss_spike_factor, t.loss_spike_window, saved)
+    state = {"step": start, "total_steps": sched.total_steps, "steps_per_epoch": sched.steps_per_epoch,
+             "wandb_run_id": wandb_id, **guard.state_dict()}
+    last_good = existing[-1][1] if resume and existing else None
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", disable=not (is_main and show_progress), dynamic_ncols=True)
     objective.train()
-    for step in range(start, sched.total_steps):
-        t0 = time.perf_counter()
-        if curriculum is not None and curriculum.resets_optimizer(step):
-            reset_optimizer_state(optimizer)
-        idx = step_indices(step, len(data), cfg, sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
-        sums: dict[str, float] = {}
-        tokens = 0
-        for a in range(sched.accumulation):
-            chunk = idx[a * micro : (a + 1) * micro]
-            items = [data[i] for i in chunk]
-            student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
-            batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
-            tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
-            sync = a == sched.accumulation - 1
-            ctx = accelerator.no_sync(objective) if not sync else _null()
-            with ctx:
-                losses = forward_backward(objective, batch, lambda loss: accelerator.backward(loss / sched.accumulation),
-                                          no_sync=lambda: accelerator.no_sync(objective))
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / sched.accumulation
-        if step < cfg.train.latent_warmup_steps and cfg.train.method == "kava":
-            keep_latent_gradients(model, params)  # kava.training.latent_warmup: backbone frozen
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            t = torch.tensor([sums[k] for k in sorted(sums)], device=accelerator.device)
-            t = accelerator.reduce(t, reduction="mean")
-            sums = dict(zip(sorted(sums), t.tolist()))
-            tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), reduction="sum").item())
-        state["step"] = step + 1
-        state["epoch"] = (step + 1) / sched.steps_per_epoch
-        stage = {"curriculum_stage": curriculum.stage(step)} if curriculum is not None else {}
-        state.update(stage)
-        record = {"step": step + 1, "epoch": round(state["epoch"], 4), **stage, **{k: round(v, 6) for k, v in sums.items()},
-                  "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - t0, 4),
-                  "tokens": tokens}
-        if is_main:
-            if (step + 1) % cfg.train.log_every == 0 or step + 1 == sched.total_steps:
-                append_jsonl(log_path, record)
-                if trackers:
-                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
-            bar.set_postfix(loss=f"{sums['loss']:.4f}")
-            bar.update(1)
-        if val_data and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
-            val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step)
+    try:
+        for step in range(start, sched.total_steps):
+            t0 = time.perf_counter()
+            if curriculum is not None and curriculum.resets_optimizer(step):
+                reset_optimizer_state(optimizer)
+            idx = step_indices(step, len(data), cfg, sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
+            sums: dict[str, float] = {}
+            tokens = 0
+            for a in range(sched.accumulation):
+                chunk = idx[a * micro : (a + 1) * micro]
+                items = [data[i] for i in chunk]
+                student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
+                batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
+                tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
+                sync = a == sched.accumulation - 1
+                ctx = accelerator.no_sync(objective) if not sync else _null()
+                with ctx:
+                    losses = forward_backward(objective, batch, lambda loss: accelerator.backward(loss / sched.accumulation),
+                                              no_sync=lambda: accelerator.no_sync(objective))
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / sched.accumulation
+            failpoint("train.step")
+            if step < cfg.train.latent_warmup_steps and cfg.train.method == "kava":
+                keep_latent_gradients(model, params)  # kava.training.latent_warmup: backbone frozen
+            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.train.grad_clip))
+            if world > 1:
+                r = torch.tensor([sums[k] for k in sorted(sums)], device=accelerator.device)
+                r = accelerator.reduce(r, reduction="mean")
+                sums = dict(zip(sorted(sums), r.tolist()))
+                tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), reduction="sum").item())
+            skip = guard.reason_to_skip(sums["loss"], grad_norm)
+            if skip is None:
+                optimizer.step()
+                guard.applied(sums["loss"])
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            must_stop = skip is not None and guard.skipped_step(step + 1)
+            state.update(guard.state_dict())
+            state["step"] = step + 1
+            state["epoch"] = (step + 1) / sched.steps_per_epoch
+            stage = {"curriculum_stage": curriculum.stage(step)} if curriculum is not None else {}
+            state.update(stage)
+            record = {"step": step + 1, "epoch": round(state["epoch"], 4), **stage, **{k: round(v, 6) for k, v in sums.items()},
+                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "seconds": round(time.perf_counter() - t0, 4),
+                      "tokens": tokens}
+            if skip is not None:
+                record["skipped"] = skip
+            if guard.skipped:
+                record["skipped_steps"] = guard.skipped
             if is_main:
-                append_jsonl(log_path, {"step": step + 1, "split": "validation", **val})
-                if trackers:
-                    accelerator.log({f"val_{k}": v for k, v in val.items()}, step=step + 1)
-        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < sched.total_steps:
-            accelerator.wait_for_everyone()
-            if is_main:
-                save_checkpoint(out_dir / f"checkpoint-{step + 1}", model, tok, cfg, state, optimizer, scheduler)
-                prune_checkpoints(out_dir, cfg.train.keep_last)
-    bar.close()
+                if skip is not None or (step + 1) % cfg.train.log_every == 0 or step + 1 == sched.total_steps:
+                    append_jsonl(log_path, record)
+                    if trackers:
+                        accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=step + 1)
+                if skip is not None:
+                    log(f"kava: step {step + 1} skipped ({skip}); {guard.in_a_row} in a row, {guard.skipped} in all")
+                bar.set_postfix(loss=f"{sums['loss']:.4f}")
+                bar.update(1)
+            if must_stop:
+                kept = f"the last good checkpoint, {last_good}, is untouched" if last_good else "no checkpoint was written"
+                raise KavaError(
+                    f"{guard.in_a_row} steps in a row were skipped (steps {guard.first_of_streak}-{step + 1}, the last "
+                    f"because the {skip}); the run stopped and {kept}. Lower train.lr or train.grad_clip and resume, "
+                    "or raise train.max_skipped_in_a_row"
+                )
+            if val_data and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
+                val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step)
+                if is_main:
+                    append_jsonl(log_path, {"step": step + 1, "split": "validation", **val})
+                    if trackers:
+                        accelerator.log({f"val_{k}": v for k, v in val.items()}, step=step + 1)
+            last = step + 1 == sched.total_steps
+            due = cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and not last and not guard.in_streak
+            stopping = _stop_requested(stop, accelerator) and not last
+            if due or stopping:
+                accelerator.wait_for_everyone()
+                path = out_dir / f"checkpoint-{step + 1}"
+                if is_main:
+                    save_checkpoint(path, model, tok, cfg, state, optimizer, scheduler)
+                    if due:
+                        prune_checkpoints(out_dir, cfg.train.keep_last)
+                if due:
+                    last_good = path
+                if stopping:
+                    accelerator.wait_for_everyone()
+                    raise Preempted(stop.signum or signal.SIGTERM, step + 1, sched.total_steps, path)
+    finally:
+        bar.close()
+        if trackers:
+            accelerator.end_training()
     accelerator.wait_for_everyone()
     if is_main:
         save_checkpoint(final, model, tok, cfg, state)
         log(f"kava: wrote {final}")
-    if trackers:
-        accelerator.end_training()
     return final
+
+
+def _stop_requested(stop, accelerator) -> bool:
+    """A stop signal reached this process (or, under DDP, any process: all stop together)."""
+    flag = stop.signum is not None
+    if accelerator.num_processes > 1:
+        t = torch.tensor([float(flag)], device=accelerator.device)
+        flag = bool(accelerator.reduce(t, reduction="max").item())
+    return flag
 
 
 @torch.no_grad()
