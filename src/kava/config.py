@@ -154,8 +154,9 @@ class KavaLossConfig(_Strict):
         description="what the student's answer pass reads: its own latents, or (a diagnostic, not a method) the "
         "teacher's compressed CoT keys/values — whether the channel can carry the answer at all",
     )
-    teacher_targets: Literal["same_pass", "separate_pass"] = Field(
-        "same_pass", description="distillation targets from the teacher's training pass, or a no-grad eval-mode pass"
+    teacher_targets: Literal["same_pass", "separate_pass", "frozen"] = Field(
+        "same_pass", description="distillation targets from the teacher's training pass, or a no-grad eval-mode pass; "
+        "frozen: that pass with the weights as training started (the base model), a deviation from the paper"
     )
 
 

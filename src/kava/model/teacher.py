@@ -12,6 +12,8 @@ the continuation's own positions.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import torch
@@ -114,13 +116,15 @@ def teacher_forward(
     generator: torch.Generator | None = None,
     want_kv: bool = True,
     question: Question | None = None,
+    target_weights=None,
 ) -> TeacherOutput:
     """want_targets=False: CE only. want_kv=False (PCCoT): the CODI targets only, no R-KV.
 
     question (`kava.shared_question`): `batch` is the continuation C + P + A
     (`SequenceBuilder.continuation_batch`) over this question. Its pass (`question.kv`) serves
     the training pass; a target pass without gradient (separate_pass, or with_ce=False) runs
-    the question again in eval mode."""
+    the question again in eval mode. target_weights: a context manager under which that
+    pass runs (`kava.teacher_targets: frozen`: the weights training started from)."""
     if ("position_ids" in batch) != (question is not None):
         raise ValueError("a continuation batch (SequenceBuilder.continuation_batch) needs its question, and only it")
     ce = selections = codi = None
@@ -136,7 +140,7 @@ def teacher_forward(
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), (target_weights() if target_weights is not None else contextlib.nullcontext()):
                 q = question_pass(model, question, with_logits=False) if question is not None else None
                 out, importance, _ = _teacher_pass(model, batch, True, method, want_kv, question=q)
                 selections, codi = _targets(model, out, importance, batch, budget, lam, method, generator, want_kv)

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -23,6 +25,8 @@ class KavaObjective(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        # kava.teacher_targets: frozen: the trainable weights as they are now (built, not yet resumed)
+        self._frozen = FrozenWeights(model) if cfg.kava.teacher_targets == "frozen" and cfg.train.method == "kava" else None
 
     def two_phase(self) -> bool:
         """Whether `forward_backward` runs this objective in two phases (KaVa: the teacher's
@@ -59,7 +63,8 @@ class KavaObjective(nn.Module):
                 method=k.compression,
                 with_ce=k.teacher_ce,
                 want_targets=want_targets,
-                separate_pass=k.teacher_targets == "separate_pass",
+                separate_pass=k.teacher_targets in ("separate_pass", "frozen"),
+                target_weights=self._frozen,
                 want_kv=k.alpha_kv > 0 or reads_teacher,
                 question=question,
             )
@@ -115,6 +120,36 @@ class KavaObjective(nn.Module):
         if self.cfg.kava.teacher_ce:  # the teacher's training pass and the student read one question pass
             question = question_pass(self.model, question, with_logits=True)
         return question
+
+
+class FrozenWeights:
+    """The trainable weights of a model at one moment, put in place of the live ones for the
+    duration of a `with frozen():` block (`kava.teacher_targets: frozen`).
+
+    A copy of the trainable tensors only (LoRA: the adapters, whose initial B = 0 makes the
+    model the base model; full fine-tuning: every weight, so twice the weights' memory). The
+    swap replaces the modules' parameter entries (no in-place write), so graphs already built
+    over the live weights stay valid; a weight tied between modules gets one copy."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.snapshot = {id(p): nn.Parameter(p.detach().clone(), requires_grad=False)
+                         for p in model.parameters() if p.requires_grad}
+
+    @contextlib.contextmanager
+    def __call__(self):
+        slots = [(m, name, p) for m in self.model.modules() for name, p in m._parameters.items()
+                 if p is not None and id(p) in self.snapshot]
+        for m, name, p in slots:
+            frozen = self.snapshot[id(p)]
+            if frozen.device != p.device:  # the model moved after the snapshot (accelerate's prepare)
+                frozen = self.snapshot[id(p)] = nn.Parameter(frozen.data.to(p.device), requires_grad=False)
+            m._parameters[name] = frozen
+        try:
+            yield
+        finally:
+            for m, name, p in slots:
+                m._parameters[name] = p
 
 
 def _unrotated(model: KavaModel, batch, student_kv, selections):
