@@ -474,8 +474,8 @@ def format_controls_table(methods: dict, seeds: int) -> list[str]:
         cells = []
         for _, control, key in CONTROL_COLUMNS:
             v = m["controls"].get(f"{control}.{key}")
-            cells.append("-" if v is None else format_mean_std(v["mean"], v["std"] if seeds > 1 else None))
-        acc = format_mean_std(m["accuracy_mean"], m["accuracy_std"] if seeds > 1 else None)
+            cells.append("-" if v is None else format_mean_std(v["mean"], v["std"] if v["n"] > 1 else None))
+        acc = format_mean_std(m["accuracy_mean"], m["accuracy_std"] if len(m["seeds"]) > 1 else None)
         lines.append(f"| {m['label']} | {acc} | " + " | ".join(cells) + " |")
     return lines
 
@@ -505,8 +505,8 @@ def format_table(summary: dict) -> str:
         gap = "-" if m["gap_closed"] is None else f"{100 * m['gap_closed']:.0f}%"
         ratio = "-" if m["forward_pass_ratio_to_cot"] is None else f"{m['forward_pass_ratio_to_cot']:.2f}"
         lines.append(
-            f"| {m['label']} | {m['mode']} | {format_mean_std(m['accuracy_mean'], m['accuracy_std'] if seeds > 1 else None)} "
-            f"| {format_mean_std(m['forward_passes_mean'], m['forward_passes_std'] if seeds > 1 else None)} | {ratio} "
+            f"| {m['label']} | {m['mode']} | {format_mean_std(m['accuracy_mean'], m['accuracy_std'] if len(m['seeds']) > 1 else None)} "
+            f"| {format_mean_std(m['forward_passes_mean'], m['forward_passes_std'] if len(m['seeds']) > 1 else None)} | {ratio} "
             f"| {gap} | {format_number(m['train_seconds_mean'], 0)} | {format_number(m['eval_seconds_mean'], 0)} |"
         )
     lines += format_controls_table(methods, seeds)
