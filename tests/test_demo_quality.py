@@ -21,5 +21,5 @@ def test_quality_stage_trains_no_cot_and_kava_from_one_base(tmp_path):
 
 
 def test_demo_refuses_a_bad_quality_budget(capsys):
-    assert main(["demo", "--output-dir", "/nonexistent/x", "--quality-steps", "0"]) == 2
+    assert main(["demo", "--output-dir", "/nonexistent/x", "--quality", "--quality-steps", "0"]) == 2
     assert "--quality-steps" in capsys.readouterr().err

