@@ -53,7 +53,7 @@ def register(sub) -> None:
     p.add_argument("--quality-test-size", type=int, default=QUALITY_TEST_SIZE,
                    help=f"quality stage: held-out problems (default: {QUALITY_TEST_SIZE})")
     p.add_argument("--quality", action="store_true",
-                   help="add the quality stage (about 12 min more on 2 quiet cores; docs/quickstart.md)")
+                   help="add the quality stage (about 15 min more of 2 cores; docs/quickstart.md)")
     p.set_defaults(func=run_demo)
 
 
