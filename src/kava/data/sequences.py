@@ -140,29 +140,9 @@ class SequenceBuilder:
         Returns input_ids, attention_mask, labels (C, P, A; or P, A), cot_mask, query_mask
         (P + A rows, for R-KV importance), codi_index (the CODI position), all [B, S] / [B].
         """
-        seqs, labels, cot, query, codi = [], [], [], [], []
-        for e in items:
-            before, c, after = self.teacher_cot(e) if with_cot else ([], [], [])
-            ids = e.q + before + c + after + e.p + e.a
-            seqs.append(ids)
-            labels.append([IGNORE] * (len(e.q) + len(before)) + c + after + e.p + e.a)
-            cot.append([0] * (len(e.q) + len(before)) + [1] * len(c) + [0] * (len(after) + len(e.p) + len(e.a)))
-            n_pre = len(e.q) + len(before) + len(c) + len(after)
-            query.append([0] * n_pre + [1] * (len(e.p) + len(e.a)))
-            codi.append(n_pre + len(e.p) - 1 + e.codi_shift)
-        width = max(map(len, seqs))
-
-        def pad(rows, value):
-            return torch.tensor([r + [value] * (width - len(r)) for r in rows])
-
-        return {
-            "input_ids": pad(seqs, self.pad_id),
-            "attention_mask": pad([[1] * len(s) for s in seqs], 0),
-            "labels": pad(labels, IGNORE),
-            "cot_mask": pad(cot, 0).bool(),
-            "query_mask": pad(query, 0).bool(),
-            "codi_index": torch.tensor(codi),
-        }
+        batch = self._teacher_rows(items, with_cot, with_question=True)
+        del batch["position_ids"]  # its absence marks a full teacher sequence (KavaObjective._question)
+        return batch
 
     def continuation_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
         """The teacher's C + P + A (<bot> + C + <eot> + P + A with delimiters), right-padded, to
@@ -173,17 +153,24 @@ class SequenceBuilder:
         last position, each other one by the token before it. position_ids continue the
         question's real tokens; cot_mask, query_mask and codi_index index the continuation.
         """
+        return self._teacher_rows(items, with_cot=True, with_question=False)
+
+    def _teacher_rows(self, items: list[Encoded], with_cot: bool, with_question: bool) -> dict[str, torch.Tensor]:
+        """The teacher's sequence, with its question (`teacher_batch`) or without it, continuing
+        the question's positions (`continuation_batch`); right-padded."""
         seqs, labels, cot, query, codi, pos = [], [], [], [], [], []
         for e in items:
-            before, c, after = self.teacher_cot(e)
-            ids = before + c + after + e.p + e.a
+            before, c, after = self.teacher_cot(e) if with_cot else ([], [], [])
+            head = e.q if with_question else []
+            ids = head + before + c + after + e.p + e.a
             seqs.append(ids)
-            labels.append([IGNORE] * len(before) + c + after + e.p + e.a)
-            n_pre = len(before) + len(c) + len(after)
-            cot.append([0] * len(before) + [1] * len(c) + [0] * (len(after) + len(e.p) + len(e.a)))
+            labels.append([IGNORE] * (len(head) + len(before)) + c + after + e.p + e.a)
+            cot.append([0] * (len(head) + len(before)) + [1] * len(c) + [0] * (len(after) + len(e.p) + len(e.a)))
+            n_pre = len(head) + len(before) + len(c) + len(after)
             query.append([0] * n_pre + [1] * (len(e.p) + len(e.a)))
             codi.append(n_pre + len(e.p) - 1 + e.codi_shift)
-            pos.append(list(range(len(e.q), len(e.q) + len(ids))))
+            start = len(e.q) - len(head)  # 0 with the question, else the question's length
+            pos.append(list(range(start, start + len(ids))))
         width = max(map(len, seqs))
 
         def pad(rows, value):

@@ -132,15 +132,15 @@ class FrozenWeights:
     over the live weights stay valid; a weight tied between modules gets one copy."""
 
     def __init__(self, model: nn.Module):
-        self.model = model
         self.snapshot = {id(p): nn.Parameter(p.detach().clone(), requires_grad=False)
                          for p in model.parameters() if p.requires_grad}
+        # every (module, name) entry holding a trainable weight, found once (a tied weight has two)
+        self.slots = [(m, name, p) for m in model.modules() for name, p in m._parameters.items()
+                      if p is not None and id(p) in self.snapshot]
 
     @contextlib.contextmanager
     def __call__(self):
-        slots = [(m, name, p) for m in self.model.modules() for name, p in m._parameters.items()
-                 if p is not None and id(p) in self.snapshot]
-        for m, name, p in slots:
+        for m, name, p in self.slots:
             frozen = self.snapshot[id(p)]
             if frozen.device != p.device:  # the model moved after the snapshot (accelerate's prepare)
                 frozen = self.snapshot[id(p)] = nn.Parameter(frozen.data.to(p.device), requires_grad=False)
@@ -148,7 +148,7 @@ class FrozenWeights:
         try:
             yield
         finally:
-            for m, name, p in slots:
+            for m, name, p in self.slots:
                 m._parameters[name] = p
 
 
