@@ -5,6 +5,7 @@ and none imports another's internals."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import time
@@ -31,14 +32,18 @@ def model_name(name: str) -> str:
 
 
 def bench_config(model: str | None, config: str | None = None, dtype: str = "auto", attn: str = "sdpa",
-                 gradient_checkpointing: bool = False, overrides: list[str] | tuple[str, ...] = ()):
+                 gradient_checkpointing: bool = False, overrides: list[str] | tuple[str, ...] = (),
+                 batch_size: int | None = None):
     """The config a benchmark runs: `config` (default: DEFAULT_CONFIG) with the model, dtype,
-    attention and checkpointing set and `overrides` applied. model None keeps the config's."""
+    attention and checkpointing set and `overrides` applied. model None keeps the config's.
+    batch_size: one micro-batch of that many examples per optimizer step."""
     from kava.config import config_from_dict, load_config
 
     dtype = DTYPE_NAMES.get(dtype, dtype)
     extra = [f"model.dtype={dtype}", f"model.attn_implementation={attn}",
              f"model.gradient_checkpointing={str(bool(gradient_checkpointing)).lower()}", *overrides]
+    if batch_size is not None:  # (both at once: set one by one, the first may not divide the old other)
+        extra += [f"train.global_batch_size={batch_size}", f"train.micro_batch_size={batch_size}"]
     if model is not None or not config:
         extra.insert(0, f"model.name={model_name(model or DEFAULT_CONFIG['model']['name'])}")
     if config:
@@ -59,37 +64,80 @@ def build_model(cfg, device):
 
 
 def sync(device) -> None:
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         import torch
 
         torch.cuda.synchronize(device)
 
 
 class Timer:
-    """Nested wall-clock sections; `exclusive[name]` is a section's time minus its subsections'."""
+    """Nested wall-clock sections; `exclusive[name]` is a section's time minus its subsections'.
+    `clock`: another running count to take differences of (kava.bench.profile counts FLOPs)."""
 
-    def __init__(self, device):
+    def __init__(self, device, clock=time.perf_counter):
         self.device = device
+        self.clock = clock
         self.exclusive: dict[str, float] = {}
         self._stack: list[list] = []
 
     @contextlib.contextmanager
     def section(self, name: str):
         sync(self.device)
-        frame = [name, time.perf_counter(), 0.0]
+        frame = [name, self.clock(), 0.0]
         self._stack.append(frame)
         try:
             yield
         finally:
             sync(self.device)
             self._stack.pop()
-            total = time.perf_counter() - frame[1]
+            total = self.clock() - frame[1]
             self.exclusive[name] = self.exclusive.get(name, 0.0) + total - frame[2]
             if self._stack:
                 self._stack[-1][2] += total
 
     def reset(self):
         self.exclusive = {}
+
+
+# (module, attribute, section): functions timed for KaVa's breakdown, patched while measuring.
+BREAKDOWN = (
+    ("kava.training.objective", "question_pass", "question"),
+    ("kava.training.objective", "teacher_forward", "teacher"),
+    ("kava.training.objective", "student_forward", "student_suffix"),
+    ("kava.model.student", "run_latents", "student_latent_passes"),
+    ("kava.model.teacher", "rkv_select", "rkv"),
+    ("kava.model.capture", "_row_importance", "rkv"),
+    ("kava.training.objective", "codi_loss", "losses"),
+    ("kava.training.objective", "kv_loss", "losses"),
+)
+PARTS = ("question", "teacher", "student_latent_passes", "student_suffix", "rkv", "losses", "backward", "optimizer")
+
+
+@contextlib.contextmanager
+def breakdown_patches(timer):
+    """While active, each function of BREAKDOWN runs inside `timer.section(its part)` (a Timer,
+    or anything with the same `section`, such as kava.bench.profile's FLOP counter)."""
+    saved = []
+
+    def wrap(fn, section):
+        def timed(*args, **kwargs):
+            with timer.section(section):
+                return fn(*args, **kwargs)
+
+        return timed
+
+    try:
+        for module, attr, section in BREAKDOWN:
+            mod = importlib.import_module(module)
+            fn = getattr(mod, attr, None)
+            if fn is None:
+                continue
+            saved.append((mod, attr, fn))
+            setattr(mod, attr, wrap(fn, section))
+        yield
+    finally:
+        for mod, attr, fn in reversed(saved):
+            setattr(mod, attr, fn)
 
 
 def cpu_name() -> str:

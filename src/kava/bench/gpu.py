@@ -78,8 +78,7 @@ def run_gpu(args) -> dict:
            "attention": attns, "training": {}}
     t0 = time.perf_counter()
     for attn in attns:
-        cfg = bench_config(model, dtype=dtype, attn=attn)
-        cfg.train.micro_batch_size = cfg.train.global_batch_size = batch
+        cfg = bench_config(model, dtype=dtype, attn=attn, batch_size=batch)
         _m, _tok, builder = build_model(cfg, device)
         del _m
         items = training_items(cfg, builder, batch, seq_len)

