@@ -62,7 +62,7 @@ def test_profile_of_a_tiny_step_counts_the_question_pass_as_by_hand():
     cfg, items = _tiny()
     p = profile_step(cfg, torch.device("cpu"), items, steps=1, warmup=1)
     f = p["flops"]
-    assert sum(f["parts"].values()) == pytest.approx(f["total"])
+    assert f["parts"]["other"] == 0  # every matrix product of the step falls in a named part
     assert all(f["parts"][k] > 0 for k in ("question", "teacher", "student_latent_passes", "backward"))
     # The question pass by hand: every linear layer of the decoder once per question token,
     # and the LM head at the last column only (it predicts the teacher's first label).
