@@ -1,4 +1,4 @@
-"""KaVa's losses (SPEC.md §5) against loop references, and where gradients do and do not flow."""
+"""KaVa's losses (docs/algorithm.md §5) against loop references, and where gradients do and do not flow."""
 
 from __future__ import annotations
 
@@ -46,10 +46,12 @@ def _random_case(seed: int):
     return student, teacher
 
 
-def _kv_loss_reference(student, teacher, kind, layer_std):
-    per_layer = []
+def _kv_loss_reference(student, teacher, kind, layer_std, reduction="mean"):
+    """Python loops. mean: per layer the mean over its valid (slot, head, dim) elements, then the mean over
+    layers. paper: 1/(2M)·Σ over layers, heads, dims and valid slots, M = valid (layer, head, slot) / (L·H)."""
+    per_layer, total_sum, valid_triples = [], 0.0, 0
     for (ks, vs), sel in zip(student, teacher):
-        parts = []
+        parts, sums = [], []
         for s_t, t_t in ((ks, sel.keys), (vs, sel.values)):
             total, count, elems = 0.0, 0, []
             for b in range(B):
@@ -61,23 +63,45 @@ def _kv_loss_reference(student, teacher, kind, layer_std):
                             total += _rho_scalar(float(s_t[b, h, m, d]) - float(t_t[b, h, m, d]), kind)
                             count += 1
                             elems.append(float(t_t[b, h, m, d]))
-            loss = total / count if count else 0.0
-            if layer_std:
-                loss /= statistics.stdev(elems)
-            parts.append(loss)
+            std = statistics.stdev(elems) if layer_std else 1.0
+            parts.append((total / count if count else 0.0) / std)
+            sums.append(total / std)
         per_layer.append(0.5 * (parts[0] + parts[1]))
+        total_sum += 0.5 * (sums[0] + sums[1])
+        valid_triples += int(sel.slot_mask.sum())
+    if reduction == "paper":
+        return total_sum / (valid_triples / (L * H))
     return sum(per_layer) / len(per_layer)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "paper"])
 @pytest.mark.parametrize("layer_std", [False, True])
 @pytest.mark.parametrize("kind", KV_LOSSES)
-def test_kv_loss_matches_loop_reference(kind, layer_std):
+def test_kv_loss_matches_loop_reference(kind, layer_std, reduction):
     assert set(KV_LOSSES) == {"smooth_l1", "l1", "mse"}
     student, teacher = _random_case(0)
-    got = kv_loss(student, teacher, kind=kind, layer_std=layer_std)
-    ref = _kv_loss_reference(student, teacher, kind, layer_std)
+    got = kv_loss(student, teacher, kind=kind, layer_std=layer_std, reduction=reduction)
+    ref = _kv_loss_reference(student, teacher, kind, layer_std, reduction)
     assert got.dim() == 0
     assert math.isclose(got.item(), ref, rel_tol=1e-5, abs_tol=1e-6), (got.item(), ref)
+
+
+def test_kv_loss_paper_reduction_is_layers_heads_dims_times_the_mean_on_full_slots():
+    """Every slot valid: the paper's sum over L·H·d per slot is exactly L·H·d times the mean."""
+    g = torch.Generator().manual_seed(3)
+    student = [(torch.randn(B, H, M, D, generator=g), torch.randn(B, H, M, D, generator=g)) for _ in range(L)]
+    full = torch.ones(B, H, M, dtype=torch.bool)
+    teacher = [RKVSelection(torch.randn(B, H, M, D, generator=g), torch.randn(B, H, M, D, generator=g), full,
+                            torch.zeros(B, H, M, dtype=torch.long)) for _ in range(L)]
+    mean = kv_loss(student, teacher, reduction="mean")
+    paper = kv_loss(student, teacher, reduction="paper")
+    assert math.isclose(paper.item(), mean.item() * L * H * D, rel_tol=1e-5)
+
+
+def test_kv_loss_unknown_reduction():
+    student, teacher = _random_case(0)
+    with pytest.raises(ValueError, match="reduction"):
+        kv_loss(student, teacher, reduction="sum")
 
 
 def test_kv_loss_kinds_differ_and_zero_at_target():

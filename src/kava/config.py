@@ -130,6 +130,11 @@ class KavaLossConfig(_Strict):
     rkv_lambda: float = Field(0.1, ge=0, le=1, description="λ in S = λ·I + (1-λ)·R")
     kv_loss: Literal["smooth_l1", "l1", "mse"] = "smooth_l1"
     kv_loss_layer_std: bool = Field(False, description="divide the KV loss by the teacher's per-layer std")
+    kv_loss_reduction: Literal["paper", "mean"] = Field(
+        "mean",
+        description="paper: summed over layers, key/value heads and head dims, averaged over the M slots (the "
+        "paper's formula as relayed); mean: averaged over all of them (L·H·d times smaller at the same α₂)",
+    )
     kv_keys: Literal["post_rope", "pre_rope"] = Field(
         "post_rope",
         description="compare keys as cached (after RoPE) or with RoPE undone (each key at its own position)",

@@ -1,8 +1,12 @@
-"""KaVa's losses (SPEC.md §5).
+"""KaVa's losses (docs/algorithm.md §5).
 
-    L_KV   = mean over layers of ½·(ρ(sg[K̃_t] − K_s) + ρ(sg[Ṽ_t] − V_s))
-             averaged over the M latent slots (missing teacher slots masked out), heads, dims;
-             ρ ∈ {smooth-L1, L1, MSE}; optionally divided by the teacher's per-layer std.
+    L_KV   reduction "paper": 1/(2M)·(Σ ρ(sg[K̃_t] − K_s) + Σ ρ(sg[Ṽ_t] − V_s)), the sums over the
+             layers, key/value heads, head dims and valid slots, divided by the number of valid slots
+             (M when the CoT fills them; averaged over the batch): a sum over layers, heads and dims,
+             a mean over slots — the paper's formula as relayed.
+           reduction "mean": mean over layers of ½·(ρ(K) + ρ(V)) averaged over the valid slots,
+             heads and dims (kava before 0.3): L·H·d times smaller than "paper" at equal errors.
+           ρ ∈ {smooth-L1, L1, MSE}; optionally each layer divided by the teacher's per-layer std.
     L_CODI = mean over layers of smooth-L1(h_s, sg[h_t]) / std(h_t), at the CODI position (the token whose next token is the answer's first digit or sign).
     L      = CE_student + CE_teacher + α₁·L_CODI + α₂·L_KV
 """
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from kava.compression import RKVSelection
 
 KV_LOSSES = ("smooth_l1", "l1", "mse")
+KV_REDUCTIONS = ("paper", "mean")
 
 
 def _rho(diff_input: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -27,11 +32,9 @@ def _rho(diff_input: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     raise ValueError(f"unknown KV loss {kind!r}; choose one of {KV_LOSSES}")
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x [B, H, M, D], mask [B, H, M] -> mean over the unmasked slots' elements (0 if none)."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    denom = m.sum() * x.shape[-1]
-    return (x * m).sum() / denom.clamp(min=1)
+def _masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x [B, H, M, D], mask [B, H, M] -> the sum over the unmasked slots' elements."""
+    return (x * mask.unsqueeze(-1).to(x.dtype)).sum()
 
 
 def _masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,17 +49,29 @@ def kv_loss(
     teacher: list[RKVSelection],
     kind: str = "smooth_l1",
     layer_std: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    losses = []
+    """The KV distillation loss between the student's latent keys/values and the teacher's
+    R-KV selections (one pair per layer, each [B, H_kv, M, d]); see the module docstring."""
+    if reduction not in KV_REDUCTIONS:
+        raise ValueError(f"unknown KV loss reduction {reduction!r}; choose one of {KV_REDUCTIONS}")
+    sums, counts = [], []
     for (ks, vs), sel in zip(student_kv, teacher, strict=True):
         kt, vt, mask = sel.keys.detach().float(), sel.values.detach().float(), sel.slot_mask
-        lk = _masked_mean(_rho(ks.float(), kt, kind), mask)
-        lv = _masked_mean(_rho(vs.float(), vt, kind), mask)
+        lk = _masked_sum(_rho(ks.float(), kt, kind), mask)
+        lv = _masked_sum(_rho(vs.float(), vt, kind), mask)
         if layer_std:
             lk = lk / _masked_std(kt, mask)
             lv = lv / _masked_std(vt, mask)
-        losses.append(0.5 * (lk + lv))
-    return torch.stack(losses).mean()
+        sums.append(0.5 * (lk + lv))
+        counts.append(mask.sum())
+    if reduction == "mean":  # each layer: a mean over its valid (slot, head, dim) elements; then over layers
+        dim = student_kv[0][0].shape[-1]
+        return torch.stack([s / (c * dim).clamp(min=1) for s, c in zip(sums, counts)]).mean()
+    # paper: the sum over layers, heads and dims, per valid slot (valid (layer, head, slot) triples / (L·H))
+    heads = student_kv[0][0].shape[1]
+    slots = torch.stack(counts).sum().float() / (len(counts) * heads)
+    return torch.stack(sums).sum() / slots.clamp(min=1)
 
 
 def codi_loss(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor]) -> torch.Tensor:

@@ -100,7 +100,7 @@ class KavaObjective(nn.Module):
             student_kv, selections = student.latent_kv, teacher.selections
             if k.kv_keys == "pre_rope":
                 student_kv, selections = _unrotated(self.model, batch, student_kv, selections)
-            lk = kv_loss(student_kv, selections, k.kv_loss, k.kv_loss_layer_std)
+            lk = kv_loss(student_kv, selections, k.kv_loss, k.kv_loss_layer_std, k.kv_loss_reduction)
             loss = loss + k.alpha_kv * lk
             out["kv"] = lk.detach()
         out["loss"] = loss
