@@ -131,7 +131,7 @@ def test_fast_trainable_tokens_objective_equal_peft():
 @pytest.mark.parametrize("with_cot", [True, False])
 def test_labelled_ce_equals_full_logits_ce(name, with_cot):
     from kava.model.positions import position_ids_from_mask
-    from kava.model.student import causal_ce, lm_with_ce
+    from kava.model.lm import causal_ce, lm_with_ce
 
     model, builder = _model(_cfg(name))
     model.eval()

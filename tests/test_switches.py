@@ -19,7 +19,8 @@ from kava.data.train_sets import ReasoningExample
 from kava.inference import generate
 from kava.model.capture import enable_capture
 from kava.model.kava_model import build_kava_model
-from kava.model.student import causal_ce, run_latents, student_forward
+from kava.model.lm import causal_ce
+from kava.model.student import run_latents, student_forward
 from kava.model.teacher import teacher_forward
 from kava.training.objective import KavaObjective
 from kava.training.trainer import make_batch
@@ -424,11 +425,9 @@ def test_codi_position_switch(monkeypatch, position, next_text):
 
 def test_student_latents_teacher_reads_the_teachers_kv(monkeypatch):
     """kava.student_latents=teacher: the answer pass attends to the teacher's kept CoT keys/values."""
-    from kava.inference import latent_control
-
     cfg, model, builder = _setup(kava__student_latents="teacher", kava__alpha_kv=0)
     batch = _batch(cfg, builder)
-    seen = _spy(monkeypatch, latent_control, "selections_state")
+    seen = _spy(monkeypatch, objective_module, "selections_state")
     out = KavaObjective(model, cfg)(batch)
     assert len(seen) == 1 and torch.isfinite(out["loss"])
     # the answer pass's CE differs from the student's own-latent CE (the latents it reads changed)

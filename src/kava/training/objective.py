@@ -16,7 +16,9 @@ from kava.config import KavaConfig, shares_question
 from kava.losses import codi_loss, kv_loss
 from kava.model.kava_model import KavaModel
 from kava.model.question import Question, question_gradient, question_pass
-from kava.model.student import lm_with_ce, student_forward
+from kava.model.latents import selections_state
+from kava.model.lm import lm_with_ce
+from kava.model.student import student_forward
 from kava.model.teacher import teacher_forward
 
 
@@ -79,8 +81,6 @@ class KavaObjective(nn.Module):
             raise ValueError(f"phase must be None, 'teacher' or 'student' (with teacher=), got {phase!r}")
         override = None
         if reads_teacher:
-            from kava.inference.latent_control import selections_state
-
             def override(state):
                 return selections_state(self.model, state, teacher.selections, move=k.kv_keys == "pre_rope")
 
