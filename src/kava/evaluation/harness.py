@@ -38,7 +38,8 @@ try:
 except ImportError:  # pragma: no cover - the optional extra is missing
     raise KavaError("lm-evaluation-harness is not installed: pip install 'kava[harness]'") from None
 
-from kava.evaluation.answer import ANSWER_PREFIX, extract_answer, is_correct, parse_number
+from kava.evaluation.answer import ANSWER_PREFIX, extract_answer, is_correct
+from kava.numbers import parse_number
 
 
 def forward_pass_summary(passes: list[int]) -> dict:
