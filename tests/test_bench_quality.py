@@ -9,7 +9,6 @@ import yaml
 
 import kava.bench.quality as quality
 from kava.cli import main
-from kava.errors import KavaError
 from kava.io import read_jsonl
 
 TINY_OPTIONS = ["--steps", "2", "--base-steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress",
@@ -58,17 +57,6 @@ def test_same_budget_for_every_method(tmp_path):
     cfgs = [quality.run_config(quality.DEFAULT_CONFIG, r, 0, tmp_path, []) for r in quality.ALL_RUNS.values()]
     assert len({(c.train.max_steps, c.train.global_batch_size, c.train.lr, c.train.lr_scheduler, c.train.warmup_ratio)
                 for c in cfgs}) == 1
-
-
-def test_held_out_examples_are_the_generators_test_split(tmp_path):
-    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path, ["data.synthetic.num_test=5"])
-    from kava.data.synthetic import SyntheticTaskConfig, generate_splits
-
-    s = cfg.data.synthetic
-    rows = generate_splits(SyntheticTaskConfig(s.num_steps, s.max_value, tuple(s.operations), s.seed), 10, 0, 5)
-    ex = quality.held_out_examples(cfg)
-    assert [e.question for e in ex] == [r["question"] for r in rows["test"]]
-    assert not {e.question for e in ex} & {r["question"] for r in rows["train"]}
 
 
 def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
@@ -173,9 +161,6 @@ def test_bad_arguments(tmp_path):
     assert main(["bench", "quality", "--seeds", "0", "--output-dir", str(tmp_path)]) == 2
     assert main(["bench", "quality", "--jobs", "-1", "--output-dir", str(tmp_path)]) == 2
     assert main(["bench", "quality", "--base-steps", "-5", "--output-dir", str(tmp_path)]) == 2
-    with pytest.raises(KavaError):
-        quality.held_out_examples(quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path,
-                                                     ["data.synthetic.num_test=0"]))
 
 
 def test_gap_closed_in_summary():

@@ -236,8 +236,8 @@ def test_format_steps():
 
 
 def test_results_format_reaches_the_training_rows_and_the_test_split():
-    from kava.bench.quality import held_out_examples
     from kava.config import load_config
+    from kava.data.eval_sets import held_out_examples
     from kava.data.train_sets import load_training_examples
 
     cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml", ["data.synthetic.cot_format=results", "data.synthetic.num_train=20",

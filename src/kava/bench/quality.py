@@ -181,23 +181,9 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
     return load_config(config, every)
 
 
-def held_out_examples(cfg) -> list:
-    """The generator's held-out test split for the config's task, as evaluation examples."""
-    from kava.data.eval_sets import EvalExample
-    from kava.data.synthetic import SyntheticTaskConfig, format_steps, generate_splits
-
-    s = cfg.data.synthetic
-    if s.num_test < 1:
-        raise KavaError("the benchmark needs test problems: set data.synthetic.num_test (or --test-size) to at least 1")
-    task = SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
-    rows = generate_splits(task, 0, 0, s.num_test)["test"]
-    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"],
-                        steps=tuple(format_steps(r["steps"], s.cot_format)))
-            for i, r in enumerate(rows)]
-
-
 def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool = True) -> dict:
     """Train (or resume) one run, evaluate it on the test split, write result.json; returns it."""
+    from kava.data.eval_sets import held_out_examples
     from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
     from kava.evaluation.latent_decoding import latent_decoding
     from kava.io import atomic_write_json, read_jsonl

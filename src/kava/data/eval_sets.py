@@ -59,6 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from kava.config import KavaConfig
+from kava.data.synthetic import format_steps, generate_splits, task_config
+from kava.data.train_sets import split_equation_cot, split_nl_cot
 from kava.errors import KavaError
 from kava.numbers import parse_number
 
@@ -370,8 +373,6 @@ def _local_steps(row: dict, where: str) -> tuple[str, ...] | None:
     if steps is None:
         return None
     if isinstance(steps, str):
-        from kava.data.train_sets import split_equation_cot, split_nl_cot
-
         steps = split_equation_cot(steps) or split_nl_cot(steps)
     if not isinstance(steps, list | tuple) or not all(isinstance(s, str) for s in steps):
         raise KavaError(f"{where}: steps must be a list of strings (or cot one string)")
@@ -429,3 +430,15 @@ def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) 
     if not examples:
         raise KavaError(f"dataset {name} from {source} has no examples")
     return examples[:limit] if limit is not None else examples
+
+
+def held_out_examples(cfg: KavaConfig) -> list[EvalExample]:
+    """The generator's held-out test split of the config's synthetic task (`data.synthetic`), as
+    evaluation examples with their CoT steps (`kava evaluate --datasets synthetic-test`, `kava bench quality`)."""
+    s = cfg.data.synthetic
+    if s.num_test < 1:
+        raise KavaError("the benchmark needs test problems: set data.synthetic.num_test (or --test-size) to at least 1")
+    rows = generate_splits(task_config(s), 0, 0, s.num_test)["test"]
+    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"],
+                        steps=tuple(format_steps(r["steps"], s.cot_format)))
+            for i, r in enumerate(rows)]

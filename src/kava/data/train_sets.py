@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kava.config import DataConfig
+from kava.data.synthetic import format_steps, generate_splits, task_config
 from kava.errors import KavaError
 from kava.numbers import numbers_in, parse_number
 
@@ -173,15 +174,8 @@ def load_hub_examples(dataset_id: str, split: str) -> list[ReasoningExample]:
 def load_training_examples(cfg: DataConfig) -> tuple[list[ReasoningExample], list[ReasoningExample]]:
     """(train, validation) examples for the config; validation may be empty."""
     if cfg.source == "synthetic":
-        from kava.data.synthetic import SyntheticTaskConfig, format_steps, generate_splits
-
         s = cfg.synthetic
-        splits = generate_splits(
-            SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed),
-            s.num_train,
-            s.num_val,
-            s.num_test,
-        )
+        splits = generate_splits(task_config(s), s.num_train, s.num_val, s.num_test)
         rows = {k: [{**r, "steps": format_steps(r["steps"], s.cot_format)} for r in v] for k, v in splits.items()}
         train = [_from_row(r, "synthetic") for r in rows["train"]]
         val = [_from_row(r, "synthetic") for r in rows["validation"]]

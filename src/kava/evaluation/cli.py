@@ -173,12 +173,11 @@ SYNTHETIC_TEST = "synthetic-test"
 def _load_dataset(name: str, args):
     """An evaluation set by name, or `synthetic-test`: the held-out split of the synthetic task the
     checkpoint was trained on (with its CoT steps, for `--latent-control teacher`)."""
-    from kava.data.eval_sets import load_eval_dataset
+    from kava.data.eval_sets import held_out_examples, load_eval_dataset
+    from kava.training.checkpoint import read_checkpoint_config
 
     if name != SYNTHETIC_TEST:
         return load_eval_dataset(name, source=args.source, limit=args.limit)
-    from kava.bench.quality import held_out_examples
-    from kava.training.checkpoint import read_checkpoint_config
 
     if args.checkpoint is None:
         raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of a checkpoint's synthetic task: give --checkpoint")

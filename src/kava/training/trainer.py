@@ -30,6 +30,7 @@ import torch
 
 from kava.config import KavaConfig, config_to_dict, shares_question
 from kava.data.sequences import Encoded, SequenceBuilder
+from kava.data.synthetic import synthetic_vocabulary, task_config
 from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
 from kava.failpoints import failpoint
@@ -58,12 +59,7 @@ def word_vocabulary_for(cfg: KavaConfig) -> list[str] | None:
     """Words of the synthetic task, for the tiny word-level tokenizer."""
     if cfg.model.tiny.tokenizer != "word":
         return None
-    from kava.data.synthetic import SyntheticTaskConfig, synthetic_vocabulary
-
-    s = cfg.data.synthetic
-    return synthetic_vocabulary(
-        SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
-    )
+    return synthetic_vocabulary(task_config(cfg.data.synthetic))
 
 
 def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple[list[Encoded], int]:
