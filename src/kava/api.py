@@ -28,8 +28,16 @@ from pathlib import Path
 
 import torch
 
+from kava.config import ModelConfig, PromptConfig
+from kava.data.eval_sets import load_eval_dataset
+from kava.data.sequences import SequenceBuilder, SpecialIds
 from kava.errors import KavaError
+from kava.evaluation.evaluate import evaluate_examples, extract_prediction
+from kava.hub import resolve_checkpoint
 from kava.inference.generate import MODES, generate
+from kava.model.kava_model import KavaModel
+from kava.model.load import load_backbone
+from kava.training.checkpoint import load_checkpoint, read_checkpoint_config
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _METHOD_MODE = {"kava": "latent", "cot": "cot", "direct": "direct"}
@@ -73,11 +81,6 @@ def load_base_model(name: str, device: torch.device, dtype: str | None = None, t
 
     The builder gets SpecialIds(-1, -1, -1): the latent mode is refused before it could use them.
     """
-    from kava.config import ModelConfig, PromptConfig
-    from kava.data.sequences import SequenceBuilder, SpecialIds
-    from kava.model.kava_model import KavaModel
-    from kava.model.load import load_backbone
-
     try:
         cfg = ModelConfig(name=name, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
     except ValueError as err:  # pydantic's ValidationError is a ValueError
@@ -92,16 +95,12 @@ def load_base_model(name: str, device: torch.device, dtype: str | None = None, t
 
 def check_checkpoint(path: str | Path):
     """The checkpoint's config; KavaError when `path` is no loadable kava checkpoint (cheap: no weights read)."""
-    from kava.training.checkpoint import read_checkpoint_config
-
     return read_checkpoint_config(path)
 
 
 def load_checkpoint_model(path: str | Path, device: torch.device, dtype: str | None = None,
                           trust_remote_code: bool = False):
     """(KavaModel, tokenizer, SequenceBuilder, KavaConfig); any load failure is a KavaError."""
-    from kava.training.checkpoint import load_checkpoint
-
     check_checkpoint(path)
     try:
         return load_checkpoint(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -176,8 +175,6 @@ class KavaPipeline:
         `torch.Generator` to reproduce). `return_latents` keeps each latent-mode answer's
         final latent hidden states ([M, d], see `nearest_tokens`).
         """
-        from kava.evaluation.evaluate import extract_prediction
-
         if isinstance(questions, str):
             questions = [questions]
         questions = list(questions)
@@ -244,23 +241,13 @@ class KavaPipeline:
         also answer with other latents; the result then holds `latent_controls`, per control
         its accuracy, `reliance` (own − control accuracy, points) and `changed` (% of answers).
         """
-        from kava.data.eval_sets import load_eval_dataset
-        from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
-
         mode = self.resolve_mode(mode)
         _check_generation(batch_size, max_new_tokens)
         examples = load_eval_dataset(dataset, source=source, limit=limit)
-        common = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, dataset=dataset)
-        if latent_control:
-            controls = [latent_control] if isinstance(latent_control, str) else list(latent_control)
-            if mode != "latent":
-                raise KavaError(f"a latent control needs latent mode, not {mode}")
-            both = evaluate_latent_controls(self.model, self.builder, examples, controls,
-                                            predictions_path=predictions_path, teacher_settings=self.teacher_settings(),
-                                            **common)
-            return both["own"] | {"latent_controls": both["controls"]}
-        return evaluate_dataset(self.model, self.builder, examples, mode=mode, predictions_path=predictions_path,
-                                **common)
+        controls = [latent_control] if isinstance(latent_control, str) else list(latent_control or [])
+        return evaluate_examples(self.model, self.builder, examples, mode, controls, predictions_path=predictions_path,
+                                 teacher_settings=self.teacher_settings(), batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens, progress=progress, dataset=dataset)
 
     def teacher_settings(self) -> dict:
         """The teacher latent control's settings from the training config (R-KV method, λ, key space)."""
@@ -304,8 +291,6 @@ def load(
     _check_dtype(dtype)
     dev = resolve_device(device)
     if checkpoint is not None:
-        from kava.hub import resolve_checkpoint
-
         m, tok, builder, cfg = load_checkpoint_model(resolve_checkpoint(checkpoint, revision), dev, dtype, trust_remote_code)
         return KavaPipeline(m, tok, builder, cfg, name=str(checkpoint), is_base_model=False)
     m, tok, builder = load_base_model(model, dev, dtype, trust_remote_code)

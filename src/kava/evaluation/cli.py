@@ -188,7 +188,7 @@ def _load_dataset(name: str, args):
 
 
 def _cmd_evaluate(args) -> int:
-    from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
+    from kava.evaluation.evaluate import evaluate_examples
     from kava.io import atomic_write_yaml
 
     _positive("--limit", args.limit)
@@ -227,14 +227,9 @@ def _cmd_evaluate(args) -> int:
                 pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
             else:
                 pred_path = None
-            common = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
-                          dataset=name)
-            if controls:
-                both = evaluate_latent_controls(pipe.model, pipe.builder, data[name], controls, predictions_path=pred_path,
-                                                teacher_settings=pipe.teacher_settings(), **common)
-                res = both["own"] | {"latent_controls": both["controls"]}
-            else:
-                res = evaluate_dataset(pipe.model, pipe.builder, data[name], mode=mode, predictions_path=pred_path, **common)
+            res = evaluate_examples(pipe.model, pipe.builder, data[name], mode, controls, predictions_path=pred_path,
+                                    teacher_settings=pipe.teacher_settings(), batch_size=args.batch_size,
+                                    max_new_tokens=args.max_new_tokens, progress=not args.no_progress, dataset=name)
             res.update(meta)
             if pred_path is not None:
                 res["predictions"] = str(pred_path)

@@ -37,12 +37,16 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from kava.data.eval_sets import EvalExample
 from kava.errors import KavaError
 from kava.evaluation.answer import ANSWER_PREFIX, extract_answer, is_correct
 from kava.inference.generate import DEFAULT_MAX_NEW_TOKENS, MODES, generate
+from kava.inference.latent_control import CONTROLS
 from kava.io import append_jsonl, atomic_write_text, read_jsonl
 
 
@@ -179,10 +183,6 @@ def evaluate_dataset(
     `dataset`: a name for the result (and the progress bar). `latent_control`: see the module
     docstring; `teacher_settings`: the teacher control's compression (`compression`, `lam`, `move`).
     """
-    from tqdm.auto import tqdm
-
-    from kava.inference.latent_control import CONTROLS
-
     if mode not in MODES:
         raise KavaError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
     if latent_control is not None:
@@ -300,3 +300,17 @@ def evaluate_latent_controls(model, builder, examples: list[EvalExample], contro
         res.update(latent_reliance(own["records"], res["records"]))
         out[control] = {k: v for k, v in res.items() if k != "records"}
     return {"own": {k: v for k, v in own.items() if k != "records"}, "controls": out}
+
+
+def evaluate_examples(model, builder, examples: list[EvalExample], mode: str = "latent",
+                      latent_controls: Sequence[str] = (), **kwargs) -> dict:
+    """What `kava evaluate` and `KavaPipeline.evaluate` report: `evaluate_dataset` in `mode`, or
+    with `latent_controls` (latent mode only) the result with the questions' own latents, with
+    `latent_controls` added: per control its result, `reliance` and `changed`
+    (`evaluate_latent_controls`). Other keyword arguments go to `evaluate_dataset`."""
+    if not latent_controls:
+        return evaluate_dataset(model, builder, examples, mode=mode, **kwargs)
+    if mode != "latent":
+        raise KavaError(f"a latent control needs latent mode, not {mode}")
+    both = evaluate_latent_controls(model, builder, examples, list(latent_controls), **kwargs)
+    return both["own"] | {"latent_controls": both["controls"]}

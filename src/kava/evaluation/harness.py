@@ -38,7 +38,11 @@ try:
 except ImportError:  # pragma: no cover - the optional extra is missing
     raise KavaError("lm-evaluation-harness is not installed: pip install 'kava[harness]'") from None
 
+from tqdm.auto import tqdm
+
+import kava.api
 from kava.evaluation.answer import ANSWER_PREFIX, extract_answer, is_correct
+from kava.inference.generate import generate
 from kava.numbers import parse_number
 
 
@@ -65,8 +69,6 @@ class KavaLM(LM):
                  device: str | None = None, batch_size: int | str = 16, pipeline=None, **unused):
         super().__init__()
         if pipeline is None:
-            import kava.api
-
             pipeline = kava.api.load(checkpoint=checkpoint, model=model, device=device, dtype=dtype,
                                      revision=revision)
         self.pipe = pipeline
@@ -76,10 +78,6 @@ class KavaLM(LM):
         self.forward_passes: list[int] = []
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from tqdm.auto import tqdm
-
-        from kava.inference.generate import generate
-
         out: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
