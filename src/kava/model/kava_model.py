@@ -15,6 +15,7 @@ from torch import nn
 
 from kava.config import KavaConfig
 from kava.data.sequences import SPECIAL_TOKENS, SequenceBuilder, SpecialIds
+from kava.errors import KavaError
 from kava.model.cache import LMOutput, backbone_kwargs
 from kava.model.load import load_backbone
 
@@ -205,8 +206,6 @@ def apply_lora(model, cfg: KavaConfig, special: SpecialIds):
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in lcfg.target_modules if t in present]
     if not targets:
-        from kava.errors import KavaError
-
         raise KavaError(
             f"lora.target_modules {lcfg.target_modules} match no module of {type(model).__name__}; "
             "list its linear layers' names (e.g. q_proj, v_proj)"

@@ -28,13 +28,18 @@ import shutil
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
 
 from kava import __version__
-from kava.config import KavaConfig, config_to_dict
+from kava.config import KavaConfig, config_from_dict, config_to_dict
+from kava.data.sequences import SequenceBuilder
 from kava.errors import KavaError
 from kava.failpoints import failpoint
 from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace
+from kava.model.kava_model import KavaModel, add_special_tokens
+from kava.model.load import load_backbone
 from kava.training.state import STATE_JSON, STATE_TENSORS, load_training_state, save_training_state
 
 FORMAT = 2
@@ -109,16 +114,12 @@ def recover_output_dir(output_dir: str | Path) -> None:
 def read_checkpoint_config(path: str | Path) -> KavaConfig:
     """The checkpoint's config, after checking that every file it needs is there (cheap:
     no weights are read). A config this kava cannot read names both versions."""
-    from kava.config import config_from_dict
-
     path = Path(path)
     cfg_file = path / "kava_config.yaml"
     if not path.is_dir():
         raise KavaError(f"checkpoint not found: {path}")
     if not cfg_file.is_file():
         raise KavaError(f"{path} is not a kava checkpoint (no kava_config.yaml); point to a checkpoint-* folder")
-    import yaml
-
     meta = _trainer_state(path)
     written = meta.get("kava_version")
     try:
@@ -266,12 +267,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype:
 
     A checkpoint whose config sets `model.trust_remote_code` loads only with
     `trust_remote_code=True`: whoever hands you a checkpoint cannot grant their code that."""
-    from transformers import AutoTokenizer
-
-    from kava.data.sequences import SequenceBuilder
-    from kava.model.kava_model import KavaModel, add_special_tokens
-    from kava.model.load import load_backbone
-
     path = Path(path)
     cfg = read_checkpoint_config(path)
     if dtype is not None:

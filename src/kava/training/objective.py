@@ -16,8 +16,10 @@ from kava.config import KavaConfig, shares_question
 from kava.losses import codi_loss, kv_loss
 from kava.model.kava_model import KavaModel
 from kava.model.question import Question, question_gradient, question_pass
+from kava.model.rope import unrotate_keys
 from kava.model.latents import selections_state
 from kava.model.lm import lm_with_ce
+from kava.model.positions import position_ids_from_mask
 from kava.model.student import student_forward
 from kava.model.teacher import teacher_forward
 
@@ -154,9 +156,6 @@ class FrozenWeights:
 
 def _unrotated(model: KavaModel, batch, student_kv, selections):
     """RoPE undone on the student's latent keys and the teacher's kept keys (`kava.kv_keys: pre_rope`)."""
-    from kava.model.positions import position_ids_from_mask
-    from kava.model.rope import unrotate_keys
-
     M = student_kv[0][0].shape[2]
     q_mask = batch["student"]["q_mask"]
     # latent slot i follows the real tokens of Q + <bot>: its position is their count + i
@@ -173,6 +172,4 @@ def _unrotated(model: KavaModel, batch, student_kv, selections):
 
 
 def _lm_args(t: dict[str, torch.Tensor]) -> dict:
-    from kava.model.positions import position_ids_from_mask
-
     return dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=position_ids_from_mask(t["attention_mask"]))

@@ -14,6 +14,7 @@ holds each step once). A stop signal ends the run at a step boundary with a chec
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import random
@@ -27,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from kava.config import KavaConfig, config_to_dict, shares_question
 from kava.data.sequences import Encoded, SequenceBuilder
@@ -36,7 +40,8 @@ from kava.errors import KavaError
 from kava.failpoints import failpoint
 from kava.io import append_jsonl, atomic_write_text, atomic_write_yaml, read_jsonl
 from kava.locking import FolderLock
-from kava.training.latent_warmup import keep_latent_gradients
+from kava.model.capture import enable_capture
+from kava.model.kava_model import build_kava_model, trainable_parameters
 from kava.training.checkpoint import (
     load_resume_state,
     load_trainable_state,
@@ -45,7 +50,10 @@ from kava.training.checkpoint import (
     save_checkpoint,
     step_checkpoints,
 )
+from kava.training.curriculum import Curriculum, reset_optimizer_state
 from kava.training.guard import StepGuard
+from kava.training.latent_warmup import keep_latent_gradients
+from kava.training.objective import KavaObjective
 from kava.training.signals import PREEMPTION_SIGNALS, Preempted, graceful_stop
 
 
@@ -152,8 +160,6 @@ def forward_backward(objective, batch: dict, backward, no_sync=None) -> dict:
 
 
 def _make_scheduler(optimizer, cfg: KavaConfig, total: int):
-    from transformers import get_scheduler
-
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.train.lr_scheduler]
     return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total), num_training_steps=total)
 
@@ -162,8 +168,6 @@ def _trackers(cfg: KavaConfig):
     names = [x for x in cfg.train.loggers if x != "jsonl"]
     for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if name in names:
-            import importlib.util
-
             if importlib.util.find_spec(module) is None:
                 raise KavaError(f"train.loggers asks for {name} but it is not installed: pip install {module}")
     return names
@@ -214,8 +218,6 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True,
     `stop_signals` ends it at the next step boundary: it writes `checkpoint-<step>` and
     raises `Preempted` (`kava.training.signals`); `resume=True` continues from there.
     """
-    from accelerate import Accelerator
-
     trackers = _trackers(cfg)
     seed_everything(cfg.seed)
     train_rows, val_rows = load_training_examples(cfg.data)
@@ -231,13 +233,6 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True,
 
 def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume: bool, show_progress: bool,
            stop) -> Path:
-    from tqdm.auto import tqdm
-
-    from kava.model.capture import enable_capture
-    from kava.model.kava_model import build_kava_model, trainable_parameters
-    from kava.training.curriculum import Curriculum, reset_optimizer_state
-    from kava.training.objective import KavaObjective
-
     is_main = accelerator.is_main_process
     log = (lambda *a: print(*a, file=sys.stderr)) if is_main else (lambda *a: None)
     out_dir = Path(cfg.output_dir)
