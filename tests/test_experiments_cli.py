@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import kava.experiments.sweep as sweep_mod
-from kava.experiments.sweep import dataset_key
+from kava.evaluation.results import dataset_key
 from kava.cli import build_parser, main
 from kava.experiments.cli import PAPER_CONFIGS
 

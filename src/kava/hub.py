@@ -106,11 +106,17 @@ def _hub_dataset(name: str) -> str | None:
 
 
 def _seed_results(seed_dir: Path) -> dict[str, dict]:
+    from kava.evaluation.results import results_files
+
     out = {}
-    for p in sorted(seed_dir.glob("results_*.yaml")):
+    try:
+        files = results_files(seed_dir)
+    except OSError:
+        return {}
+    for key, p in files:
         res = _read_yaml(p)
         if "accuracy" in res:
-            out[str(res.get("dataset") or p.stem.removeprefix("results_"))] = res
+            out[str(res.get("dataset") or key)] = res
     return out
 
 

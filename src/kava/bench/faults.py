@@ -264,17 +264,19 @@ def check_train(run_dir: Path, ref_dir: Path) -> list[str]:
 
 
 def check_evaluate(out_dir: Path, ref_dir: Path) -> list[str]:
+    from kava.evaluation.results import predictions_file, results_file
+
     problems = []
-    preds = _records(out_dir / "predictions_eval.jsonl", ("seconds",))
+    preds = _records(predictions_file(out_dir, "eval.jsonl"), ("seconds",))
     ids = [r["id"] for r in preds]
     if len(set(ids)) != len(ids):
         problems.append("predictions_eval.jsonl holds an example twice")
-    if preds != _records(ref_dir / "predictions_eval.jsonl", ("seconds",)):
+    if preds != _records(predictions_file(ref_dir, "eval.jsonl"), ("seconds",)):
         problems.append("predictions_eval.jsonl differs from the uninterrupted run's")
     timing = ("seconds", "seconds_per_question", "resumed", "checkpoint", "predictions")
 
     def results(d: Path) -> dict:
-        return {k: v for k, v in yaml.safe_load((d / "results_eval.yaml").read_text()).items() if k not in timing}
+        return {k: v for k, v in yaml.safe_load(results_file(d, "eval.jsonl").read_text()).items() if k not in timing}
 
     if results(out_dir) != results(ref_dir):
         problems.append("results_eval.yaml differs from the uninterrupted run's")

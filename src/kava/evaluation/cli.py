@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -117,13 +116,6 @@ def _fmt_num(x) -> str:
 # ----- kava evaluate -----------------------------------------------------------------------
 
 
-def _dataset_key(name: str) -> str:
-    """A file-name-safe key: the dataset's name, or a local file's stem."""
-    from kava.data.eval_sets import EVAL_DATASETS
-
-    key = name if name in EVAL_DATASETS or name == SYNTHETIC_TEST else Path(name).stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key) or "dataset"
-
 
 def _add_evaluate(sub) -> None:
     from kava.data.eval_sets import EVAL_DATASETS
@@ -152,7 +144,8 @@ def _add_evaluate(sub) -> None:
                    help="default: what the checkpoint was trained for (latent for KaVa), cot for --model")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default 16 latent/direct, 256 cot)")
     p.add_argument("--output", metavar="FILE.yaml", help="one YAML with every dataset's results")
-    p.add_argument("--output-dir", metavar="DIR", help="results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset")
     p.add_argument(
         "--latent-control", nargs="+", choices=("shuffled", "pass0", "teacher"), metavar="CONTROL",
         help="also answer (latent mode) with other latents and report the accuracy change: shuffled = each "
@@ -189,6 +182,7 @@ def _load_dataset(name: str, args):
 
 def _cmd_evaluate(args) -> int:
     from kava.evaluation.evaluate import evaluate_examples
+    from kava.evaluation.results import dataset_key, predictions_file, results_file
     from kava.io import atomic_write_yaml
 
     _positive("--limit", args.limit)
@@ -197,7 +191,7 @@ def _cmd_evaluate(args) -> int:
     if args.output is not None and Path(args.output).suffix.lower() not in (".yaml", ".yml"):
         raise KavaError(f"--output {args.output}: give a .yaml file (predictions go next to it as .jsonl)")
     names = list(dict.fromkeys(args.datasets))
-    keys = [_dataset_key(n) for n in names]
+    keys = [dataset_key(n) for n in names]
     if len(set(keys)) != len(keys):
         raise KavaError(f"two datasets would share result files ({', '.join(names)}); rename one")
     _early_checks(args)
@@ -222,7 +216,7 @@ def _cmd_evaluate(args) -> int:
     with _output_locks(out_dir, combined):
         for name, key in zip(names, keys):
             if out_dir is not None:
-                pred_path = out_dir / f"predictions_{key}.jsonl"
+                pred_path = predictions_file(out_dir, name)
             elif combined is not None:
                 pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
             else:
@@ -235,7 +229,7 @@ def _cmd_evaluate(args) -> int:
                 res["predictions"] = str(pred_path)
             results[name] = res
             if out_dir is not None:
-                atomic_write_yaml(out_dir / f"results_{key}.yaml", res)
+                atomic_write_yaml(results_file(out_dir, name), res)
             if combined is not None:
                 atomic_write_yaml(combined, {**meta, "mode": mode, "datasets": results})
     print(format_results_table(results))

@@ -57,11 +57,11 @@ from typing import Any
 import yaml
 
 from kava.errors import KavaError
+from kava.evaluation.results import results_files
 from kava.experiments.stats import format_mean_std, format_number, is_number, sort_datasets, summarize_seeds
 from kava.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml
 
 SEED_DIR_RE = re.compile(r"^seed_(\d+)$")
-RESULTS_RE = re.compile(r"^results_(.+)\.ya?ml$")
 
 RUN_SUMMARY_COLUMNS = (
     "dataset",
@@ -125,9 +125,6 @@ def read_results_file(path: str | os.PathLike) -> dict:
     return dict(data)
 
 
-def results_path(seed_dir: str | os.PathLike, dataset: str) -> Path:
-    return Path(seed_dir) / f"results_{dataset}.yaml"
-
 
 def find_seed_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """``(seed, path)`` of every ``seed_<int>/`` folder in ``run_dir``, by seed."""
@@ -182,12 +179,11 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None, warnings: list
         if st:
             status[seed] = {k: st.get(k) for k in ("train", "eval", "error")}
         try:
-            files = sorted(p for p in seed_dir.iterdir() if RESULTS_RE.match(p.name))
+            files = results_files(seed_dir)
         except OSError as e:
             warn(f"skipping unreadable {seed_dir}: {e}", warnings)
             continue
-        for path in files:
-            dataset = RESULTS_RE.match(path.name).group(1)
+        for dataset, path in files:
             try:
                 res = read_results_file(path)
             except ValueError as e:

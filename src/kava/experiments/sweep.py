@@ -60,10 +60,10 @@ import yaml
 
 from kava.config import LauncherConfig
 from kava.errors import KavaError
+from kava.evaluation.results import dataset_key, results_file
 from kava.experiments.aggregate import (
     read_results_file,
     read_yaml_mapping,
-    results_path,
     write_run_summary,
     write_yaml_readable,
 )
@@ -156,13 +156,6 @@ def _validate_devices(devices: Any) -> list[str | None]:
 def _is_dataset_file(name: str) -> bool:
     return name.lower().endswith(".jsonl")
 
-
-def dataset_key(name: str) -> str:
-    """The ``<key>`` of ``results_<key>.yaml`` that ``kava evaluate`` writes for a dataset:
-    its name, or a ``.jsonl`` file's stem (as ``kava evaluate`` names it)."""
-    if _is_dataset_file(name):
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem) or "dataset"
-    return name
 
 
 def _validate_datasets(datasets: Any, required: bool) -> list[str]:
@@ -290,7 +283,7 @@ class _Sweep:
         write_yaml_readable(seed_dir / STATUS_FILE, status)
 
     def _results_ok(self, seed_dir: Path, dataset: str) -> bool:
-        path = results_path(seed_dir, dataset_key(dataset))
+        path = results_file(seed_dir, dataset)
         if not path.is_file():
             return False
         try:
