@@ -266,18 +266,24 @@ def time_minutes(value: int | str) -> int:
 
 class LauncherConfig(_Strict):
     """Cluster jobs of `kava sweep` / `kava reproduce --launcher slurm` (docs/cluster.md).
-    Command-line flags of the same names override these."""
+    The command line has a flag for each field, made from it (`kava.experiments.cli`): `--mem-gb`
+    for `mem_gb`, a list field repeatable and in the singular (`--sbatch-arg`); a flag overrides
+    the config's value."""
 
     partition: str | None = Field(None, description="SLURM partition (sbatch --partition)")
     account: str | None = Field(None, description="account charged (sbatch --account)")
-    time: int | str = Field("24:00:00", description="time limit per job: minutes or [D-]HH:MM:SS")
-    gpus_per_job: int = Field(1, ge=0)
-    cpus_per_job: int = Field(8, ge=1)
-    mem_gb: float | None = Field(None, gt=0, description="memory per job (sbatch --mem); null: the partition's default")
+    time: int | str = Field("24:00:00", description="time limit per job: minutes or [D-]HH:MM:SS",
+                            json_schema_extra={"metavar": "LIMIT"})
+    gpus_per_job: int = Field(1, ge=0, description="GPUs per job")
+    cpus_per_job: int = Field(8, ge=1, description="CPUs per job (sbatch --cpus-per-task)")
+    mem_gb: float | None = Field(None, gt=0, description="memory per job (sbatch --mem); null: the partition's default",
+                                 json_schema_extra={"metavar": "GB"})
     constraint: str | None = Field(None, description="node features (sbatch --constraint), e.g. a100")
     qos: str | None = Field(None, description="quality of service (sbatch --qos)")
-    sbatch_args: list[str] = Field([], description="more sbatch flags, each '--key=value' or '--flag'")
-    setup: list[str] = Field([], description="shell lines run before each job (module load ..., source venv/bin/activate)")
+    sbatch_args: list[str] = Field([], description="more sbatch flags, each '--key=value' or '--flag'",
+                                   json_schema_extra={"metavar": "--KEY=VALUE"})
+    setup: list[str] = Field([], description="shell lines run before each job (module load ..., source venv/bin/activate)",
+                             json_schema_extra={"metavar": "LINE"})
     array_parallelism: int = Field(256, ge=1, description="jobs of one array running at once")
     max_requeues: int = Field(3, ge=0, description="requeues after time limits before a job counts as failed")
     signal_delay_s: int = Field(
