@@ -182,16 +182,11 @@ def _launcher_args(args) -> list[str]:
 
 def launcher_config(config_path, args):
     """The config's ``launcher:`` section with the command line's flags on top, validated."""
-    from kava.config import LauncherConfig
-    from kava.experiments.sweep import load_config
+    from kava.config import LauncherConfig, load_config
     from pydantic import ValidationError
 
-    try:
-        section = load_config(config_path)[0].get("launcher") or {}
-    except KavaError:
-        section = {}  # (--eval-only without the config: the flags alone)
-    if not isinstance(section, dict):
-        raise KavaError(f"{config_path}: launcher: must be a mapping (see docs/cluster.md)")
+    # (--eval-only without the config file: the flags alone)
+    section = load_config(config_path).launcher.model_dump() if Path(config_path).is_file() else {}
     flags = {name: getattr(args, name) for name, _, _ in launcher_flags() if getattr(args, name, None) is not None}
     try:
         return LauncherConfig.model_validate({**section, **flags})

@@ -45,20 +45,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import math
 import copy
 import os
 import re
 import shlex
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from kava.config import LauncherConfig
+from kava.config import KavaConfig, LauncherConfig, load_config
 from kava.errors import KavaError
 from kava.evaluation.results import dataset_key, results_file
 from kava.experiments.aggregate import (
@@ -193,46 +191,12 @@ def _validate_run_name(name: str) -> str:
     return name
 
 
-def _get(d: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    """``_get(cfg, "model.name")``: nested lookup, falling back to a literal dotted key."""
-    cur: Any = d
-    for part in dotted.split("."):
-        if isinstance(cur, Mapping) and part in cur:
-            cur = cur[part]
-        else:
-            return d.get(dotted, default) if isinstance(d, Mapping) else default
-    return default if cur is None else cur
-
-
-def _as_dict(config: Any) -> dict:
-    if hasattr(config, "model_dump"):  # a pydantic config object
-        config = config.model_dump()
-    if not isinstance(config, Mapping):
-        raise KavaError(f"config must be a mapping, found {type(config).__name__}")
-    return dict(config)
-
-
-def load_config(path: str | os.PathLike) -> tuple[dict, str]:
-    """Read a YAML config as a plain dict; also return the sha256 of its bytes."""
-    p = Path(path)
-    if not p.is_file():
-        raise KavaError(f"config file not found: {p}")
-    try:
-        raw = p.read_bytes()
-        data = yaml.safe_load(raw.decode("utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise KavaError(f"cannot read config {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return _as_dict(data), hashlib.sha256(raw).hexdigest()
-
-
-def _override_value(overrides: Sequence[str], key: str) -> str | None:
-    """Value of ``key=VALUE`` (or ``--key=VALUE``) among the overrides, last one wins."""
-    value = None
-    for tok in overrides:
-        k, sep, v = str(tok).lstrip("-").partition("=")
-        if sep and k == key:
-            value = v
-    return value
+def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[KavaConfig, str]:
+    """The config with the overrides, as `kava train` reads it (`kava.config.load_config`: an
+    unknown key or a bad value is a KavaError here, before any seed runs), and the sha256 of
+    the file's bytes."""
+    cfg = load_config(path, overrides)
+    return cfg, hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------ the sweep
@@ -424,7 +388,8 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _update_run_yaml(run_dir: Path, *, run_name: str, config: Path, sha: str | None, cfg: dict, seeds: list[int],
+def _update_run_yaml(run_dir: Path, *, run_name: str, config: Path, sha: str | None, cfg: KavaConfig | None,
+                     seeds: list[int],
                      datasets: list[str], overrides: list[str], eval_args: list[str], check: bool) -> dict:
     path = run_dir / RUN_FILE
     old = read_yaml_mapping(path)
@@ -438,8 +403,8 @@ def _update_run_yaml(run_dir: Path, *, run_name: str, config: Path, sha: str | N
             raise KavaError(
                 f"{run_dir} was started with overrides {list(old.get('overrides') or [])}, not {list(overrides)}; "
                 f"pass the same overrides, another run name, or delete {path}")
-    model = _override_value(overrides, "model.name") or _get(cfg, "model.name")
-    data = _override_value(overrides, "data.dataset") or _get(cfg, "data.dataset")
+    model = cfg.model.name if cfg is not None else None
+    data = cfg.data.dataset if cfg is not None else None
     all_seeds = list(old.get("seeds") or []) if isinstance(old.get("seeds"), list) else []
     all_seeds += [s for s in seeds if s not in all_seeds]
     all_ds = list(old.get("datasets") or []) if isinstance(old.get("datasets"), list) else []
@@ -516,11 +481,11 @@ def run_sweep(
 
     if eval_only:
         try:
-            cfg, sha = load_config(config)
+            cfg, sha = read_config(config, overrides)
         except KavaError:
-            cfg, sha = {}, None  # the config is not needed to evaluate existing checkpoints
+            cfg, sha = None, None  # the config is not needed to evaluate existing checkpoints
     else:
-        cfg, sha = load_config(config)
+        cfg, sha = read_config(config, overrides)
         config = config.resolve()
 
     out = Path(output_dir)
@@ -608,14 +573,8 @@ DATASET_AVG_TOKENS = {
 #: Average question tokens (GSM8k-style questions: about 60 tokens).
 DATASET_QUESTION_TOKENS = {"synthetic": 20}
 DEFAULT_QUESTION_TOKENS = 60
-#: Rows of ``data.dataset: synthetic`` when ``data.synthetic.num_train`` is not set.
-DEFAULT_SYNTHETIC_ROWS = 20_000
 DEFAULT_ROWS = 385_620
 DEFAULT_AVG_TOKENS = 150
-DEFAULT_EPOCHS = 10
-DEFAULT_NUM_LATENTS = 24
-DEFAULT_NUM_ITERATIONS = 3
-DEFAULT_GLOBAL_BATCH_SIZE = 128
 #: Model size assumed when none can be read from the config or the model name.
 DEFAULT_PARAMS_B = 1.0
 
@@ -638,102 +597,58 @@ def _dataset_key(name: str | None) -> str:
     return str(name or "").split("/")[-1].strip().lower().replace("_", "-")
 
 
-def _positive(value: Any, what: str, label: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise KavaError(f"{label}: {what} must be a number, found {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise KavaError(f"{label}: {what} must be positive, found {value!r}")
-    return v
-
-
-def plan_reproduction(configs: Iterable[Any], seeds: Iterable[int] | int) -> list[dict]:
+def plan_reproduction(configs: Iterable[KavaConfig | str | os.PathLike], seeds: Iterable[int] | int) -> list[dict]:
     """Estimated training GPU hours per config (for ``kava reproduce --dry-run``).
 
-    ``configs``: YAML paths, plain dicts or config objects with ``model_dump()`` (keys
-    read with defaults: ``model.name``, ``model.params_b``, ``data.dataset``,
-    ``data.num_rows``, ``data.max_train_examples``, ``data.synthetic.num_train``,
-    ``data.avg_tokens``, ``train.epochs``, ``train.max_steps``, ``train.global_batch_size``,
-    ``latent.num_latents``,
-    ``latent.num_iterations``). A dict's label is its ``name`` or ``run_name``. ``seeds``: the seeds (or how many). See the formula and
-    constants above; all numbers are rough estimates on one A100/H100.
+    ``configs``: config files (read as ``kava train`` reads them; labelled by their path) or
+    KavaConfig objects (labelled by their ``run_name``). ``seeds``: the seeds
+    (or how many). See the formula and constants above; all numbers are rough estimates on one
+    A100/H100.
     """
     seed_list = validate_seeds(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) \
         else validate_seeds(seeds)
     plan = []
-    for i, c in enumerate(configs):
-        if isinstance(c, (str, os.PathLike)):
-            cfg, _ = load_config(c)
-            label = str(c)
-        else:
-            cfg = _as_dict(c)
-            label = str(cfg.get("name") or cfg.get("run_name") or f"config[{i}]")
+    for c in configs:
+        cfg, label = (load_config(c), str(c)) if isinstance(c, (str, os.PathLike)) else (c, c.run_name)
         notes = []
-        model = _get(cfg, "model.name", "?")
-        params = _get(cfg, "model.params_b")
-        if params is not None:
-            params = _positive(params, "model.params_b", label)
-        else:
-            params = model_params_b(model)
-            if params is None:
-                params = DEFAULT_PARAMS_B
-                notes.append(f"model size unknown, assumed {DEFAULT_PARAMS_B:g}B")
-        dataset = _get(cfg, "data.dataset", "?")
-        key = _dataset_key(dataset)
-        rows = _get(cfg, "data.num_rows")
-        if rows is not None:
-            rows = _positive(rows, "data.num_rows", label)
-        else:
-            if key == "synthetic":
-                rows = _positive(_get(cfg, "data.synthetic.num_train", DEFAULT_SYNTHETIC_ROWS),
-                                 "data.synthetic.num_train", label)
-            else:
-                rows = DATASET_ROWS.get(key)
-            if rows is None:
-                rows = DEFAULT_ROWS
-                notes.append(f"dataset size unknown, assumed {DEFAULT_ROWS:,} rows")
-            for cap_key in ("data.max_train_examples", "data.max_train_samples"):
-                cap = _get(cfg, cap_key)
-                if cap is not None:
-                    rows = min(rows, _positive(cap, cap_key, label))
-        avg = _get(cfg, "data.avg_tokens")
-        avg = _positive(avg, "data.avg_tokens", label) if avg is not None else DATASET_AVG_TOKENS.get(key, DEFAULT_AVG_TOKENS)
-        epochs = _positive(_get(cfg, "train.epochs", DEFAULT_EPOCHS), "train.epochs", label)
-        iters = _get(cfg, "latent.num_iterations", DEFAULT_NUM_ITERATIONS)
-        iters = 0 if iters == 0 else int(_positive(iters, "latent.num_iterations", label))
-        latents = int(_positive(_get(cfg, "latent.num_latents", DEFAULT_NUM_LATENTS), "latent.num_latents", label))
-        max_steps = _get(cfg, "train.max_steps")
-        if max_steps is not None:  # optimizer steps override epochs, as in training
-            batch = _positive(_get(cfg, "train.global_batch_size", DEFAULT_GLOBAL_BATCH_SIZE),
-                              "train.global_batch_size", label)
-            examples_seen = _positive(max_steps, "train.max_steps", label) * batch
-        else:
-            examples_seen = epochs * rows
+        params = model_params_b(cfg.model.name)
+        if params is None:
+            params = DEFAULT_PARAMS_B
+            notes.append(f"model size unknown, assumed {DEFAULT_PARAMS_B:g}B")
+        key = _dataset_key(cfg.data.dataset)
+        rows = cfg.data.synthetic.num_train if cfg.data.source == "synthetic" else DATASET_ROWS.get(key)
+        if rows is None:
+            rows = DEFAULT_ROWS
+            notes.append(f"dataset size unknown, assumed {DEFAULT_ROWS:,} rows")
+        if cfg.data.max_train_examples is not None:
+            rows = min(rows, cfg.data.max_train_examples)
+        avg = DATASET_AVG_TOKENS.get(key, DEFAULT_AVG_TOKENS)
+        t, latent = cfg.train, cfg.latent
+        # optimizer steps override epochs, as in training
+        examples_seen = t.max_steps * t.global_batch_size if t.max_steps is not None else t.epochs * rows
         question = float(DATASET_QUESTION_TOKENS.get(key, DEFAULT_QUESTION_TOKENS))
-        method = str(_get(cfg, "train.method", "kava"))
-        if method == "cot":
+        if t.method == "cot":
             per_example = avg
-        elif method == "direct":
+        elif t.method == "direct":
             per_example = question + ANSWER_PASS_TOKENS
         else:  # the latent block is run T + 1 times in parallel (jacobi), or once, a latent a pass (sequential)
-            blocks = 1 if _get(cfg, "latent.mode", "jacobi") == "sequential" else iters + 1
-            per_example = avg + question + blocks * latents + ANSWER_PASS_TOKENS
+            blocks = 1 if latent.mode == "sequential" else latent.num_iterations + 1
+            per_example = avg + question + blocks * latent.num_latents + ANSWER_PASS_TOKENS
         train_tokens = examples_seen * per_example
         tokens_per_s = TOKENS_PER_SECOND_1B / params
         per_seed = train_tokens / tokens_per_s / 3600.0
         plan.append({
             "config": label,
-            "model": str(model),
+            "model": cfg.model.name,
             "params_b": params,
-            "dataset": str(dataset),
+            "dataset": cfg.data.dataset,
             "rows": int(rows),
             "avg_tokens": float(avg),
-            "epochs": epochs,
+            "epochs": t.epochs,
             "examples_seen": examples_seen,
-            "num_latents": latents,
-            "num_iterations": iters,
-            "method": method,
+            "num_latents": latent.num_latents,
+            "num_iterations": latent.num_iterations,
+            "method": t.method,
             "tokens_per_example": per_example,
             "train_tokens": train_tokens,
             "tokens_per_second": tokens_per_s,
