@@ -5,7 +5,7 @@ import yaml
 
 from kava.config import config_from_dict
 from kava.errors import KavaError
-from kava.experiments.sweep import format_plan, model_params_b, plan_reproduction
+from kava.experiments.plan import format_plan, model_params_b, plan_reproduction
 
 
 def _cfg(**sections):

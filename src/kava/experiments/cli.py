@@ -469,7 +469,7 @@ def default_paper_configs() -> list[Path]:
 
 
 def _cmd_reproduce(args) -> int:
-    from kava.experiments.sweep import format_plan, plan_reproduction
+    from kava.experiments.plan import format_plan, plan_reproduction
 
     _split_overrides(args)
     configs = [Path(c) for c in args.configs] if args.configs else default_paper_configs()
