@@ -73,10 +73,6 @@ class LMOutput:
                    attentions=getattr(out, "attentions", None), past_key_values=cache)
 
 
-def new_cache(config) -> DynamicCache:
-    return DynamicCache(config=config)
-
-
 def cache_from_kv(kv: KV, config) -> DynamicCache:
     """A fresh cache holding the given per-layer (keys, values); the tensors are shared, not copied."""
     cache = DynamicCache(config=config)
@@ -139,10 +135,6 @@ def kv_of(cache: DynamicCache) -> KV:
 def slice_kv(kv: KV, start: int, end: int | None = None) -> KV:
     """Positions [start:end) of every layer."""
     return [(k[:, :, start:end], v[:, :, start:end]) for k, v in kv]
-
-
-def seq_length(cache: DynamicCache) -> int:
-    return cache.get_seq_length()
 
 
 def select_batch(cache: DynamicCache, indices: torch.Tensor) -> None:
