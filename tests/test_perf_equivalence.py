@@ -14,13 +14,12 @@ import contextlib
 import pytest
 import torch
 
+from conftest import EXAMPLES, perturb
 from kava.config import config_from_dict
 from kava.model.cache import replays_layers
-from kava.model.kava_model import build_kava_model, trainable_parameters
+from kava.model.kava_model import build_kava_model
 from kava.training.objective import KavaObjective
 from kava.training.trainer import forward_backward, make_batch
-
-from conftest import EXAMPLES, perturb
 
 ATOL, RTOL = 1e-6, 1e-5
 
@@ -130,8 +129,8 @@ def test_fast_trainable_tokens_objective_equal_peft():
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
 @pytest.mark.parametrize("with_cot", [True, False])
 def test_labelled_ce_equals_full_logits_ce(name, with_cot):
-    from kava.model.positions import position_ids_from_mask
     from kava.model.lm import causal_ce, lm_with_ce
+    from kava.model.positions import position_ids_from_mask
 
     model, builder = _model(_cfg(name))
     model.eval()

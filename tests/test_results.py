@@ -30,6 +30,6 @@ def test_no_other_module_spells_the_file_names():
     # a path built in code: f"results_{...}", dir / "results_eval.yaml", glob("results_*.yaml")
     spelling = re.compile(r"""(?:f["']|/ ["'])(?:results|predictions)_|["'](?:results|predictions)_\*""")
     src = Path(__file__).parents[1] / "src" / "kava"
-    spelled = [f"{p.relative_to(src).as_posix()}: {m.group()}" for p in sorted(src.rglob("*.py")) if p.name != "results.py"
-               for m in spelling.finditer(p.read_text(encoding="utf-8"))]
+    spelled = [f"{p.relative_to(src).as_posix()}: {m.group()}" for p in sorted(src.rglob("*.py"))
+               if p.name != "results.py" for m in spelling.finditer(p.read_text(encoding="utf-8"))]
     assert spelled == [], spelled

@@ -1,12 +1,11 @@
 import sys
 import threading
-import time
 
 import pytest
 import yaml
 
-from kava.errors import KavaError
 from kava.cli import main
+from kava.errors import KavaError
 from kava.experiments.sweep import run_sweep, subprocess_runner
 
 DATASETS = ["gsm8k", "svamp"]

@@ -3,6 +3,7 @@
 import operator
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,6 @@ from kava.data.synthetic import (
     write_splits,
 )
 from kava.errors import KavaError
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 from kava.io import read_jsonl

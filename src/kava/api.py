@@ -291,7 +291,8 @@ def load(
     _check_dtype(dtype)
     dev = resolve_device(device)
     if checkpoint is not None:
-        m, tok, builder, cfg = load_checkpoint_model(resolve_checkpoint(checkpoint, revision), dev, dtype, trust_remote_code)
+        folder = resolve_checkpoint(checkpoint, revision)
+        m, tok, builder, cfg = load_checkpoint_model(folder, dev, dtype, trust_remote_code)
         return KavaPipeline(m, tok, builder, cfg, name=str(checkpoint), is_base_model=False)
     m, tok, builder = load_base_model(model, dev, dtype, trust_remote_code)
     return KavaPipeline(m, tok, builder, None, name=str(model), is_base_model=True)

@@ -62,8 +62,12 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
             raise KavaError(f"--revision is for hub repo ids; {checkpoint} is a local path")
         return path
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     at = f" at revision {revision}" if revision else ""
     try:
@@ -198,7 +202,7 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
         f"| optimizer steps | {steps if steps is not None else '-'} (global batch {gbs}, {state.get('epoch', '-')} epochs) |",
         f"| learning rate | {cfg.train.lr:g} ({cfg.train.lr_scheduler}, warm-up {cfg.train.warmup_ratio:g}) |",
         f"| weight decay | {cfg.train.weight_decay:g} |",
-        f"| LoRA | " + (f"r={cfg.lora.r}, α={cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} |" if cfg.lora.enabled
+        "| LoRA | " + (f"r={cfg.lora.r}, α={cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} |" if cfg.lora.enabled
                        else "off (full fine-tuning) |"),
         f"| latent tokens M | {cfg.latent.num_latents} |",
         f"| Jacobi iterations T | {cfg.latent.num_iterations} |",

@@ -16,9 +16,9 @@ The commands themselves (``kava sweep``, ``aggregate``, ``compare``, ``reproduce
 
 from kava.experiments.aggregate import aggregate, load_run, read_results_file, write_run_summary
 from kava.experiments.compare import compare_runs, format_comparison
-from kava.experiments.stats import format_mean_std, summarize, summarize_seeds
 from kava.experiments.launch import format_status, run_status, subprocess_runner
 from kava.experiments.plan import format_plan, plan_reproduction
+from kava.experiments.stats import format_mean_std, summarize, summarize_seeds
 from kava.experiments.sweep import run_sweep
 
 __all__ = [

@@ -182,8 +182,9 @@ def _launcher_args(args) -> list[str]:
 
 def launcher_config(config_path, args):
     """The config's ``launcher:`` section with the command line's flags on top, validated."""
-    from kava.config import LauncherConfig, load_config
     from pydantic import ValidationError
+
+    from kava.config import LauncherConfig, load_config
 
     # (--eval-only without the config file: the flags alone)
     section = load_config(config_path).launcher.model_dump() if Path(config_path).is_file() else {}

@@ -15,8 +15,8 @@ Resuming: the results files are the source of truth. A seed with a readable resu
 for every requested dataset is skipped (its ``status.yaml`` is set to done); otherwise
 training runs only if ``checkpoint-final/`` is missing (with ``--resume`` when an
 interrupted training left ``checkpoint-<step>/`` folders, so it continues from the last
-one) and evaluation runs only for the datasets whose results are missing or unreadable. So re-running the same command retries
-exactly what is missing or failed.
+one) and evaluation runs only for the datasets whose results are missing or unreadable. So
+re-running the same command retries exactly what is missing or failed.
 
 ``SEEDDIR/status.yaml``::
 
@@ -354,7 +354,8 @@ class _Sweep:
             err = (f"evaluation exited 0 but wrote no readable results for {', '.join(still)}; "
                    f"see {seed_dir / EVAL_LOG}")
         elif err is not None and still != missing:
-            err += f"\n(results written for {', '.join(d for d in missing if d not in still)}; missing: {', '.join(still)})"
+            written = ", ".join(d for d in missing if d not in still)
+            err += f"\n(results written for {written}; missing: {', '.join(still)})"
         if err is not None:
             status.update(eval="failed", error=err)
             self._say(seed, device, f"FAILED: {err.splitlines()[0]}")

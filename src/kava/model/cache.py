@@ -121,7 +121,8 @@ def pass_cache(kv: KV | None, config) -> DynamicCache:
     one pass only: continue from `cache_from_kv(kv_of(cache), config)`.
     """
     cache = DynamicCache(config=config)
-    if (kv is not None and len(kv) != len(cache.layers)) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+    if (kv is not None and len(kv) != len(cache.layers)) or any(
+            type(layer) is not DynamicLayer for layer in cache.layers):
         return cache_from_kv(kv, config) if kv is not None else cache  # sliding-window layers: plain cache
     cache.layers = [_PassLayer(*kv[i]) if kv is not None else _PassLayer() for i in range(len(cache.layers))]
     return cache

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from kava.model.kava_model import KavaModel
 
-
 # Architectures whose causal-LM forward slices `logits_to_keep` with transformers'
 # `slice_logits_to_keep` (a bool [B, S] mask: packed rows; an empty index: no rows).
 _SLICING_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -62,4 +61,5 @@ def causal_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens (labels aligned with inputs)."""
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=-100)

@@ -91,7 +91,8 @@ def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype
             tok.save_pretrained(tmp)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise KavaError(f"could not write the converted model to {tmp}: {err.strerror}; set model.cache_dir") from None
+            raise KavaError(
+                f"could not write the converted model to {tmp}: {err.strerror}; set model.cache_dir") from None
         os.replace(tmp, cached)
     else:
         print(f"kava: using cached conversion {cached}", file=sys.stderr)

@@ -53,7 +53,8 @@ class Question:
         if not torch.is_grad_enabled() or self.kv is None:
             return self
         kv = [(_leaf(k), _leaf(v)) for k, v in self.kv]
-        return Question(self.ids, self.mask, kv, _leaf(self.logits) if self.logits is not None else None, leaves_of=self)
+        logits = _leaf(self.logits) if self.logits is not None else None
+        return Question(self.ids, self.mask, kv, logits, leaves_of=self)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:

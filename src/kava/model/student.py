@@ -7,7 +7,8 @@
 
 The question's keys and values are computed once, in pass 0, and reused by every
 iteration (never recomputed); in training they come from the question's pass that the
-teacher continues too (`kava.model.question`), and pass 0 runs `<bot>` + latents over them. Gradients flow through all T iterations (no detach).
+teacher continues too (`kava.model.question`), and pass 0 runs `<bot>` + latents over them.
+Gradients flow through all T iterations (no detach).
 Questions are left-padded so the latent blocks line up; positions follow the mask.
 The first slot's input is the projected pass-0 hidden state at <bot>, the same in every
 iteration, as in the official PCCoT and CODI code (`latent.first_input: latent_embedding`
@@ -56,7 +57,8 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
     e(<latent>), no hidden state fed back)."""
     if model.latent_mode == "sequential" and num_iterations is None:
         if question is not None:
-            raise ValueError("sequential latents read their own question pass: build the batch with shared_question=False")
+            raise ValueError("sequential latents read their own question pass: "
+                             "build the batch with shared_question=False")
         return run_sequential_latents(model, q_ids, q_mask, latent_mask)
     T = model.num_iterations if num_iterations is None else num_iterations
     M = model.num_latents if latent_mask is None else latent_mask.shape[1]
@@ -113,7 +115,8 @@ class StudentOutput:
     logits: torch.Tensor
 
 
-def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=None, latent_override=None) -> StudentOutput:
+def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=None,
+                    latent_override=None) -> StudentOutput:
     """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A (with a curriculum,
     the suffix is <eot> + the remaining CoT + P + A, CE on all but <eot>).
 

@@ -40,7 +40,7 @@ from kava.failpoints import failpoint
 from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace
 from kava.model.kava_model import KavaModel, add_special_tokens
 from kava.model.load import load_backbone
-from kava.training.state import STATE_JSON, STATE_TENSORS, load_training_state, save_training_state
+from kava.training.state import STATE_JSON, load_training_state, save_training_state
 
 FORMAT = 2
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")

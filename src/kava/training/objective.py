@@ -15,11 +15,11 @@ from torch import nn
 from kava.config import KavaConfig, shares_question
 from kava.losses import codi_loss, kv_loss
 from kava.model.kava_model import KavaModel
-from kava.model.question import Question, question_gradient, question_pass
-from kava.model.rope import unrotate_keys
 from kava.model.latents import selections_state
 from kava.model.lm import lm_with_ce
 from kava.model.positions import position_ids_from_mask
+from kava.model.question import Question, question_gradient, question_pass
+from kava.model.rope import unrotate_keys
 from kava.model.student import student_forward
 from kava.model.teacher import teacher_forward
 
