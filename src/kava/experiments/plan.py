@@ -79,7 +79,8 @@ def model_params_b(name: str | None) -> float | None:
     return value if value > 0 else None
 
 
-def _dataset_key(name: str | None) -> str:
+def _table_key(name: str | None) -> str:
+    """The key of `data.dataset` in the tables above: its last path part, lowercased, `-` for `_`."""
     return str(name or "").split("/")[-1].strip().lower().replace("_", "-")
 
 
@@ -101,7 +102,7 @@ def plan_reproduction(configs: Iterable[KavaConfig | str | os.PathLike], seeds: 
         if params is None:
             params = DEFAULT_PARAMS_B
             notes.append(f"model size unknown, assumed {DEFAULT_PARAMS_B:g}B")
-        key = _dataset_key(cfg.data.dataset)
+        key = _table_key(cfg.data.dataset)
         rows = cfg.data.synthetic.num_train if cfg.data.source == "synthetic" else DATASET_ROWS.get(key)
         if rows is None:
             rows = DEFAULT_ROWS
