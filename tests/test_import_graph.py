@@ -188,6 +188,33 @@ def test_commands_import_no_benchmark():
     assert not bad, "\n".join(bad)
 
 
+# Modules imported while the command line's parser is built: their kava imports may wait inside
+# functions, so that `kava --help` stays fast (the front ends too, whatever their layer).
+STARTUP_MODULES = {"kava.hub"}
+
+
+def function_level_imports(path: Path, root: str = "kava") -> list[tuple[int, str]]:
+    """(line, module) of every import of `root`'s modules made inside a function."""
+    out = []
+    for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                out += [(node.lineno, n) for n in names if n.split(".")[0] == root]
+    return sorted(set(out))
+
+
+def test_core_modules_import_kava_at_the_top():
+    """Below the front ends, every kava import sits at the top of its file, where a reader sees
+    the module's place in the graph."""
+    _, files = import_graph()
+    bad = [f"{files[name]}:{line} imports {target} inside a function" for name in files
+           if layer_of(name) != "front ends" and name not in STARTUP_MODULES
+           for line, target in function_level_imports(SRC / files[name])]
+    assert not bad, "\n".join(bad)
+
+
 def test_no_package_imports_one_that_imports_it_back():
     graph, files = import_graph()
     packages = package_graph(graph)
