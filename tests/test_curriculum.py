@@ -189,10 +189,10 @@ def _train_cfg(tmp_path, **extra):
 
 
 def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch):
-    import kava.training.curriculum as curriculum_module
+    import kava.training.trainer as trainer_module
 
     resets = []
-    real_reset = curriculum_module.reset_optimizer_state
+    real_reset = trainer_module.reset_optimizer_state
 
     def spy(optimizer):
         assert len(optimizer.optimizer.state) > 0  # there is state to clear
@@ -200,7 +200,7 @@ def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch)
         real_reset(optimizer)
         assert len(optimizer.optimizer.state) == 0
 
-    monkeypatch.setattr(curriculum_module, "reset_optimizer_state", spy)
+    monkeypatch.setattr(trainer_module, "reset_optimizer_state", spy)  # where the trainer calls it
     cfg = _train_cfg(tmp_path)
     train(cfg, show_progress=False)
     run = tmp_path / "run"
