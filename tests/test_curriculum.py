@@ -9,14 +9,13 @@ import shutil
 import pytest
 import torch
 
+from conftest import EXAMPLES, build
 from kava.config import PromptConfig, config_from_dict
 from kava.data.sequences import IGNORE, SequenceBuilder
 from kava.errors import KavaError
 from kava.io import read_jsonl
 from kava.training.curriculum import Curriculum, reset_optimizer_state
 from kava.training.trainer import train
-
-from conftest import EXAMPLES, build
 
 MINIMAL = {"model": {"name": "tiny-llama"}, "data": {"dataset": "x.jsonl", "source": "local"}}
 
