@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+_TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")  # _create_temporary's names (mkstemp's before)
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file `.NAME.XXXXXXXX.tmp` next to `path`, open for writing: (fd, name). Created
+    with mode 0666 and O_EXCL, so the kernel applies the umask (0644 under the usual 022) as
+    for any file the user writes; tempfile.mkstemp would make it 0600, unreadable to the
+    group of a shared folder."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, owns: Callable[[str], bool] | None = None) -> None:
@@ -56,7 +70,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, owns: Callable[[str], bo
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
