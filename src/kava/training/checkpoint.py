@@ -119,7 +119,7 @@ def read_checkpoint_config(path: str | Path) -> KavaConfig:
         raise KavaError(f"{path} is not a kava checkpoint (no kava_config.yaml); point to a checkpoint-* folder")
     import yaml
 
-    meta = _trainer_state(path)
+    meta = read_trainer_state(path)
     written = meta.get("kava_version")
     try:
         raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))
@@ -146,7 +146,7 @@ def read_checkpoint_config(path: str | Path) -> KavaConfig:
     return cfg
 
 
-def _trainer_state(path: Path) -> dict:
+def read_trainer_state(path: Path) -> dict:
     f = path / "trainer_state.json"
     if not f.is_file():
         raise KavaError(f"checkpoint {path} is incomplete: trainer_state.json is missing; copy the whole checkpoint "
@@ -257,7 +257,7 @@ def load_resume_state(path: str | Path, optimizer, scheduler) -> dict:
             f"evaluate its weights with kava evaluate --checkpoint {path}"
         )
     load_training_state(path, optimizer, scheduler)
-    return _trainer_state(path)
+    return read_trainer_state(path)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype: str | None = None,

@@ -42,9 +42,18 @@ from kava.training.checkpoint import (
     prune_checkpoints,
     recover_output_dir,
     save_checkpoint,
-    step_checkpoints,
 )
 from kava.training.guard import StepGuard
+from kava.training.resume import (
+    Resume,
+    check_length,
+    describe,
+    find_resume_point,
+    no_checkpoint,
+    remove_stale_best,
+    restore_schedule,
+    resume_record,
+)
 from kava.training.signals import PREEMPTION_SIGNALS, Preempted, graceful_stop
 
 
@@ -203,21 +212,29 @@ def tracker_config(cfg: KavaConfig) -> dict:
 
 def _truncate_log(log_path: Path, step: int) -> None:
     """Keep the records of steps up to `step`: the resumed run writes the later ones again."""
-    try:
-        kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= step]
+    try:  # (a resume event at `step` is this resume's to write again)
+        kept = [r for r in read_jsonl(log_path) if r.get("step", 0) < step
+                or (r.get("step", 0) == step and r.get("event") != "resume")]
     except (ValueError, UnicodeDecodeError) as err:
         raise KavaError(f"{log_path} is corrupt ({type(err).__name__}); move it away and resume again") from None
     atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True,
+def train(cfg: KavaConfig, resume: Resume = False, show_progress: bool = True,
           stop_signals: Sequence[str | int] = PREEMPTION_SIGNALS) -> Path:
     """Train; returns the path of checkpoint-final.
 
     The run holds its output folder's lock (`kava.locking`) until it returns. A signal in
     `stop_signals` ends it at the next step boundary: it writes `checkpoint-<step>` and
     raises `Preempted` (`kava.training.signals`); `resume=True` continues from there.
+    resume: True continues the run in cfg.output_dir from its latest checkpoint (an error if it
+    has none), "auto" does so when there is one and starts a new run otherwise
+    (`kava.training.resume` says what a resume may change).
     """
+    if resume not in (False, True, "auto"):
+        raise ValueError(f"resume must be False, True or 'auto', not {resume!r}")
+    if resume is True and (err := no_checkpoint(Path(cfg.output_dir))):
+        raise err  # before the data loads and the lock creates the folder
     from accelerate import Accelerator
 
     trackers = _trackers(cfg)
@@ -233,7 +250,7 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True,
         return _train(cfg, accelerator, trackers, train_rows, val_rows, resume, show_progress, stop)
 
 
-def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume: bool, show_progress: bool,
+def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume: Resume, show_progress: bool,
            stop) -> Path:
     from tqdm.auto import tqdm
 
@@ -249,14 +266,10 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     if is_main:
         recover_output_dir(out_dir)
     accelerator.wait_for_everyone()
-    existing = step_checkpoints(out_dir)
-    if final.is_dir():
-        if resume:
-            print(f"kava: {final} exists; the run is complete, nothing to resume", file=sys.stderr)
-            return final
-        raise KavaError(f"{out_dir} already holds a finished run; choose another --output-dir")
-    if existing and not resume:
-        raise KavaError(f"{out_dir} holds checkpoints of an earlier run; pass --resume to continue it or choose another --output-dir")
+    point = find_resume_point(out_dir, cfg, resume)
+    if point is not None and point.complete:
+        log(f"kava: {final} exists; the run is complete, nothing to resume")
+        return final
 
     model, tok, builder = build_kava_model(cfg, accelerator.device, word_vocabulary=word_vocabulary_for(cfg))
     data, dropped = encode_dataset(train_rows, builder, cfg)
@@ -267,31 +280,39 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     if cfg.train.method == "kava" and cfg.kava.compression in ("rkv", "attention"):
         enable_capture(model.backbone)
     sched = plan_schedule(cfg, len(data), accelerator.num_processes)
+    if point is not None:
+        check_length(point, sched.total_steps)
     curriculum = Curriculum(cfg, sched.steps_per_epoch, sched.total_steps) if cfg.curriculum.enabled else None
 
     objective = KavaObjective(model, cfg)
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=cfg.train.weight_decay)
-    scheduler = _make_scheduler(optimizer, cfg, sched.total_steps)
+    scheduler = _make_scheduler(optimizer, cfg, sched.total_steps - int(point.state.get("schedule_start", 0) if point else 0))
     objective, optimizer = accelerator.prepare(objective, optimizer)
 
     start = 0
     saved: dict = {}
     log_path = out_dir / "train_log.jsonl"
-    if resume and existing:
-        step, ckpt = existing[-1]
-        load_trainable_state(model, ckpt)
-        saved = load_resume_state(ckpt, optimizer, scheduler)
+    if point is not None:
+        load_trainable_state(model, point.path)
+        saved = load_resume_state(point.path, optimizer, scheduler)
         if curriculum is not None:
             curriculum.check_resume(saved)
         start = saved["step"]
+        scheduler = restore_schedule(optimizer, scheduler, cfg, point, sched.total_steps, _make_scheduler)
         if is_main and log_path.is_file():
             _truncate_log(log_path, start)
-        log(f"kava: resuming from {ckpt} (step {start}/{sched.total_steps})")
+        changed = f"; changed: {describe(point, cfg, sched.total_steps)}" if point.changed else ""
+        log(f"kava: resuming from {point.path} (step {start}/{sched.total_steps}){changed}")
+        if point.changed:
+            saved["resumes"] = [*saved.get("resumes", []), resume_record(point, cfg, sched.total_steps)]
+            if is_main:
+                append_jsonl(log_path, {"step": start, "event": "resume", **saved["resumes"][-1]})
     elif is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if log_path.exists():
             log_path.unlink()
+        remove_stale_best(out_dir, log)
     if is_main:
         atomic_write_yaml(out_dir / "config.yaml", config_to_dict(cfg))
     wandb_id = saved.get("wandb_run_id") or uuid.uuid4().hex[:12]
@@ -305,8 +326,9 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     t = cfg.train
     guard = StepGuard(t.max_skipped_in_a_row, t.loss_spike_factor, t.loss_spike_window, saved)
     state = {"step": start, "total_steps": sched.total_steps, "steps_per_epoch": sched.steps_per_epoch,
-             "wandb_run_id": wandb_id, **guard.state_dict()}
-    last_good = existing[-1][1] if resume and existing else None
+             "wandb_run_id": wandb_id, "schedule_start": point.schedule_start if point else 0,
+             "resumes": saved.get("resumes", []), **guard.state_dict()}
+    last_good = point.path if point is not None else None
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", disable=not (is_main and show_progress), dynamic_ncols=True)
     objective.train()
     try:
@@ -401,7 +423,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
             accelerator.end_training()
     accelerator.wait_for_everyone()
     if is_main:
-        save_checkpoint(final, model, tok, cfg, state)
+        save_checkpoint(final, model, tok, cfg, state, optimizer, scheduler)  # with its optimizer: it can be extended
         log(f"kava: wrote {final}")
     return final
 
