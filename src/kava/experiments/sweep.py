@@ -58,8 +58,14 @@ from typing import Any
 
 import yaml
 
+from huggingface_hub import constants as hub_constants
+
 from kava.config import LauncherConfig
+from kava.config import load_config as load_kava_config
+from kava.data.eval_sets import check_eval_dataset
+from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
+from kava.evaluation.cli import SYNTHETIC_TEST
 from kava.experiments.aggregate import (
     read_results_file,
     read_yaml_mapping,
@@ -230,6 +236,33 @@ def load_config(path: str | os.PathLike) -> tuple[dict, str]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise KavaError(f"cannot read config {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return _as_dict(data), hashlib.sha256(raw).hexdigest()
+
+
+def _eval_source(eval_args: Sequence[str]) -> str:
+    """The evaluation sets' source `kava evaluate` will use with these arguments (its default:
+    hub, or offline under HF_HUB_OFFLINE=1; kava.evaluation.cli.default_source)."""
+    args = list(eval_args)
+    if "--source" in args[:-1]:
+        return args[args.index("--source") + 1]
+    return "offline" if hub_constants.HF_HUB_OFFLINE else "hub"
+
+
+def check_before_training(config: Path, overrides: Sequence[str], datasets: Sequence[str],
+                          eval_args: Sequence[str], train: bool) -> None:
+    """Everything a seed's `kava train` and `kava evaluate` would refuse that can be checked
+    before the first step (KavaError): the config with the overrides, training data read from
+    disk (offline, local, synthetic; a hub set is checked when it loads), and each evaluation
+    set's name (and an offline set's or a .jsonl file's content)."""
+    cfg = load_kava_config(config, list(overrides)) if train else None
+    if cfg is not None and cfg.data.source != "hub":
+        load_training_examples(cfg.data)
+    source = _eval_source(eval_args)
+    for name in datasets:
+        if name != SYNTHETIC_TEST:
+            check_eval_dataset(name, source)
+        elif cfg is not None and cfg.data.source != "synthetic":
+            raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of the synthetic task, and {config} "
+                            f"trains on {cfg.data.dataset}")
 
 
 def _override_value(overrides: Sequence[str], key: str) -> str | None:
@@ -529,6 +562,7 @@ def run_sweep(
     else:
         cfg, sha = load_config(config)
         config = config.resolve()
+    check_before_training(config, overrides, ds_list, eval_args, train=not eval_only)
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
