@@ -25,18 +25,20 @@ docs/reliability.md describes it for users.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from kava.config import KavaConfig, config_to_dict
 from kava.errors import KavaError
-from kava.training.checkpoint import read_checkpoint_config, read_trainer_state, step_checkpoints
+from kava.training.checkpoint import (
+    read_checkpoint_config,
+    read_trainer_state,
+    step_checkpoints,
+)
 from kava.training.state import STATE_JSON
 
 FINAL = "checkpoint-final"
-BEST = "checkpoint-best"
 #: Keys (or sections, ending in ".") a resume may change freely.
 BOOKKEEPING = (
     "output_dir", "run_name", "launcher.", "model.cache_dir", "model.gradient_checkpointing",
@@ -192,12 +194,3 @@ def restore_schedule(optimizer, scheduler, cfg: KavaConfig, point: ResumePoint, 
             group["lr"] = lr
         scheduler._last_lr = lrs
     return scheduler
-
-
-def remove_stale_best(out_dir: Path, log) -> None:
-    """A run starting from step 0 drops the checkpoint-best an earlier attempt left (it is not
-    this run's)."""
-    best = out_dir / BEST
-    if best.is_dir():
-        shutil.rmtree(best)
-        log(f"kava: removed {best}, left by an earlier attempt that wrote no step checkpoint")

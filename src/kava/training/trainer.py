@@ -50,11 +50,17 @@ from kava.training.resume import (
     describe,
     find_resume_point,
     no_checkpoint,
-    remove_stale_best,
     restore_schedule,
     resume_record,
 )
 from kava.training.signals import PREEMPTION_SIGNALS, Preempted, graceful_stop
+from kava.training.validation import (
+    BestCheckpoint,
+    check_validation_split,
+    remove_stale_best,
+    validation_accuracy,
+    validation_examples,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -259,6 +265,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     from kava.training.curriculum import Curriculum, reset_optimizer_state
     from kava.training.objective import KavaObjective
 
+    check_validation_split(cfg, val_rows)
     is_main = accelerator.is_main_process
     log = (lambda *a: print(*a, file=sys.stderr)) if is_main else (lambda *a: None)
     out_dir = Path(cfg.output_dir)
@@ -275,6 +282,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     data, dropped = encode_dataset(train_rows, builder, cfg)
     log(f"kava: {len(data)} training examples ({dropped} dropped as longer than data.max_length={cfg.data.max_length})")
     val_data = encode_dataset(val_rows, builder, cfg)[0][: cfg.train.eval_max_examples] if cfg.train.eval_every else []
+    val_examples = validation_examples(val_rows, cfg.train.eval_max_examples) if cfg.train.eval_every else []
     if not data:
         raise KavaError(f"every training example is longer than data.max_length={cfg.data.max_length}; raise it")
     if cfg.train.method == "kava" and cfg.kava.compression in ("rkv", "attention"):
@@ -330,6 +338,8 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
              "resumes": saved.get("resumes", []), **guard.state_dict()}
     last_good = point.path if point is not None else None
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", disable=not (is_main and show_progress), dynamic_ncols=True)
+    postfix: dict[str, str] = {}
+    best = BestCheckpoint(out_dir)
     objective.train()
     try:
         for step in range(start, sched.total_steps):
@@ -387,7 +397,8 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
                         accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=step + 1)
                 if skip is not None:
                     log(f"kava: step {step + 1} skipped ({skip}); {guard.in_a_row} in a row, {guard.skipped} in all")
-                bar.set_postfix(loss=f"{sums['loss']:.4f}")
+                postfix["loss"] = f"{sums['loss']:.4f}"
+                bar.set_postfix(postfix)
                 bar.update(1)
             if must_stop:
                 kept = f"the last good checkpoint, {last_good}, is untouched" if last_good else "no checkpoint was written"
@@ -396,12 +407,16 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
                     f"because the {skip}); the run stopped and {kept}. Lower train.lr or train.grad_clip and resume, "
                     "or raise train.max_skipped_in_a_row"
                 )
-            if val_data and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
-                val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step)
+            if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
+                val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step) if val_data else {}
+                val.update(validation_accuracy(model, builder, val_examples, cfg, accelerator))
                 if is_main:
-                    append_jsonl(log_path, {"step": step + 1, "split": "validation", **val})
+                    val["best"] = best.offer(val, model, tok, cfg, state)
+                    append_jsonl(log_path, {"step": step + 1, "split": "validation", **val, **best.fields()})
                     if trackers:
-                        accelerator.log({f"val_{k}": v for k, v in val.items()}, step=step + 1)
+                        accelerator.log({f"val_{k}": v for k, v in val.items() if type(v) in (int, float)}, step=step + 1)
+                    postfix["val_acc"] = f"{val['accuracy']:.1f}%"
+                    bar.set_postfix(postfix)
             last = step + 1 == sched.total_steps
             due = cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and not last and not guard.in_streak
             stopping = _stop_requested(stop, accelerator) and not last
