@@ -101,19 +101,9 @@ def _plots(results: list[dict], log: list[dict], out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "ce_student", "ce_teacher", "codi", "kv"):
-        pts = [(r["step"], r[key]) for r in log if key in r]
-        if pts:
-            ax.plot(*zip(*pts), label=key)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.set_title("KaVa training losses (SmolLM2-135M)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "training_losses.png", dpi=120)
-    plt.close(fig)
+    from kava.training.plots import plot_training_losses
+
+    plot_training_losses(log, out_dir / "training_losses.png", title="KaVa training on SmolLM2-135M-Instruct")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     markers = {"gsm8k": "o", "gsm8k-hard": "s", "svamp": "^"}

@@ -44,6 +44,8 @@ from kava.training.checkpoint import (
     save_checkpoint,
 )
 from kava.training.guard import StepGuard
+from kava.training.plots import plot_training_losses
+from kava.training.report import batch_tokens, run_header, run_summary
 from kava.training.resume import (
     Resume,
     check_length,
@@ -337,6 +339,11 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
              "wandb_run_id": wandb_id, "schedule_start": point.schedule_start if point else 0,
              "resumes": saved.get("resumes", []), **guard.state_dict()}
     last_good = point.path if point is not None else None
+    if is_main:
+        tokens = _step_tokens(builder, data, cfg, sched, start, curriculum) if start < sched.total_steps else 0
+        for line in run_header(model, cfg, sched.total_steps, start, sched.accumulation, world, tokens, accelerator.device):
+            log(line)
+    began = time.perf_counter()
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", disable=not (is_main and show_progress), dynamic_ncols=True)
     postfix: dict[str, str] = {}
     best = BestCheckpoint(out_dir)
@@ -354,7 +361,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
                 items = [data[i] for i in chunk]
                 student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
                 batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
-                tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
+                tokens += batch_tokens(batch)
                 sync = a == sched.accumulation - 1
                 ctx = accelerator.no_sync(objective) if not sync else _null()
                 with ctx:
@@ -439,8 +446,25 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     accelerator.wait_for_everyone()
     if is_main:
         save_checkpoint(final, model, tok, cfg, state, optimizer, scheduler)  # with its optimizer: it can be extended
-        log(f"kava: wrote {final}")
+        records = read_jsonl(log_path) if log_path.is_file() else []
+        plot = plot_training_losses(records, out_dir / "training_losses.png",
+                                    title=f"{cfg.run_name}: {cfg.model.name}, method {cfg.train.method}")
+        for line in run_summary(records, start, time.perf_counter() - began, final, plot,
+                                best if cfg.train.eval_every else None):
+            log(line)
     return final
+
+
+def _step_tokens(builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, sched: Schedule, step: int,
+                 curriculum=None) -> int:
+    """Tokens of optimizer step `step`, all processes together (for the run header)."""
+    idx, micro, total = step_indices(step, len(data), cfg, sched.steps_per_epoch), cfg.train.micro_batch_size, 0
+    for a in range(0, len(idx), micro):
+        chunk = idx[a : a + micro]
+        items = [data[i] for i in chunk]
+        student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
+        total += batch_tokens(make_batch(builder, items, cfg.train.method, "cpu", shares_question(cfg), student))
+    return total
 
 
 def _stop_requested(stop, accelerator) -> bool:
