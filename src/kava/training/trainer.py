@@ -408,11 +408,12 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
                 bar.set_postfix(postfix)
                 bar.update(1)
             if must_stop:
-                kept = f"the last good checkpoint, {last_good}, is untouched" if last_good else "no checkpoint was written"
+                kept = (f"the last good checkpoint, {last_good}, is untouched. Resume it with --resume and a lower "
+                        "train.lr (a new schedule starts at the checkpoint) or train.grad_clip" if last_good else
+                        "no checkpoint was written. Start again with a lower train.lr or train.grad_clip")
                 raise KavaError(
                     f"{guard.in_a_row} steps in a row were skipped (steps {guard.first_of_streak}-{step + 1}, the last "
-                    f"because the {skip}); the run stopped and {kept}. Lower train.lr or train.grad_clip and resume, "
-                    "or raise train.max_skipped_in_a_row"
+                    f"because the {skip}); the run stopped and {kept}, or raise train.max_skipped_in_a_row"
                 )
             if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
                 val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step) if val_data else {}
