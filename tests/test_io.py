@@ -104,3 +104,23 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
     for name in ("new.yaml", "old.yaml", "plain.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
+def test_files_a_library_wrote_0600_get_the_umask_mode(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    from kava.io import give_umask_mode
+
+    old = os.umask(0o027)
+    try:
+        (tmp_path / "sub").mkdir()
+        save_file({"a": torch.zeros(2)}, str(tmp_path / "sub" / "w.safetensors"))
+        (tmp_path / "x.json").write_text("{}")
+        os.chmod(tmp_path / "x.json", 0o600)
+        give_umask_mode(tmp_path)
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()} == {
+        "w.safetensors": 0o640, "x.json": 0o640}

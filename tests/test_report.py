@@ -62,7 +62,11 @@ def test_train_prints_a_header_and_a_summary_and_writes_the_plot(tmp_path, confi
     assert lines[-1] == f"kava: wrote {out / 'checkpoint-final'}; loss plot: {out / 'training_losses.png'}"
     png = out / "training_losses.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert stat.S_IMODE(png.stat().st_mode) == 0o644
+    # Every file of the run has the umask's mode: weights (safetensors writes 0600), configs, the plot.
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert {"checkpoint-final/adapter/adapter_model.safetensors", "checkpoint-best/projection.safetensors",
+            "checkpoint-final/training_state.safetensors", "config.yaml", "training_losses.png"} <= set(modes)
+    assert {k: m for k, m in modes.items() if m != 0o644} == {}
 
 
 def _boxes_overlap(a, b) -> bool:

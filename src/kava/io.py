@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,22 @@ def remove_stale_temporaries(folder: str | os.PathLike, owns: Callable[[str], bo
         m = _TEMPORARY.match(p.name)
         if m and p.is_file() and (owns is None or owns(m.group(1))):
             p.unlink(missing_ok=True)
+
+
+def give_umask_mode(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the mode a file the user writes gets (0666 less the
+    umask), for files written by libraries that make them 0600 (safetensors' `save_file`,
+    hence peft's and transformers' `save_pretrained`). The mode is read from a probe file the
+    kernel creates, not from `os.umask()`, which would have to change the umask to read it."""
+    fd, probe = _create_temporary(Path(folder) / "umask")
+    os.close(fd)
+    try:
+        mode = stat.S_IMODE(os.stat(probe).st_mode)
+    finally:
+        os.unlink(probe)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

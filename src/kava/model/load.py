@@ -19,6 +19,7 @@ import torch
 
 from kava.config import ModelConfig
 from kava.errors import KavaError
+from kava.io import give_umask_mode
 from kava.model.shapes import build_random_model, is_random_shape
 from kava.model.tiny import TINY_MODELS, build_char_tokenizer, build_tiny_model
 
@@ -89,6 +90,7 @@ def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype
         try:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            give_umask_mode(tmp)  # a cache shared through KAVA_CACHE_DIR stays readable (safetensors writes 0600)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise KavaError(f"could not write the converted model to {tmp}: {err.strerror}; set model.cache_dir") from None

@@ -34,7 +34,7 @@ from kava import __version__
 from kava.config import KavaConfig, config_to_dict
 from kava.errors import KavaError
 from kava.failpoints import failpoint
-from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace
+from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace, give_umask_mode
 from kava.training.state import STATE_JSON, STATE_TENSORS, load_training_state, save_training_state
 
 FORMAT = 2
@@ -70,6 +70,7 @@ def save_checkpoint(path: str | Path, model, tokenizer, cfg: KavaConfig, state: 
         if optimizer is not None:
             save_training_state(tmp, optimizer, scheduler)
         failpoint("checkpoint.state")
+        give_umask_mode(tmp)  # safetensors writes 0600
         atomic_replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk: do not leave it fuller
