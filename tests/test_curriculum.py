@@ -220,7 +220,7 @@ def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), a["step"]
     # a config that puts the checkpoint's step at another stage cannot resume it
     shutil.rmtree(run / "checkpoint-final")
-    with pytest.raises(KavaError, match="curriculum stage 2, but this config puts that step at stage 1"):
+    with pytest.raises(KavaError, match=r"--resume cannot change curriculum.steps_per_stage \(2 -> 3\)"):
         train(_train_cfg(tmp_path, **{"curriculum.steps_per_stage": 3, "train.max_steps": 12}), resume=True,
               show_progress=False)
 

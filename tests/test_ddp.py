@@ -30,6 +30,7 @@ OVERRIDES = [
     "train.warmup_ratio=0.0",  # the lr is > 0 at step 1, so every step moves the weights
     "lora.dropout=0.0",  # dropout masks come from each process's own RNG
     "data.max_train_examples=48", "model.tiny.hidden_size=32", "model.tiny.num_layers=2",
+    "train.eval_every=3", "train.eval_max_examples=7",  # validation sharded 4 + 3 over the processes
 ]
 LOGGED = ("loss", "ce_student", "ce_teacher", "codi", "kv", "grad_norm", "lr")
 
@@ -97,7 +98,13 @@ def test_two_processes_train_exactly_like_one(tmp_path):
     assert (markers / "rank0").read_text() == "2" and (markers / "rank1").read_text() == "2", \
         "accelerate did not start 2 processes"
 
-    log1, log2 = _read_log(one), _read_log(two)
+    (val1,), (val2,) = ([r for r in _read_log(run) if r.get("split") == "validation"] for run in (one, two))
+    assert val1["n"] == val2["n"] == 7 and val1["step"] == val2["step"] == STEPS
+    for key in ("accuracy", "forward_passes_mean"):  # gathered over the processes
+        assert val2[key] == pytest.approx(val1[key], rel=1e-4, abs=2e-6), key
+    # (not the validation loss: validation_losses averages per-micro-batch means, so its value
+    # depends on how the examples are split into batches, and differs here by ~0.06%)
+    log1, log2 = ([r for r in _read_log(run) if "split" not in r] for run in (one, two))
     assert [r["step"] for r in log1] == [r["step"] for r in log2] == list(range(1, STEPS + 1))
     for r1, r2 in zip(log1, log2):
         for key in LOGGED:

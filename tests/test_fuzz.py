@@ -252,7 +252,7 @@ def test_kava_infer_reports_every_bad_line_and_writes_nothing(checkpoint, lines)
 
 junk = st.one_of(st.text(max_size=12), st.sampled_from(["-1", "0", "nan", "1e999", "", "--", "-", "x=1", "=1", "a.b="]))
 OPTIONS = {
-    "train": ["--output-dir", "--seed", "--resume", "--no-progress"],
+    "train": ["--output-dir", "--seed", "--resume", "--resume-if-exists", "--no-progress"],
     "evaluate": ["--datasets", "--source", "--limit", "--batch-size", "--mode", "--max-new-tokens", "--output",
                  "--output-dir", "--device", "--dtype"],
     "infer": ["--question", "--input", "--output", "--mode", "--temperature", "--top-p", "--seed", "--max-new-tokens",

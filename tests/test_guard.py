@@ -110,7 +110,8 @@ def test_n_skipped_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint
     assert main(["train", "--config", str(run / "c.yaml"), "--no-progress", "train.max_skipped_in_a_row=3"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert err == [f"error: 3 steps in a row were skipped (steps 3-5, the last because the loss is nan); the run "
-                   f"stopped and the last good checkpoint, {ckpt}, is untouched. Lower train.lr or train.grad_clip "
-                   "and resume, or raise train.max_skipped_in_a_row"]
+                   f"stopped and the last good checkpoint, {ckpt}, is untouched. Resume it with --resume and a lower "
+                   "train.lr (a new schedule starts at the checkpoint) or train.grad_clip, or raise "
+                   "train.max_skipped_in_a_row"]
     assert sorted(p.name for p in (run / "out").glob("checkpoint-*")) == ["checkpoint-2"]  # none at step 4
     assert seen and {str(p): p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == seen

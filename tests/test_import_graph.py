@@ -10,8 +10,9 @@ The layers, lowest first; a module imports only modules of its own layer or of a
     data         kava.data
     tensors      kava.compression, kava.losses: functions of tensors, called by the model and training
     model        kava.model
+    inference    kava.inference, and the evaluation core (answer, evaluate, latent_decoding): the
+                 model answering questions, which training's validation step calls
     training     kava.training
-    inference    kava.inference, and the evaluation core (answer, evaluate, latent_decoding)
     api          kava.api (the Python front end), kava.hub (checkpoints by hub repo id)
     experiments  kava.experiments
     front ends   the commands: kava.cli, kava.__main__, every */cli.py, kava.bench, kava.demo, and
@@ -27,7 +28,7 @@ from pathlib import Path
 
 SRC = Path(__file__).parents[1] / "src"
 
-LAYERS = ["foundation", "data", "tensors", "model", "training", "inference", "api", "experiments", "front ends"]
+LAYERS = ["foundation", "data", "tensors", "model", "inference", "training", "api", "experiments", "front ends"]
 FOUNDATION = {"kava", "kava.errors", "kava.failpoints", "kava.io", "kava.locking", "kava.config", "kava.numbers"}
 FRONT_ENDS = {"kava.cli", "kava.__main__", "kava.demo", "kava.evaluation.harness"}
 BY_PACKAGE = {"kava.data": "data", "kava.compression": "tensors", "kava.losses": "tensors", "kava.model": "model",

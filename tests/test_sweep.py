@@ -320,3 +320,20 @@ def test_subprocess_runner_appends_output(tmp_path):
     assert rc == 3
     text = log.read_text()
     assert text.startswith("before\n") and "hello 1" in text and "oops" in text
+
+
+@pytest.mark.parametrize("datasets, overrides, eval_args, message", [
+    (["gsm8k", "gsm8kk"], [], [], "unknown evaluation dataset 'gsm8kk'"),
+    (["svamp-test300"], [], ["--source", "offline"], "dataset svamp-test300 is hub-only"),
+    (["synthetic-test"], [], [], "synthetic-test is the test split of the synthetic task"),
+    (["gsm8k"], ["train.bogus=1"], [], "unknown key 'train.bogus'"),
+    (["gsm8k"], ["data.source=local", "data.dataset=missing.jsonl"], [], "training data file not found: missing.jsonl"),
+])
+def test_everything_is_checked_before_the_first_training_step(tmp_path, config, datasets, overrides, eval_args,
+                                                               message):
+    """Before: a misspelt dataset name (or a bad override) failed only after every seed had trained."""
+    runner = FakeRunner()
+    with pytest.raises(KavaError, match=message):
+        run_sweep(config, [1, 2], tmp_path / "exp", datasets, overrides=overrides, eval_args=eval_args, runner=runner,
+                  progress=lambda m: None)
+    assert runner.calls == [] and not (tmp_path / "exp").exists()

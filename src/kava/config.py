@@ -214,8 +214,12 @@ class TrainConfig(_Strict):
     log_every: int = Field(1, ge=1)
     save_every: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps")
     keep_last: int = Field(2, ge=1, description="step checkpoints kept on disk")
-    eval_every: int | None = Field(None, ge=1, description="validation loss every N optimizer steps (and at the end)")
-    eval_max_examples: int = Field(256, ge=1, description="validation examples used for the validation loss")
+    eval_every: int | None = Field(
+        None, ge=1, description="every N optimizer steps (and after the last) the validation loss and the accuracy of "
+        "answers generated on the validation split in the method's mode; the best step's weights are kept in "
+        "checkpoint-best (kava.training.validation)")
+    eval_max_examples: int = Field(256, ge=1, description="validation examples used for the validation loss and accuracy")
+    eval_batch_size: int = Field(32, ge=1, description="questions per generation batch for the validation accuracy")
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
     max_skipped_in_a_row: int = Field(
         10, ge=1, description="stop after this many skipped steps in a row (non-finite loss or gradient norm, loss spike)"

@@ -27,8 +27,9 @@ import yaml
 
 from kava.errors import KavaError
 
-#: Files of a checkpoint that inference does not need (optimizer and RNG state for --resume).
-NOT_UPLOADED = ["training_state.pt"]
+#: Files of a checkpoint that inference does not need (optimizer and RNG state for --resume;
+#: checkpoint-final holds them too, so that a finished run can be extended).
+NOT_UPLOADED = ["training_state.safetensors", "training_state.json", "training_state.pt"]
 #: Hub datasets of kava's evaluation sets (the card's model-index points at them).
 CITATION = """@inproceedings{kuzina2026kava,
   title     = {Latent Reasoning via Compressed {KV}-Cache Distillation},

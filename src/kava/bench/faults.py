@@ -6,7 +6,7 @@ moments, resume them, and check that nothing was lost, doubled or left half-writ
 
 For each command the harness first runs it once, uninterrupted (the reference). Then,
 episode after episode, it runs the same command in a fresh folder and kills it at a
-seeded moment, runs it again (`--resume` for train), maybe kills that run too, and so on
+seeded moment, runs it again (`--resume-if-exists` for train), maybe kills that run too, and so on
 until a run finishes; then it compares with the reference:
 
 - train: every `train_log.jsonl` record (all but `seconds`) equal, each step once; the
@@ -92,7 +92,7 @@ def write_workload(root: Path) -> dict[str, Path]:
 def command(kind: str, work: dict[str, Path], out: Path, checkpoint: Path | None, resume: bool) -> list[str]:
     if kind == "train":
         return ["train", "--config", str(work["config"]), "--output-dir", str(out), "--no-progress",
-                *(["--resume"] if resume else [])]
+                *(["--resume-if-exists"] if resume else [])]  # a kill may come before the first checkpoint
     if kind == "evaluate":
         return ["evaluate", "--checkpoint", str(checkpoint), "--datasets", str(work["eval"]), "--output-dir", str(out),
                 "--batch-size", "3", "--max-new-tokens", "6", "--no-progress"]

@@ -194,7 +194,7 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
     if cfg.data.source != "synthetic":
         raise KavaError("kava bench quality needs a config with data.source: synthetic (its test split is generated)")
     t0 = time.perf_counter()
-    final = train(cfg, resume=True, show_progress=progress)
+    final = train(cfg, resume="auto", show_progress=progress)
     train_wall = time.perf_counter() - t0
     log = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").is_file() else []
     model, _tok, builder, _ = load_checkpoint(final)

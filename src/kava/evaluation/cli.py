@@ -160,13 +160,10 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
-SYNTHETIC_TEST = "synthetic-test"
-
-
 def _load_dataset(name: str, args):
     """An evaluation set by name, or `synthetic-test`: the held-out split of the synthetic task the
     checkpoint was trained on (with its CoT steps, for `--latent-control teacher`)."""
-    from kava.data.eval_sets import held_out_examples, load_eval_dataset
+    from kava.data.eval_sets import SYNTHETIC_TEST, held_out_examples, load_eval_dataset
     from kava.training.checkpoint import read_checkpoint_config
 
     if name != SYNTHETIC_TEST:

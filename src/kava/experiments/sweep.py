@@ -55,7 +55,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import constants as hub_constants
+
 from kava.config import KavaConfig, LauncherConfig, load_config
+from kava.data.eval_sets import SYNTHETIC_TEST, check_eval_dataset
+from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
 from kava.evaluation.results import dataset_key, results_file
 from kava.experiments.aggregate import (
@@ -196,6 +200,32 @@ def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple
     the file's bytes."""
     cfg = load_config(path, overrides)
     return cfg, hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _eval_source(eval_args: Sequence[str]) -> str:
+    """The evaluation sets' source `kava evaluate` will use with these arguments (its default:
+    hub, or offline under HF_HUB_OFFLINE=1; kava.evaluation.cli.default_source)."""
+    args = list(eval_args)
+    if "--source" in args[:-1]:
+        return args[args.index("--source") + 1]
+    return "offline" if hub_constants.HF_HUB_OFFLINE else "hub"
+
+
+def check_before_training(cfg: KavaConfig | None, config: Path, datasets: Sequence[str],
+                          eval_args: Sequence[str]) -> None:
+    """Everything a seed's `kava train` and `kava evaluate` would refuse that can be checked
+    before the first step (KavaError), beyond the config itself (`read_config`): training data
+    read from disk (offline, local, synthetic; a hub set is checked when it loads), and each
+    evaluation set's name (and an offline set's or a .jsonl file's content). cfg None: no training."""
+    if cfg is not None and cfg.data.source != "hub":
+        load_training_examples(cfg.data)
+    source = _eval_source(eval_args)
+    for name in datasets:
+        if name != SYNTHETIC_TEST:
+            check_eval_dataset(name, source)
+        elif cfg is not None and cfg.data.source != "synthetic":
+            raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of the synthetic task, and {config} "
+                            f"trains on {cfg.data.dataset}")
 
 
 # ------------------------------------------------------------------------ the sweep
@@ -487,6 +517,7 @@ def run_sweep(
     else:
         cfg, sha = read_config(config, overrides)
         config = config.resolve()
+    check_before_training(None if eval_only else cfg, config, ds_list, eval_args)
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():

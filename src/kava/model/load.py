@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kava.config import ModelConfig
 from kava.errors import KavaError
+from kava.io import give_umask_mode
 from kava.model.shapes import build_random_model, is_random_shape, shape_of
 from kava.model.tiny import TINY_MODELS, build_char_tokenizer
 from kava.model.word_tokenizer import build_word_tokenizer
@@ -89,6 +90,7 @@ def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype
         try:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            give_umask_mode(tmp)  # a cache shared through KAVA_CACHE_DIR stays readable (safetensors writes 0600)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise KavaError(

@@ -37,7 +37,7 @@ from kava.config import KavaConfig, config_from_dict, config_to_dict
 from kava.data.sequences import SequenceBuilder
 from kava.errors import KavaError
 from kava.failpoints import failpoint
-from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace
+from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace, give_umask_mode
 from kava.model.kava_model import KavaModel, add_special_tokens
 from kava.model.load import load_backbone
 from kava.training.state import STATE_JSON, load_training_state, save_training_state
@@ -75,6 +75,7 @@ def save_checkpoint(path: str | Path, model, tokenizer, cfg: KavaConfig, state: 
         if optimizer is not None:
             save_training_state(tmp, optimizer, scheduler)
         failpoint("checkpoint.state")
+        give_umask_mode(tmp)  # safetensors writes 0600
         atomic_replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk: do not leave it fuller
@@ -120,7 +121,7 @@ def read_checkpoint_config(path: str | Path) -> KavaConfig:
         raise KavaError(f"checkpoint not found: {path}")
     if not cfg_file.is_file():
         raise KavaError(f"{path} is not a kava checkpoint (no kava_config.yaml); point to a checkpoint-* folder")
-    meta = _trainer_state(path)
+    meta = read_trainer_state(path)
     written = meta.get("kava_version")
     try:
         raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))
@@ -147,7 +148,7 @@ def read_checkpoint_config(path: str | Path) -> KavaConfig:
     return cfg
 
 
-def _trainer_state(path: Path) -> dict:
+def read_trainer_state(path: Path) -> dict:
     f = path / "trainer_state.json"
     if not f.is_file():
         raise KavaError(f"checkpoint {path} is incomplete: trainer_state.json is missing; copy the whole checkpoint "
@@ -258,7 +259,7 @@ def load_resume_state(path: str | Path, optimizer, scheduler) -> dict:
             f"evaluate its weights with kava evaluate --checkpoint {path}"
         )
     load_training_state(path, optimizer, scheduler)
-    return _trainer_state(path)
+    return read_trainer_state(path)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype: str | None = None,
