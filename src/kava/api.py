@@ -15,7 +15,7 @@ no latent training, so only the `cot` and `direct` modes are open to it.
 Modes (SPEC.md §2): `latent` (the KaVa student), `cot` (write the chain of thought, then
 the answer), `direct` (answer at once, the No-CoT baseline). The default is the mode the
 model was trained for: `latent` for a `train.method: kava` checkpoint, `cot`/`direct` for
-the CoT / No-CoT fine-tuning baselines, `cot` for a base model.
+the CoT / No-CoT fine-tuning baselines, `direct` for iCoT, `cot` for a base model.
 
 The CLI (`kava evaluate`, `kava infer`) uses the same loading code.
 """
@@ -32,7 +32,6 @@ from kava.errors import KavaError
 from kava.inference.generate import MODES, generate
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-_METHOD_MODE = {"kava": "latent", "cot": "cot", "direct": "direct"}
 
 
 @dataclass
@@ -132,7 +131,9 @@ class KavaPipeline:
         if is_base_model or config is None:
             self.default_mode = "cot"
         else:
-            self.default_mode = _METHOD_MODE.get(config.train.method, "latent")
+            from kava.config import EVAL_MODE
+
+            self.default_mode = EVAL_MODE.get(config.train.method, "latent")
 
     def __repr__(self) -> str:
         kind = "base model" if self.is_base_model else "checkpoint"

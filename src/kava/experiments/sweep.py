@@ -719,7 +719,7 @@ def plan_reproduction(configs: Iterable[Any], seeds: Iterable[int] | int) -> lis
             examples_seen = epochs * rows
         question = float(DATASET_QUESTION_TOKENS.get(key, DEFAULT_QUESTION_TOKENS))
         method = str(_get(cfg, "train.method", "kava"))
-        if method == "cot":
+        if method in ("cot", "icot"):  # iCoT: at most the CoT's tokens (its CoT shrinks)
             per_example = avg
         elif method == "direct":
             per_example = question + ANSWER_PASS_TOKENS
