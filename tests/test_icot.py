@@ -277,3 +277,42 @@ def test_icot_trains_resets_resumes_and_answers_in_direct_mode(tmp_path, monkeyp
     with pytest.raises(KavaError, match="trained with all CoT tokens scheduled for removal, but this config schedules 2"):
         train(_train_cfg(tmp_path, **{"icot.steps_per_token": 2, "train.max_steps": 12}), resume=True,
               show_progress=False)
+
+
+# ----- kava bench quality --only icot ----------------------------------------------------------
+
+
+def test_the_benchmarks_icot_run_removes_its_cot_over_the_first_half(tmp_path):
+    import kava.bench.quality as quality
+    from kava.data.train_sets import load_training_examples
+    from kava.model.kava_model import build_kava_model
+    from kava.training.trainer import word_vocabulary_for
+
+    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["icot"], 0, tmp_path, ["data.synthetic.num_train=300"])
+    steps = cfg.train.max_steps
+    assert cfg.train.method == "icot" and not cfg.data.drop_last_step and not cfg.prompt.teacher_delimiters
+    assert cfg.icot.steps_per_token == round(steps / 2 / quality.ICOT_COT_TOKENS)
+    # every training CoT is ICOT_COT_TOKENS long, so the count reaching it removes the CoT as it runs out
+    _, _, builder = build_kava_model(cfg, "cpu", word_vocabulary=word_vocabulary_for(cfg))
+    lengths = {len(builder.encode(e).c) for e in load_training_examples(cfg.data)[0]}
+    assert lengths == {quality.ICOT_COT_TOKENS}
+    sched = IcotSchedule(cfg, 625, steps, [quality.ICOT_COT_TOKENS], lambda s: [0])
+    assert sched.final_step == quality.ICOT_COT_TOKENS * cfg.icot.steps_per_token <= steps / 2
+    assert "icot" not in [r.name for r in quality.BASELINES]  # by name only
+
+
+def test_bench_quality_only_icot_runs(tmp_path, capsys):
+    from kava.cli import main
+
+    out = tmp_path / "bench"
+    tiny = ["data.synthetic.num_train=32", "data.synthetic.num_val=0", "train.global_batch_size=8",
+            "train.micro_batch_size=8", "train.save_every=null", "model.tiny.hidden_size=32", "model.tiny.num_layers=2",
+            "model.tiny.intermediate_size=64", "latent.num_latents=3", "latent.num_iterations=1"]
+    assert main(["bench", "quality", "--only", "icot", "--output-dir", str(out), "--steps", "64", "--base-steps", "2",
+                 "--test-size", "6", "--eval-batch-size", "6", "--no-progress", "--jobs", "1", *tiny]) == 0
+    assert "| iCoT | direct |" in capsys.readouterr().out
+    result = json.loads((out / "runs" / "icot-seed0" / "result.json").read_text())
+    assert result["mode"] == "direct" and result["steps"] == 64
+    assert result["forward_passes_mean"] == result["generated_tokens_mean"]  # No-CoT's passes: one per answer token
+    log = read_jsonl(out / "runs" / "icot-seed0" / "train_log.jsonl")
+    assert [r["icot_removed"] for r in log][31:34] == [31, "all", "all"]  # a token a step, all gone at step 33
