@@ -26,7 +26,7 @@ def test_paper_configs_follow_table6():
     assert (q.train.lr, q.train.weight_decay, q.kava.kv_loss) == (5e-4, 0.01, "mse")
     for p in CONFIGS:
         c = load_config(p)
-        if c.data.source == "hub" and c.latent.mode == "jacobi":  # the KaVa configs (CODI, Coconut below)
+        if c.data.source == "hub" and c.latent.mode == "jacobi" and c.train.method == "kava":  # (CODI, Coconut, iCoT below)
             assert (c.lora.r, c.lora.alpha, c.lora.dropout) == (128, 32, 0.1)
             assert (c.latent.num_latents, c.latent.num_iterations, c.train.global_batch_size) == (24, 3, 128)
             assert c.train.grad_clip == 2.0
@@ -47,6 +47,15 @@ def test_codi_and_coconut_configs_follow_their_sources():
     assert (coco.kava.alpha_codi, coco.kava.alpha_kv, coco.kava.teacher_ce) == (0, 0, False)
     assert (coco.train.lr, coco.train.epochs, coco.train.lr_scheduler, coco.train.weight_decay) == (1e-4, 25, "constant", 0.01)
     assert not coco.data.drop_last_step and not coco.lora.enabled
+    icot = load_config(root / "icot_llama1b_aug.yaml")  # da03/Internalize_CoT_Step_by_Step README, GSM8K command
+    i = icot.icot
+    assert icot.train.method == "icot" and not icot.data.drop_last_step and not icot.lora.enabled
+    assert (i.remove_per_epoch, i.remove_all_when_remove_beyond, i.removal_smoothing_lambda) == (8, 39, 4)
+    assert (i.remove_start_from, i.reset_optimizer, i.steps_per_token) == (0, True, None)
+    t = icot.train
+    assert (t.lr, t.global_batch_size, t.weight_decay, t.lr_scheduler, t.warmup_ratio, t.grad_clip) == (
+        1e-5, 32, 0.01, "constant", 0.0, 1.0)
+    assert not icot.prompt.teacher_delimiters and icot.data.max_length == 150
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ no latent training, so only the `cot` and `direct` modes are open to it.
 Modes (SPEC.md §2): `latent` (the KaVa student), `cot` (write the chain of thought, then
 the answer), `direct` (answer at once, the No-CoT baseline). The default is the mode the
 model was trained for: `latent` for a `train.method: kava` checkpoint, `cot`/`direct` for
-the CoT / No-CoT fine-tuning baselines, `cot` for a base model.
+the CoT / No-CoT fine-tuning baselines, `direct` for iCoT, `cot` for a base model.
 
 The CLI (`kava evaluate`, `kava infer`) uses the same loading code.
 """
@@ -28,19 +28,19 @@ from pathlib import Path
 
 import torch
 
-from kava.config import ModelConfig, PromptConfig
+from kava.config import EVAL_MODE, ModelConfig, PromptConfig
 from kava.data.eval_sets import load_eval_dataset
 from kava.data.sequences import SequenceBuilder, SpecialIds
 from kava.errors import KavaError
 from kava.evaluation.evaluate import evaluate_examples, extract_prediction
 from kava.hub import resolve_checkpoint
 from kava.inference.generate import MODES, generate
+from kava.inference.sampling import sampling_from
 from kava.model.kava_model import KavaModel
 from kava.model.load import load_backbone
 from kava.training.checkpoint import load_checkpoint, read_checkpoint_config
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-_METHOD_MODE = {"kava": "latent", "cot": "cot", "direct": "direct"}
 
 
 @dataclass
@@ -131,7 +131,7 @@ class KavaPipeline:
         if is_base_model or config is None:
             self.default_mode = "cot"
         else:
-            self.default_mode = _METHOD_MODE.get(config.train.method, "latent")
+            self.default_mode = EVAL_MODE.get(config.train.method, "latent")
 
     def __repr__(self) -> str:
         kind = "base model" if self.is_base_model else "checkpoint"
@@ -164,16 +164,19 @@ class KavaPipeline:
         mode: str | None = None,
         batch_size: int = 16,
         max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        sampling: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
         return_latents: bool = False,
     ) -> list[Answer]:
         """Answer `questions` (one string or a list), `batch_size` at a time, in order.
 
-        Greedy by default; `temperature` > 0 samples (with `top_p`; pass a seeded
-        `torch.Generator` to reproduce). `return_latents` keeps each latent-mode answer's
-        final latent hidden states ([M, d], see `nearest_tokens`).
+        Greedy by default; `sampling=True` samples (`temperature` 1, `top_p` 1, `top_k` 0 = off and
+        `seed` 0 unless given; kava.inference.sampling): question i's stream is seeded by (seed, i),
+        so the answers do not depend on `batch_size`. `return_latents` keeps each latent-mode
+        answer's final latent hidden states ([M, d], see `nearest_tokens`).
         """
         if isinstance(questions, str):
             questions = [questions]
@@ -182,14 +185,15 @@ class KavaPipeline:
             if not isinstance(q, str) or not q.strip():
                 raise KavaError(f"question {i + 1} is empty; every question needs some text")
         mode = self.resolve_mode(mode)
-        _check_generation(batch_size, max_new_tokens, temperature, top_p)
+        _check_generation(batch_size, max_new_tokens)
+        sampler = sampling_from(sampling, temperature, top_p, top_k, seed)
         answers: list[Answer] = []
         for start in range(0, len(questions), batch_size):
             chunk = questions[start : start + batch_size]
             t0 = time.perf_counter()
             gens = generate(
-                self.model, self.builder, chunk, mode=mode, max_new_tokens=max_new_tokens,
-                temperature=temperature, top_p=top_p, generator=generator, return_latents=return_latents,
+                self.model, self.builder, chunk, mode=mode, max_new_tokens=max_new_tokens, sampling=sampler,
+                sample_keys=list(range(start, start + len(chunk))), return_latents=return_latents,
             )
             share = (time.perf_counter() - t0) / len(chunk)
             for g in gens:
@@ -232,6 +236,12 @@ class KavaPipeline:
         predictions_path: str | Path | None = None,
         progress: bool = False,
         latent_control: str | list[str] | None = None,
+        sampling: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        samples: int = 1,
     ) -> dict:
         """Accuracy and forward passes on an evaluation set (see `kava.evaluation.evaluate`).
 
@@ -240,14 +250,19 @@ class KavaPipeline:
         `latent_control` ("shuffled", "pass0", "teacher" or a list of them; latent mode):
         also answer with other latents; the result then holds `latent_controls`, per control
         its accuracy, `reliance` (own − control accuracy, points) and `changed` (% of answers).
+        `sampling=True` (with `temperature`, `top_p`, `top_k`, `seed`, as in `answer`): `samples`
+        sampled decodings of every question; `accuracy` is their mean, with `accuracy_std`; the
+        result's `protocol` records the decoding either way.
         """
         mode = self.resolve_mode(mode)
         _check_generation(batch_size, max_new_tokens)
+        sampler = sampling_from(sampling, temperature, top_p, top_k, seed)
         examples = load_eval_dataset(dataset, source=source, limit=limit)
         controls = [latent_control] if isinstance(latent_control, str) else list(latent_control or [])
         return evaluate_examples(self.model, self.builder, examples, mode, controls, predictions_path=predictions_path,
                                  teacher_settings=self.teacher_settings(), batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, progress=progress, dataset=dataset)
+                                 max_new_tokens=max_new_tokens, progress=progress, dataset=dataset,
+                                 sampling=sampler, samples=samples)
 
     def teacher_settings(self) -> dict:
         """The teacher latent control's settings from the training config (R-KV method, λ, key space)."""
@@ -257,15 +272,11 @@ class KavaPipeline:
         return {"compression": k.compression, "lam": k.rkv_lambda, "move": k.kv_keys == "pre_rope"}
 
 
-def _check_generation(batch_size, max_new_tokens=None, temperature=0.0, top_p=1.0) -> None:
+def _check_generation(batch_size, max_new_tokens=None) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise KavaError(f"batch size must be a positive integer, got {batch_size!r}")
     if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
         raise KavaError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise KavaError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise KavaError(f"top_p must be in (0, 1], got {top_p}")
 
 
 def load(

@@ -191,9 +191,33 @@ class CurriculumConfig(_Strict):
         return self
 
 
+class IcotConfig(_Strict):
+    """iCoT's schedule (`train.method: icot`, kava.training.icot): CoT tokens are removed from the
+    front as training goes on [icot: da03/Internalize_CoT_Step_by_Step src/train.py, its argument names]."""
+
+    remove_per_epoch: float = Field(8.0, gt=0, description="CoT tokens removed per epoch (--remove_per_epoch)")
+    steps_per_token: int | None = Field(
+        None, ge=1, description="optimizer steps per removed token; overrides remove_per_epoch "
+        "(which gives round(steps per epoch / remove_per_epoch))")
+    remove_all_when_remove_beyond: int | None = Field(
+        None, ge=1, description="once this many tokens are scheduled, the whole CoT goes "
+        "(--remove_all_when_remove_beyond; null = inf)")
+    removal_smoothing_lambda: float | None = Field(
+        4.0, gt=0, description="λ of the random extra tokens removed per example, P(k) ∝ exp(−λk) for k < 100 "
+        "(--removal_smoothing_lambda; null = inf: none)")
+    remove_start_from: int = Field(0, ge=0, description="tokens scheduled at step 0 (--remove_start_from)")
+    reset_optimizer: bool = Field(True, description="clear the optimizer's state when one more token is scheduled "
+                                  "(--reset_optimizer)")
+
+
+# The mode `kava evaluate` runs a checkpoint in by default: what its method trained it for.
+EVAL_MODE = {"kava": "latent", "cot": "cot", "direct": "direct", "icot": "direct"}
+
+
 class TrainConfig(_Strict):
-    method: Literal["kava", "cot", "direct"] = Field(
-        "kava", description="kava (incl. PCCoT with alpha_kv=0), cot = CoT fine-tuning, direct = No-CoT fine-tuning"
+    method: Literal["kava", "cot", "direct", "icot"] = Field(
+        "kava", description="kava (incl. PCCoT with alpha_kv=0), cot = CoT fine-tuning, direct = No-CoT fine-tuning, "
+        "icot = stepwise internalization (CoT fine-tuning removing CoT tokens, section icot)"
     )
     lr: float = Field(8e-4, gt=0)
     epochs: float = Field(10, gt=0)
@@ -317,8 +341,16 @@ class KavaConfig(_Strict):
     data: DataConfig
     kava: KavaLossConfig = KavaLossConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+    icot: IcotConfig = IcotConfig()
     train: TrainConfig = TrainConfig()
     launcher: LauncherConfig = LauncherConfig()
+
+    @model_validator(mode="after")
+    def _check_icot(self) -> KavaConfig:
+        if self.train.method == "icot" and self.prompt.teacher_delimiters:
+            raise ValueError("train.method icot needs prompt.teacher_delimiters: false: its final sequence, evaluated "
+                             "in direct mode, is No-CoT's Q + P + A")
+        return self
 
     @model_validator(mode="after")
     def _check_curriculum(self) -> KavaConfig:

@@ -141,6 +141,7 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
     """A ``huggingface_hub.ModelCard`` for the checkpoint folder (see the module docstring)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from kava.config import EVAL_MODE
     from kava.training.checkpoint import read_checkpoint_config
 
     ckpt = Path(checkpoint)
@@ -150,7 +151,7 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
     sweep = _sweep_of(ckpt)
     summary = (sweep[1].get("datasets") or {}) if sweep else {}
     base = cfg.model.name
-    mode = {"kava": "latent", "cot": "cot", "direct": "direct"}[cfg.train.method]
+    mode = EVAL_MODE[cfg.train.method]
     name = repo_id.split("/")[-1]
 
     eval_results = []

@@ -193,10 +193,10 @@ def setup_runs(cfg, device, items, runs: list[TrainRun]) -> dict:
     share one model and one optimizer (as the old single-model benchmark did)."""
     import torch
 
+    from kava.config import shares_question
     from kava.model.capture import enable_capture
     from kava.model.kava_model import trainable_parameters
     from kava.training.objective import KavaObjective
-    from kava.config import shares_question
     from kava.training.trainer import make_batch
 
     models: dict[str, tuple] = {}

@@ -10,6 +10,8 @@ test split) in its own mode:
 
     no_cot   train.method=direct                    evaluated with mode=direct
     cot      train.method=cot, all CoT steps        evaluated with mode=cot
+    icot     train.method=icot: CoT tokens removed a token at a time over the
+             first half of the steps (only with --only icot)  evaluated with mode=direct
     pccot    kava with kava.alpha_kv=0              evaluated with mode=latent
     codi     pccot with sequential latents and the
              CODI loss at the answer's first digit  evaluated with mode=latent
@@ -64,6 +66,7 @@ class Run:
     overrides: tuple[str, ...] = ()
     stage_fraction: float | None = None  # a curriculum: each stage takes this share of train.max_steps
     split_latents: bool = False  # and its M latents are shared out over its stages (thoughts_per_step = M / stages)
+    removal_fraction: float | None = None  # iCoT: its whole CoT is removed over this share of train.max_steps
 
 
 _CURRICULUM = ("curriculum.enabled=true", "curriculum.stages=3", "curriculum.start_stage=1")
@@ -97,7 +100,14 @@ ABLATIONS = (
     Run("pccot_curriculum", "PCCoT, curriculum", "latent", ("kava.alpha_kv=0", *_CURRICULUM), stage_fraction=1 / 6),
     Run("kava_curriculum", "KaVa, curriculum", "latent", _CURRICULUM, stage_fraction=1 / 6),
 )
-ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS}
+# iCoT removes the CoT a token at a time over the first half of the steps (as Coconut's curriculum
+# takes the first half), then trains on No-CoT's sequence: icot.steps_per_token = round(steps / 2 / 32).
+# 32 = the task's CoT with every step kept (4 steps of 8 tokens; tests/test_icot.py checks it). It
+# needs at least 64 steps, so it runs by name only (--only icot), not in the default set.
+ICOT_COT_TOKENS = 32
+ICOT = Run("icot", "iCoT", "direct", ("train.method=icot", "data.drop_last_step=false", "prompt.teacher_delimiters=false",
+                                      f"icot.remove_all_when_remove_beyond={ICOT_COT_TOKENS}"), removal_fraction=1 / 2)
+ALL_RUNS = {r.name: r for r in BASELINES + (ICOT,) + ABLATIONS}
 TABLE_ORDER = ("base", *ALL_RUNS)
 
 
@@ -167,6 +177,12 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
 
     every = [*overrides, *run.overrides, f"seed={seed}", f"model.tiny.seed={seed}", f"output_dir={run_dir}",
              f"run_name=quality-{run.name}-seed{seed}"]
+    if run.removal_fraction is not None:
+        plain = load_config(config, every)
+        if plain.train.max_steps is None:
+            raise KavaError(f"run {run.name} sizes its removal schedule from train.max_steps; set it (or --steps)")
+        tokens = plain.icot.remove_all_when_remove_beyond
+        every.append(f"icot.steps_per_token={max(1, round(run.removal_fraction * plain.train.max_steps / tokens))}")
     if run.stage_fraction is None:
         return load_config(config, every)
     plain = load_config(config, [*every, "curriculum.enabled=false"])

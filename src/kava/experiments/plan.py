@@ -114,7 +114,7 @@ def plan_reproduction(configs: Iterable[KavaConfig | str | os.PathLike], seeds: 
         # optimizer steps override epochs, as in training
         examples_seen = t.max_steps * t.global_batch_size if t.max_steps is not None else t.epochs * rows
         question = float(DATASET_QUESTION_TOKENS.get(key, DEFAULT_QUESTION_TOKENS))
-        if t.method == "cot":
+        if t.method in ("cot", "icot"):  # iCoT: at most the CoT's tokens (its CoT shrinks)
             per_example = avg
         elif t.method == "direct":
             per_example = question + ANSWER_PASS_TOKENS

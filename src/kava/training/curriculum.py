@@ -29,10 +29,12 @@ The final stage is what `generate` runs (M = S·c latents, then `<eot>` + P).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from kava.config import KavaConfig
 from kava.data.sequences import Encoded, SequenceBuilder
 from kava.errors import KavaError
+from kava.training.icot import IcotSchedule
 
 
 class Curriculum:
@@ -94,6 +96,19 @@ class Curriculum:
         stages = [self.example_stage(step, i, len(e.steps)) for e, i in zip(items, indices, strict=True)]
         return self.student_inputs(builder, items, stages)
 
+    def batch(self, builder: SequenceBuilder, items: list[Encoded], step: int, indices: list[int]):
+        """(items, the student's inputs) of one training micro-batch (the schedule interface shared
+        with `kava.training.icot.IcotSchedule`)."""
+        return items, self.batch_inputs(builder, items, step, indices)
+
+    def validation_batch(self, builder: SequenceBuilder, items: list[Encoded], step: int):
+        """(items, the student's inputs) at step `step`'s stage for every example (no mixing)."""
+        return items, self.student_inputs(builder, items, [self.stage(step)] * len(items))
+
+    def record(self, step: int) -> dict:
+        """What the log and the checkpoint record of step `step`."""
+        return {"curriculum_stage": self.stage(step)}
+
     def check_resume(self, state: dict) -> None:
         """A checkpoint's recorded stage must be the one this config gives its step."""
         step, recorded = state.get("step", 0), state.get("curriculum_stage")
@@ -102,6 +117,15 @@ class Curriculum:
                 f"the checkpoint at step {step} was trained at curriculum stage {recorded}, but this config puts "
                 f"that step at stage {self.stage(step - 1)}; resume with the curriculum settings the run started with"
             )
+
+
+def training_schedule(cfg: KavaConfig, steps_per_epoch: int, total_steps: int, data: list[Encoded],
+                      batch_indices: Callable[[int], list[int]]):
+    """The config's schedule: a `Curriculum`, an `IcotSchedule` (`train.method: icot`), or None.
+    batch_indices(step): the dataset indices of step `step`'s whole batch."""
+    if cfg.train.method == "icot":
+        return IcotSchedule(cfg, steps_per_epoch, total_steps, [len(e.c) for e in data], batch_indices)
+    return Curriculum(cfg, steps_per_epoch, total_steps) if cfg.curriculum.enabled else None
 
 
 def reset_optimizer_state(optimizer) -> None:

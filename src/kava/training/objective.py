@@ -1,7 +1,7 @@
 """The training objective as one module, so DDP/FSDP wrap a single forward (SPEC.md §5).
 
 `method: kava` — L = CE_student + CE_teacher + α₁·L_CODI + α₂·L_KV (α₂ = 0 is PCCoT);
-`method: cot` — the teacher's CE alone (CoT fine-tuning baseline);
+`method: cot` — the teacher's CE alone (CoT fine-tuning baseline; `icot` the same on cut CoTs);
 `method: direct` — CE on Q + P + A (No-CoT fine-tuning baseline).
 """
 
@@ -44,7 +44,7 @@ class KavaObjective(nn.Module):
         CE as `loss` (when trained) and its detached targets as `teacher`. phase "student": the
         student's CE and the distillation terms toward `teacher` (the teacher's CE excluded)."""
         method = self.cfg.train.method
-        if method == "cot":
+        if method in ("cot", "icot"):  # iCoT: the teacher's sequence with its CoT cut (kava.training.icot)
             t = batch["teacher"]
             _, ce = lm_with_ce(self.model, t["labels"], **_lm_args(t))
             return {"loss": ce, "ce_teacher": ce.detach()}

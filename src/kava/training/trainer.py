@@ -49,7 +49,7 @@ from kava.training.checkpoint import (
     recover_output_dir,
     save_checkpoint,
 )
-from kava.training.curriculum import Curriculum, reset_optimizer_state
+from kava.training.curriculum import reset_optimizer_state, training_schedule
 from kava.training.guard import StepGuard
 from kava.training.latent_warmup import keep_latent_gradients
 from kava.training.objective import KavaObjective
@@ -107,7 +107,7 @@ def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, devi
     arguments of `builder.student_batch` (a curriculum's latents and kept CoT)."""
     if method == "direct":
         parts = {"direct": builder.teacher_batch(items, with_cot=False)}
-    elif method == "cot":
+    elif method in ("cot", "icot"):  # iCoT: the CoT teacher's sequence with its CoT cut (kava.training.icot)
         parts = {"teacher": builder.teacher_batch(items)}
     else:
         teacher = builder.continuation_batch(items) if shared_question else builder.teacher_batch(items)
@@ -283,7 +283,8 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     sched = plan_schedule(cfg, len(data), accelerator.num_processes)
     if point is not None:
         check_length(point, sched.total_steps)
-    curriculum = Curriculum(cfg, sched.steps_per_epoch, sched.total_steps) if cfg.curriculum.enabled else None
+    curriculum = training_schedule(cfg, sched.steps_per_epoch, sched.total_steps, data,  # a curriculum or iCoT
+                                   lambda s: step_indices(s, len(data), cfg, sched.steps_per_epoch))
 
     objective = KavaObjective(model, cfg)
     params = trainable_parameters(model)
@@ -350,7 +351,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
             for a in range(sched.accumulation):
                 chunk = idx[a * micro : (a + 1) * micro]
                 items = [data[i] for i in chunk]
-                student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
+                items, student = curriculum.batch(builder, items, step, chunk) if curriculum is not None else (items, None)
                 batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
                 tokens += batch_tokens(batch)
                 sync = a == sched.accumulation - 1
@@ -379,7 +380,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
             state.update(guard.state_dict())
             state["step"] = step + 1
             state["epoch"] = (step + 1) / sched.steps_per_epoch
-            stage = {"curriculum_stage": curriculum.stage(step)} if curriculum is not None else {}
+            stage = curriculum.record(step) if curriculum is not None else {}
             state.update(stage)
             record = {"step": step + 1, "epoch": round(state["epoch"], 4), **stage, **{k: round(v, 6) for k, v in sums.items()},
                       "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "seconds": round(time.perf_counter() - t0, 4),
@@ -472,7 +473,7 @@ def _stop_requested(stop, accelerator) -> bool:
 def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, accelerator,
                       curriculum=None, step: int = 0) -> dict:
     """Mean of each loss term over the validation examples (eval mode, sharded over processes);
-    under a curriculum, at step `step`'s stage for every example (no mixing)."""
+    under a curriculum (or iCoT), at step `step`'s stage for every example (no mixing, no offsets)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = data[rank::world]
     micro = cfg.train.micro_batch_size
@@ -482,8 +483,7 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
     try:
         for start in range(0, len(mine), micro):
             items = mine[start : start + micro]
-            student = (curriculum.student_inputs(builder, items, [curriculum.stage(step)] * len(items))
-                       if curriculum is not None else None)
+            items, student = curriculum.validation_batch(builder, items, step) if curriculum is not None else (items, None)
             losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(items)
