@@ -455,7 +455,7 @@ def _step_tokens(builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig,
     for a in range(0, len(idx), micro):
         chunk = idx[a : a + micro]
         items = [data[i] for i in chunk]
-        student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
+        items, student = curriculum.batch(builder, items, step, chunk) if curriculum is not None else (items, None)
         total += batch_tokens(make_batch(builder, items, cfg.train.method, "cpu", shares_question(cfg), student))
     return total
 

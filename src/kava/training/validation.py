@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from kava.config import KavaConfig
+from kava.config import EVAL_MODE, KavaConfig
 from kava.data.eval_sets import EvalExample
 from kava.data.train_sets import ReasoningExample
 from kava.errors import KavaError
@@ -38,8 +38,6 @@ from kava.evaluation.evaluate import evaluate_dataset
 from kava.training.checkpoint import read_trainer_state, save_checkpoint
 
 BEST = "checkpoint-best"
-#: The generation mode a method's model answers in.
-METHOD_MODES = {"kava": "latent", "cot": "cot", "direct": "direct"}
 
 
 def check_validation_split(cfg: KavaConfig, rows: list[ReasoningExample]) -> None:
@@ -60,7 +58,7 @@ def validation_examples(rows: list[ReasoningExample], limit: int) -> list[EvalEx
 def validation_accuracy(model, builder, examples: list[EvalExample], cfg: KavaConfig, accelerator) -> dict:
     """Accuracy (%) and mean forward passes of the answers generated for `examples` in the
     method's mode; sharded over processes, the model in eval mode meanwhile."""
-    mode = METHOD_MODES[cfg.train.method]
+    mode = EVAL_MODE[cfg.train.method]
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = examples[rank::world]
     was_training = model.training
