@@ -19,6 +19,7 @@ import torch
 
 from kava.config import ModelConfig
 from kava.errors import KavaError
+from kava.model.capture import enable_capture
 from kava.model.shapes import build_random_model, is_random_shape
 from kava.model.tiny import TINY_MODELS, build_char_tokenizer, build_tiny_model
 
@@ -119,7 +120,8 @@ def _load_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype):
 
 
 def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_vocabulary: list[str] | None = None):
-    """(model, tokenizer) with a pad token set and left padding."""
+    """(model, tokenizer) with a pad token set and left padding; attention through kava's wrappers
+    (`kava.model.capture.enable_capture`: the R-KV capture, padding rows kept finite)."""
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.name in TINY_MODELS:
         t = cfg.tiny
@@ -164,4 +166,5 @@ def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_voc
         for module in model.modules():
             if hasattr(module, "_can_checkpoint_with_cache"):
                 module._can_checkpoint_with_cache = True
+    enable_capture(model)
     return model, tok
