@@ -409,5 +409,14 @@ def shares_question(cfg: KavaConfig) -> bool:
     return cfg.kava.shared_question and cfg.latent.mode != "sequential"
 
 
+def uses_projection(cfg: KavaConfig) -> bool:
+    """Whether training reads the latent projection: a latent student (`train.method: kava`) with
+    `latent.projection` that feeds hidden states back (sequential latents, or T ≥ 1 Jacobi
+    iterations). Otherwise the model has none: DDP fails on a trainable parameter no step uses."""
+    lat = cfg.latent
+    return (lat.projection and cfg.train.method == "kava"
+            and (lat.mode == "sequential" or lat.num_iterations > 0))
+
+
 def config_to_dict(cfg: KavaConfig) -> dict:
     return cfg.model_dump(mode="json")

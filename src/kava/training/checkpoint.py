@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kava import __version__
-from kava.config import KavaConfig, config_to_dict
+from kava.config import KavaConfig, config_to_dict, uses_projection
 from kava.errors import KavaError
 from kava.failpoints import failpoint
 from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace
@@ -166,7 +166,7 @@ def _required_files(cfg: KavaConfig) -> list[str]:
         files += ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
     else:
         files += ["model/config.json"]
-    if cfg.latent.projection:
+    if uses_projection(cfg):
         files.append("projection.safetensors")
     return files
 
