@@ -211,6 +211,7 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(2.0, gt=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    tf32: bool = Field(False, description="fp32 matrix products in TF32 on CUDA GPUs (torch.set_float32_matmul_precision)")
     log_every: int = Field(1, ge=1)
     save_every: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps")
     keep_last: int = Field(2, ge=1, description="step checkpoints kept on disk")

@@ -44,7 +44,8 @@ from kava.training.checkpoint import (
     save_checkpoint,
     step_checkpoints,
 )
-from kava.training.guard import StepGuard
+from kava.training.guard import StepGuard, release_skipped_step
+from kava.training.hardware import check_trainable_precision, make_accelerator
 from kava.training.signals import PREEMPTION_SIGNALS, Preempted, graceful_stop
 
 
@@ -218,16 +219,10 @@ def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True,
     `stop_signals` ends it at the next step boundary: it writes `checkpoint-<step>` and
     raises `Preempted` (`kava.training.signals`); `resume=True` continues from there.
     """
-    from accelerate import Accelerator
-
     trackers = _trackers(cfg)
     seed_everything(cfg.seed)
     train_rows, val_rows = load_training_examples(cfg.data)
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        log_with=trackers or None,
-        project_dir=str(cfg.output_dir),
-    )
+    accelerator = make_accelerator(cfg, log_with=trackers or None, project_dir=str(cfg.output_dir))
     lock = FolderLock(cfg.output_dir, "kava train") if accelerator.is_main_process else contextlib.nullcontext()
     with lock, graceful_stop(stop_signals) as stop:
         return _train(cfg, accelerator, trackers, train_rows, val_rows, resume, show_progress, stop)
@@ -271,6 +266,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
 
     objective = KavaObjective(model, cfg)
     params = trainable_parameters(model)
+    check_trainable_precision(params, cfg)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=cfg.train.weight_decay)
     scheduler = _make_scheduler(optimizer, cfg, sched.total_steps)
     objective, optimizer = accelerator.prepare(objective, optimizer)
@@ -343,6 +339,8 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
             if skip is None:
                 optimizer.step()
                 guard.applied(sums["loss"])
+            else:
+                release_skipped_step(optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             must_stop = skip is not None and guard.skipped_step(step + 1)
