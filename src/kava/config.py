@@ -130,6 +130,11 @@ class KavaLossConfig(_Strict):
     rkv_lambda: float = Field(0.1, ge=0, le=1, description="λ in S = λ·I + (1-λ)·R")
     kv_loss: Literal["smooth_l1", "l1", "mse"] = "smooth_l1"
     kv_loss_layer_std: bool = Field(False, description="divide the KV loss by the teacher's per-layer std")
+    codi_layer_std: bool = Field(
+        True,
+        description="L_CODI: each layer's smooth-L1 divided by that layer's teacher std [codi][pccot: "
+        "use_layerwise_std, KaVa Table 6's 'layer-wise std'], or false: by one std over all layers",
+    )
     kv_loss_reduction: Literal["paper", "mean"] = Field(
         "mean",
         description="paper: summed over layers, key/value heads and head dims, averaged over the M slots (the "
