@@ -182,6 +182,9 @@ class CurriculumConfig(_Strict):
     steps_per_stage: int | None = Field(None, ge=1, description="optimizer steps per stage")
     epochs_per_stage: float | None = Field(None, gt=0, description="epochs per stage (Coconut's epochs_per_stage)")
     start_stage: int = Field(0, ge=0, description="the stage at step 0 (1 skips the plain-CoT stage 0)")
+    stage0_epochs: float | None = Field(
+        None, gt=0, description="epochs of stage 0 (the CoT written out) when it lasts longer than the other stages "
+        "(CODI's Coconut run on Llama-1B: 5 epochs of CoT, then the latent stages); null: as every stage")
     mix_prob: float = Field(0.0, ge=0, le=1, description="per example, the probability of a stage drawn uniformly "
                             "from 0..(its number of steps) instead (Coconut's uniform_prob)")
     reset_optimizer: Literal["stage", "epoch", "never"] = Field(
@@ -191,6 +194,8 @@ class CurriculumConfig(_Strict):
     def _check_length(self) -> CurriculumConfig:
         if self.enabled and (self.steps_per_stage is None) == (self.epochs_per_stage is None):
             raise ValueError("set exactly one of curriculum.steps_per_stage and curriculum.epochs_per_stage")
+        if self.stage0_epochs is not None and self.start_stage != 0:
+            raise ValueError("curriculum.stage0_epochs needs curriculum.start_stage: 0 (stage 0 is skipped otherwise)")
         if self.start_stage > self.stages + 1:
             raise ValueError(f"curriculum.start_stage ({self.start_stage}) is past the final stage ({self.stages + 1})")
         return self
