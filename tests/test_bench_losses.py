@@ -91,3 +91,10 @@ def test_a_model_without_a_shape_is_one_line(tmp_path, capsys):
     assert main(["bench", "losses", "--config", str(path), "--output-dir", str(tmp_path / "o")]) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("kava bench losses")]
     assert len(err) == 1 and "no built-in shape for model 'someone/Unknown-7B'" in err[0]
+
+
+def test_the_cot_format_of_a_training_set():
+    from kava.bench.common import is_nl_dataset
+
+    assert is_nl_dataset("zen-E/GSM8k-Aug-NL") and is_nl_dataset("gsm8k-train-nl")
+    assert not is_nl_dataset("whynlp/gsm8k-aug") and not is_nl_dataset("gsm8k-train-equations")  # (whyNLP)

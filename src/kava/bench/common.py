@@ -190,6 +190,11 @@ def _draw(deciles, rng) -> int:
     return rng.randint(deciles[i], deciles[i + 1])
 
 
+def is_nl_dataset(name: str) -> bool:
+    """Whether a training set writes its CoT in sentences (GSM8k-AUG-NL, `gsm8k-train-nl`)."""
+    return name.lower().rstrip("/").endswith(("-nl", "_nl"))
+
+
 def gsm8k_like_items(builder, n: int, nl: bool = False, seed: int = 0, max_length: int | None = None):
     """`n` encoded examples of random token ids whose question and CoT lengths are drawn as
     GSM8k's (`GSM8K_DECILES`), with the real answer prefix and a two-digit answer; teacher

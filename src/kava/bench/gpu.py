@@ -46,7 +46,8 @@ import traceback
 from pathlib import Path
 
 from kava.bench.common import (
-    TrainRun, autocast, build_model, device_name, gsm8k_like_items, load_average, setup_runs, train_step, write_json,
+    TrainRun, autocast, build_model, device_name, gsm8k_like_items, is_nl_dataset, load_average, setup_runs, train_step,
+    write_json,
 )
 from kava.errors import KavaError
 
@@ -105,8 +106,7 @@ def _config(path, device, overrides=(), layers: int | None = None):
 
 
 def _items(cfg, builder, n: int, seed: int = 0):
-    nl = "nl" in cfg.data.dataset.lower()
-    return gsm8k_like_items(builder, n, nl, seed, cfg.data.max_length)
+    return gsm8k_like_items(builder, n, is_nl_dataset(cfg.data.dataset), seed, cfg.data.max_length)
 
 
 # ----- the parts ------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ def register(sub) -> None:
 
 def bench_loss_config(path: str | Path, device, layers: int | None = None, overrides: tuple[str, ...] = ()):
     """The config at `path` on its model's built-in shape (random weights), its data offline."""
+    from kava.bench.common import is_nl_dataset
     from kava.config import load_config
     from kava.model.shapes import shape_for_model
 
@@ -64,9 +65,8 @@ def bench_loss_config(path: str | Path, device, layers: int | None = None, overr
     if device.type == "cpu":
         extra += ["model.dtype=float32", "train.mixed_precision='no'"]  # (bf16 matrix products are slow on CPUs)
     if cfg.data.source == "hub":
-        nl = "nl" in cfg.data.dataset.lower()
-        extra += [f"data.dataset={'gsm8k-train-nl' if nl else 'gsm8k-train-equations'}", "data.source=offline",
-                  "data.val_size=0"]
+        offline = "gsm8k-train-nl" if is_nl_dataset(cfg.data.dataset) else "gsm8k-train-equations"
+        extra += [f"data.dataset={offline}", "data.source=offline", "data.val_size=0"]
     return load_config(path, [*overrides, *extra])
 
 
@@ -75,15 +75,15 @@ def bench_examples(cfg, builder, n: int, seed: int = 0) -> tuple[list, str]:
     else random ids with GSM8k's lengths."""
     import random
 
-    from kava.bench.common import gsm8k_like_items
+    from kava.bench.common import gsm8k_like_items, is_nl_dataset
     from kava.data.train_sets import load_training_examples
     from kava.training.trainer import encode_dataset
 
     try:
         rows, _ = load_training_examples(cfg.data)
     except KavaError:
-        nl = "nl" in cfg.data.dataset.lower()
-        return gsm8k_like_items(builder, n, nl, seed, cfg.data.max_length), "random ids, GSM8k's lengths"
+        items = gsm8k_like_items(builder, n, is_nl_dataset(cfg.data.dataset), seed, cfg.data.max_length)
+        return items, "random ids, GSM8k's lengths"
     rows = list(rows[:2000])
     random.Random(seed).shuffle(rows)
     data, _ = encode_dataset(rows[: 4 * n], builder, cfg)
@@ -148,22 +148,27 @@ def loss_terms(cfg, model, builder, items, device) -> dict:
     batch = make_batch(builder, items, cfg.train.method, device, shares_question(cfg))
     with _live_terms() as live:
         reported = KavaObjective(model, cfg)(batch)
-    grads = {}
+    norms, kv_grads, base = {}, {}, 0.0  # (the CE and CODI gradients summed as they come: memory)
     for name in TERMS:
         if name not in live:
             continue
         g = torch.autograd.grad(weights[name] * live[name], params, retain_graph=True, allow_unused=True)
-        grads[name] = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float()
-                                 for x, p in zip(g, params)])
-    base = sum(grads[n] for n in ("ce_student", "ce_teacher", "codi") if n in grads)
-    totals = {r: torch.linalg.vector_norm(base + grads[f"kv_{r}"]) if f"kv_{r}" in grads else torch.linalg.vector_norm(base)
+        flat = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float() for x, p in zip(g, params)])
+        del g
+        norms[name] = float(torch.linalg.vector_norm(flat))
+        if name.startswith("kv_"):
+            kv_grads[name] = flat
+        else:
+            base = base + flat
+    totals = {r: float(torch.linalg.vector_norm(base + kv_grads[f"kv_{r}"] if f"kv_{r}" in kv_grads else base))
               for r in ("mean", "paper")}
+    del kv_grads, base
     rows = {}
     for name in TERMS:
         if name not in live:
             continue
-        norm = float(torch.linalg.vector_norm(grads[name]))
-        shares = {r: norm / float(totals[r]) for r in ("mean", "paper") if not (name.startswith("kv_") and name != f"kv_{r}")}
+        norm = norms[name]
+        shares = {r: norm / totals[r] for r in ("mean", "paper") if not (name.startswith("kv_") and name != f"kv_{r}")}
         value = float(live[name].detach())
         rows[name] = {"value": value, "weight": weights[name], "weighted": weights[name] * value,
                       "grad_norm": norm, "grad_share": shares}
@@ -171,7 +176,7 @@ def loss_terms(cfg, model, builder, items, device) -> dict:
     check = float(reported["loss"].detach()) - sum(rows[n]["weighted"] for n in rows if not n.startswith("kv_"))
     if f"kv_{reduction}" in rows:
         check -= rows[f"kv_{reduction}"]["weighted"]
-    return {"terms": rows, "grad_norm_total": {r: float(v) for r, v in totals.items()},
+    return {"terms": rows, "grad_norm_total": totals,
             "loss": {r: sum(rows[n]["weighted"] for n in rows if not n.startswith("kv_"))
                      + (rows[f"kv_{r}"]["weighted"] if f"kv_{r}" in rows else 0.0) for r in ("mean", "paper")},
             "config_reduction": reduction, "unexplained_loss": check,

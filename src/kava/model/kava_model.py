@@ -169,6 +169,14 @@ class KavaModel(nn.Module):
         # builds the merged [vocabulary, d] matrix, 525 MB for Llama-3.2-1B, at every call)
         return next(self.backbone.parameters()).device
 
+    def merge_lora(self) -> None:
+        """For inference: fold the LoRA adapters (and the trained token rows) into the base
+        weights (peft's `merge_and_unload`), so each projection is one matrix product again
+        instead of three; no-op without LoRA. The model can no longer be trained or saved as
+        an adapter."""
+        if hasattr(self.backbone, "merge_and_unload"):
+            self.backbone = self.backbone.merge_and_unload()
+
     def lm(self, **kwargs) -> LMOutput:
         """One call of the backbone: the single entry point for counting, hooks and the
         transformers-version differences (the cache goes in as `past_key_values=` and comes
