@@ -295,7 +295,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
         accelerator.init_trackers(cfg.run_name, config=tracker_config(cfg),
                                   init_kwargs=tracker_init_kwargs(trackers, start, wandb_id))
 
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     micro = cfg.train.micro_batch_size
     per_rank = micro * sched.accumulation
     t = cfg.train
@@ -311,30 +311,26 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
             if curriculum is not None and curriculum.resets_optimizer(step):
                 reset_optimizer_state(optimizer)
             idx = step_indices(step, len(data), cfg, sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
-            sums: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}
             tokens = 0
             for a in range(sched.accumulation):
                 chunk = idx[a * micro : (a + 1) * micro]
                 items = [data[i] for i in chunk]
                 student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
                 batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
-                tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
+                tokens += sum(p["attention_mask"].sum() if "attention_mask" in p else p["q_mask"].sum() + p["suffix_mask"].sum() for p in batch.values())
                 sync = a == sched.accumulation - 1
                 ctx = accelerator.no_sync(objective) if not sync else _null()
                 with ctx:
                     losses = forward_backward(objective, batch, lambda loss: accelerator.backward(loss / sched.accumulation),
                                               no_sync=lambda: accelerator.no_sync(objective))
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / sched.accumulation
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / sched.accumulation
             failpoint("train.step")
             if step < cfg.train.latent_warmup_steps and cfg.train.method == "kava":
                 keep_latent_gradients(model, params)  # kava.training.latent_warmup: backbone frozen
             grad_norm = float(accelerator.clip_grad_norm_(params, cfg.train.grad_clip))
-            if world > 1:
-                r = torch.tensor([sums[k] for k in sorted(sums)], device=accelerator.device)
-                r = accelerator.reduce(r, reduction="mean")
-                sums = dict(zip(sorted(sums), r.tolist()))
-                tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), reduction="sum").item())
+            sums, tokens = step_totals(sums, tokens, accelerator)
             skip = guard.reason_to_skip(sums["loss"], grad_norm)
             if skip is None:
                 optimizer.step()
@@ -440,6 +436,19 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
         t = accelerator.reduce(t, reduction="sum")
     count = max(float(t[-1]), 1.0)
     return {k: round(float(v) / count, 6) for k, v in zip(keys, t[:-1].tolist())}
+
+
+def step_totals(sums: dict[str, torch.Tensor], tokens: torch.Tensor, accelerator) -> tuple[dict[str, float], int]:
+    """A step's mean loss terms (averaged over processes) and its tokens (summed), read from the
+    device in one transfer: the micro-batches accumulate them as tensors, so the GPU does not
+    wait for the host after each one."""
+    keys = sorted(sums)
+    values = torch.stack([sums[k] for k in keys])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, reduction="mean")
+        tokens = accelerator.reduce(tokens.reshape(1), reduction="sum")
+    *means, total = torch.cat([values, tokens.reshape(1).to(values)]).tolist()
+    return dict(zip(keys, means)), int(total)
 
 
 class _null:
