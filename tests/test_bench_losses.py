@@ -60,6 +60,10 @@ def test_terms_add_up_to_the_objective_and_its_gradient(config):
     assert t["kv_paper"]["value"] == pytest.approx(t["kv_mean"]["value"] * 3 * 2 * 8, rel=1e-5)
     assert t["kv_paper"]["grad_norm"] == pytest.approx(t["kv_mean"]["grad_norm"] * 3 * 2 * 8, rel=1e-4)
     assert abs(r["unexplained_loss"]) < 1e-4  # the terms make the objective's loss
+    for row in t.values():  # the parameter groups split the gradient: their squared norms add up
+        groups = row["grad_norm_by_group"]
+        assert set(groups) == {"all", "lora", "projection", "token_rows"}
+        assert sum(v ** 2 for g, v in groups.items() if g != "all") == pytest.approx(groups["all"] ** 2, rel=1e-4)
     # the whole loss's gradient norm equals one plain backward of the objective (dropout is off)
     params = trainable_parameters(model)
     for reduction in ("mean", "paper"):
@@ -80,6 +84,7 @@ def test_the_command_writes_a_table_and_json(config, tmp_path, capsys):
     md = (out / "losses.md").read_text()
     assert md.strip() in capsys.readouterr().out
     assert "| small_aug | kv_paper |" in md and "| small_aug | **L** (KV mean / paper) |" in md
+    assert "share of LoRA ‖∇L‖, KV mean" in md
 
 
 def test_a_model_without_a_shape_is_one_line(tmp_path, capsys):

@@ -136,21 +136,23 @@ def part_training(cfg, device, steps: int) -> dict:
             "breakdown_share": out["breakdown_share"].get("kava")}
 
 
-def _peak_memory(cfg, device, items) -> float:
-    """Peak memory (GiB) of one KaVa step: CUDA's allocator, or a fresh process's RSS on a CPU."""
+def _peak_memory(cfg, device, items) -> tuple[float, float | None]:
+    """(peak, above the model) in GiB of one KaVa step: CUDA's allocator (peak only), or a fresh
+    process's RSS on a CPU."""
     import torch
 
     if device.type == "cpu":
         from kava.bench.memory import cpu_peak_memory
 
-        return cpu_peak_memory(cfg, items, TrainRun("kava", "kava"), steps=1)["peak_mb"] / 1024
+        mem = cpu_peak_memory(cfg, items, TrainRun("kava", "kava"), steps=1)
+        return mem["peak_mb"] / 1024, mem["step_mb"] / 1024
     objective, optimizer, params, batch = setup_runs(cfg, device, items, [TrainRun("kava", "kava")])["kava"]
     from kava.bench.common import Timer
 
     torch.cuda.reset_peak_memory_stats(device)
     try:
         train_step(objective, optimizer, params, batch, cfg.train.grad_clip, Timer(device))
-        return torch.cuda.max_memory_allocated(device) / 2**30
+        return torch.cuda.max_memory_allocated(device) / 2**30, None
     finally:
         del objective, optimizer, params, batch
         torch.cuda.empty_cache()
@@ -163,19 +165,25 @@ def part_memory(cfg, device, sizes) -> dict:
 
     _m, _tok, builder = build_model(cfg, device)
     del _m
-    out = {}
+    out, above = {}, {}
     for checkpointing in (False, True):
         c = config_from_dict(config_to_dict(cfg), [f"model.gradient_checkpointing={str(checkpointing).lower()}"])
-        row = {}
+        key = "checkpointing" if checkpointing else "no_checkpointing"
+        out[key], above[key] = {}, {}
         for size in sizes:
             try:
-                row[str(size)] = round(_peak_memory(c, device, _items(c, builder, size)), 2)
+                peak, step = _peak_memory(c, device, _items(c, builder, size))
             except torch.OutOfMemoryError:
-                row[str(size)] = "out of memory"
+                out[key][str(size)] = "out of memory"
                 torch.cuda.empty_cache()
                 break
-        out["checkpointing" if checkpointing else "no_checkpointing"] = row
-    return {"peak_gib": out, "kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS"}
+            out[key][str(size)] = round(peak, 2)
+            if step is not None:
+                above[key][str(size)] = round(step, 2)
+    result = {"peak_gib": out, "kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS"}
+    if device.type == "cpu":
+        result["above_model_gib"] = above  # (the step's own memory: RSS above the built model)
+    return result
 
 
 def part_gemm_dtypes(cfg, device, steps: int) -> dict:
@@ -343,8 +351,11 @@ def format_gpu(r: dict) -> str:
         sizes = list(m["no_checkpointing"]) or list(m["checkpointing"])
         lines += ["", f"**memory** (GiB, {p['memory']['kind']})", "", "| gradient checkpointing | "
                   + " | ".join(f"micro-batch {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        above = p["memory"].get("above_model_gib", {})
         for k, row in m.items():
-            lines.append(f"| {k == 'checkpointing'} | " + " | ".join(_cell(row.get(b)) for b in sizes) + " |")
+            cells = [_cell(row.get(b)) + (f" ({above[k][b]:.2f} above the model)" if b in above.get(k, {}) else "")
+                     for b in sizes]
+            lines.append(f"| {k == 'checkpointing'} | " + " | ".join(cells) + " |")
     if "gemm_dtypes" in p:
         g = p["gemm_dtypes"]
         shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in g["share_by_dtype"].items())

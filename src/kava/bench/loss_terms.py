@@ -131,56 +131,74 @@ def _live_terms():
             setattr(objective, name, fn)
 
 
+def _param_groups(model) -> tuple[list, dict[str, list[slice]]]:
+    """(trainable parameters, {group: their slices of the flattened gradient}); groups: the LoRA
+    adapters, the latent projection, the new tokens' rows, the weights (full fine-tuning)."""
+    params, groups, at = [], {}, 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        group = ("lora" if "lora_" in name else "token_rows" if "trainable_tokens" in name
+                 else "projection" if name.startswith("projection.") else "weights")
+        groups.setdefault(group, []).append(slice(at, at + p.numel()))
+        params.append(p)
+        at += p.numel()
+    return params, groups
+
+
+def _norms(flat, groups) -> dict[str, float]:
+    """The norm of a flattened gradient, whole (`all`) and on each parameter group."""
+    import torch
+
+    out = {"all": float(torch.linalg.vector_norm(flat))}
+    for group, slices in groups.items():
+        out[group] = float(torch.linalg.vector_norm(torch.cat([flat[s] for s in slices])))
+    return out
+
+
 def loss_terms(cfg, model, builder, items, device) -> dict:
-    """Every term of one training step's loss: value, weight, weighted value, gradient norm of the
-    weighted term, its share of the whole loss's gradient norm (KV as `mean` and as `paper`)."""
+    """Every term of one training step's loss: value, weight, weighted value, the norm of the
+    weighted term's gradient (whole and on each parameter group) and its share of the whole
+    loss's gradient norm (KV as `mean` and as `paper`)."""
     import torch
 
     from kava.config import shares_question
-    from kava.model.kava_model import trainable_parameters
     from kava.training.objective import KavaObjective
     from kava.training.trainer import make_batch
 
     k = cfg.kava
     weights = {"ce_student": 1.0, "ce_teacher": 1.0, "codi": k.alpha_codi, "kv_mean": k.alpha_kv, "kv_paper": k.alpha_kv}
-    params = trainable_parameters(model)
+    params, groups = _param_groups(model)
     model.train()
     batch = make_batch(builder, items, cfg.train.method, device, shares_question(cfg))
     with _live_terms() as live:
         reported = KavaObjective(model, cfg)(batch)
     norms, kv_grads, base = {}, {}, 0.0  # (the CE and CODI gradients summed as they come: memory)
-    for name in TERMS:
-        if name not in live:
-            continue
+    for name in [t for t in TERMS if t in live]:
         g = torch.autograd.grad(weights[name] * live[name], params, retain_graph=True, allow_unused=True)
         flat = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float() for x, p in zip(g, params)])
         del g
-        norms[name] = float(torch.linalg.vector_norm(flat))
+        norms[name] = _norms(flat, groups)
         if name.startswith("kv_"):
             kv_grads[name] = flat
         else:
             base = base + flat
-    totals = {r: float(torch.linalg.vector_norm(base + kv_grads[f"kv_{r}"] if f"kv_{r}" in kv_grads else base))
-              for r in ("mean", "paper")}
+    totals = {r: _norms(base + kv_grads[f"kv_{r}"] if f"kv_{r}" in kv_grads else base, groups) for r in ("mean", "paper")}
     del kv_grads, base
     rows = {}
-    for name in TERMS:
-        if name not in live:
-            continue
-        norm = norms[name]
-        shares = {r: norm / totals[r] for r in ("mean", "paper") if not (name.startswith("kv_") and name != f"kv_{r}")}
+    for name in [t for t in TERMS if t in live]:
+        reductions = [r for r in ("mean", "paper") if not (name.startswith("kv_") and name != f"kv_{r}")]
         value = float(live[name].detach())
         rows[name] = {"value": value, "weight": weights[name], "weighted": weights[name] * value,
-                      "grad_norm": norm, "grad_share": shares}
-    reduction = k.kv_loss_reduction
-    check = float(reported["loss"].detach()) - sum(rows[n]["weighted"] for n in rows if not n.startswith("kv_"))
-    if f"kv_{reduction}" in rows:
-        check -= rows[f"kv_{reduction}"]["weighted"]
-    return {"terms": rows, "grad_norm_total": totals,
-            "loss": {r: sum(rows[n]["weighted"] for n in rows if not n.startswith("kv_"))
-                     + (rows[f"kv_{r}"]["weighted"] if f"kv_{r}" in rows else 0.0) for r in ("mean", "paper")},
-            "config_reduction": reduction, "unexplained_loss": check,
-            "trainable_parameters": sum(p.numel() for p in params)}
+                      "grad_norm": norms[name]["all"], "grad_norm_by_group": norms[name],
+                      "grad_share": {r: norms[name]["all"] / totals[r]["all"] for r in reductions},
+                      "grad_share_by_group": {r: {g: norms[name][g] / totals[r][g] for g in groups if totals[r][g] > 0}
+                                              for r in reductions}}
+    loss = {r: sum(rows[n]["weighted"] for n in rows if not n.startswith("kv_") or n == f"kv_{r}") for r in ("mean", "paper")}
+    return {"terms": rows, "grad_norm_total": {r: t["all"] for r, t in totals.items()},
+            "grad_norm_total_by_group": totals, "loss": loss, "config_reduction": k.kv_loss_reduction,
+            "unexplained_loss": float(reported["loss"].detach()) - loss[k.kv_loss_reduction],
+            "trainable_parameters": {g: sum(s.stop - s.start for s in sl) for g, sl in groups.items()}}
 
 
 def measure_config(path, device, examples: int, layers: int | None = None, seed: int = 0,
@@ -208,6 +226,26 @@ def measure_config(path, device, examples: int, layers: int | None = None, seed:
 
 
 def format_losses(results: list[dict]) -> str:
+    """Two tables: each term's value and gradient share (all trainable parameters), then the
+    shares on the LoRA adapters alone (what the weights of the backbone learn from)."""
+    return _terms_table(results) + "\n" + _lora_table(results) + "\n" + "\n".join(
+        f"- {Path(r['config']).stem}: {r['model']}, {r['layers']} layers, {r['examples']} examples ({r['source']}), "
+        f"CoT lengths {r['cot_lengths']}, {r['seconds']:.0f} s" for r in results if "error" not in r) + "\n"
+
+
+def _lora_table(results: list[dict]) -> str:
+    lines = ["| config | term | ‖∇‖ LoRA | ‖∇‖ projection | ‖∇‖ token rows | share of LoRA ‖∇L‖, KV mean | KV paper |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for term, t in r.get("terms", {}).items():
+            g, s = t["grad_norm_by_group"], t["grad_share_by_group"]
+            cells = [f"{100 * s[k]['lora']:.1f}%" if "lora" in s.get(k, {}) else "-" for k in ("mean", "paper")]
+            lines.append(f"| {Path(r['config']).stem} | {term} | " + " | ".join(
+                f"{g[k]:.4g}" if k in g else "-" for k in ("lora", "projection", "token_rows")) + f" | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _terms_table(results: list[dict]) -> str:
     lines = ["| config | term | value | α | α × value | ‖∇(α·term)‖ | share of ‖∇L‖, KV mean | share of ‖∇L‖, KV paper |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -222,9 +260,7 @@ def format_losses(results: list[dict]) -> str:
         g = r["grad_norm_total"]
         lines.append(f"| {name} | **L** (KV mean / paper) | | | {r['loss']['mean']:.4g} / {r['loss']['paper']:.4g} | "
                      f"{g['mean']:.4g} / {g['paper']:.4g} | 100% | 100% |")
-    notes = [f"- {Path(r['config']).stem}: {r['model']}, {r['layers']} layers, {r['examples']} examples ({r['source']}), "
-             f"CoT lengths {r['cot_lengths']}, {r['seconds']:.0f} s" for r in results if "error" not in r]
-    return "\n".join(lines + [""] + notes) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def run_losses(args) -> list[dict]:
