@@ -127,8 +127,11 @@ def part_training(cfg, device, steps: int) -> dict:
     objective, optimizer, params, batch = setup_runs(cfg, device, items, [TrainRun("kava", "kava")])["kava"]
     flops = count_step_flops(lambda timer: train_step(objective, optimizer, params, batch, cfg.train.grad_clip,
                                                       timer or Timer(device)))["total"]
-    dtype = next(p for p in objective.model.backbone.parameters() if not p.requires_grad).dtype
-    peak = gpu_peak_flops(device, dtype)
+    import torch
+
+    weights = list(objective.model.backbone.parameters())
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
+    peak = gpu_peak_flops(device, compute or next((p for p in weights if not p.requires_grad), weights[0]).dtype)
     sec = out["seconds_per_step"]
     return {"micro_batch_size": micro, "seconds_per_step": sec, "tokens": counts["real"]["kava"],
             "tokens_per_second": counts["real"]["kava"] / sec["kava"], "kava_over_cot": sec["kava"] / sec["cot"],
