@@ -25,7 +25,6 @@ so it shrinks with N). Writes `losses.json` and `losses.md` to `--output-dir`.
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from pathlib import Path
@@ -206,14 +205,15 @@ def measure_config(path, device, examples: int, layers: int | None = None, seed:
     """`loss_terms` of the config at `path` on its real shape with random weights."""
     import torch
 
-    from kava.bench.common import build_model
+    from kava.bench.common import autocast, build_model
 
     t0 = time.perf_counter()
     cfg = bench_loss_config(path, device, layers, overrides)
     model, _tok, builder = build_model(cfg, device)
     items, source = bench_examples(cfg, builder, examples, seed)
     torch.manual_seed(seed)
-    out = loss_terms(cfg, model, builder, items, device)
+    with autocast(cfg, device):
+        out = loss_terms(cfg, model, builder, items, device)
     text = model.backbone.config.get_text_config()
     out.update(config=str(path), model=cfg.model.name, layers=text.num_hidden_layers, examples=len(items),
                source=source, teacher_lengths=[len(e.q) + len(e.c) + len(e.p) + len(e.a) for e in items],
@@ -296,8 +296,3 @@ def _cmd_losses(args) -> int:
     print(f"wrote {Path(args.output_dir) / 'losses.json'} and losses.md", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
 
-
-def finite(result: dict) -> bool:
-    """Whether every term of a `measure_config` result is finite."""
-    return "terms" in result and all(math.isfinite(t["value"]) and math.isfinite(t["grad_norm"])
-                                     for t in result["terms"].values())
