@@ -116,6 +116,20 @@ def test_schedule():
         _curriculum(stages=3, steps_per_stage=3, total_steps=12)
 
 
+def test_a_longer_stage_0():
+    """curriculum.stage0_epochs: stage 0 lasts its own epochs, the later stages steps_per_stage each
+    (CODI's Coconut on Llama-1B: 5 epochs of CoT, then 1 epoch per latent stage)."""
+    cur = _curriculum(stages=3, steps_per_stage=None, epochs_per_stage=1, stage0_epochs=5, steps_per_epoch=2,
+                      total_steps=20)
+    assert [cur.stage(s) for s in range(20)] == [0] * 10 + [1, 1, 2, 2, 3, 3] + [4] * 4
+    assert [s for s in range(20) if cur.resets_optimizer(s)] == [10, 12, 14, 16]
+    with pytest.raises(KavaError, match="reaches its final stage .* at step 16, but training stops at step 16"):
+        _curriculum(stages=3, steps_per_stage=None, epochs_per_stage=1, stage0_epochs=5, steps_per_epoch=2,
+                    total_steps=16)
+    with pytest.raises(KavaError, match="stage0_epochs needs curriculum.start_stage: 0"):
+        _curriculum(stage0_epochs=2, start_stage=1)
+
+
 def test_optimizer_reset_steps():
     cur = _curriculum(stages=2, steps_per_stage=3, steps_per_epoch=4)
     assert [s for s in range(12) if cur.resets_optimizer(s)] == [3, 6, 9]  # stage 0 -> 1 -> 2 -> final (3)

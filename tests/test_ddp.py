@@ -119,3 +119,36 @@ def test_two_processes_train_exactly_like_one(tmp_path):
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
     # the weights moved away from their initialisation (LoRA B starts at zero)
     assert any("lora_B" in k and w1[k].abs().max() > 0 for k in w1)
+
+
+@pytest.mark.parametrize("overrides", [["train.method=cot"], ["train.method=direct"], ["latent.num_iterations=0"],
+                                       []])
+def test_every_method_steps_twice_under_ddp(tmp_path, overrides):
+    """Issue 20: DDP (accelerate's default find_unused_parameters=False) failed at the second step
+    ("Expected to have finished reduction ...") when a trainable module went unused: the latent
+    projection of CoT, No-CoT and T = 0. A one-process gloo group, two steps as the trainer makes them."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from conftest import EXAMPLES, make_config
+    from kava.config import config_from_dict, config_to_dict, shares_question
+    from kava.model.kava_model import build_kava_model, trainable_parameters
+    from kava.training.objective import KavaObjective
+    from kava.training.trainer import forward_backward, make_batch
+
+    cfg = config_from_dict(config_to_dict(make_config("tiny-llama")), overrides)
+    torch.manual_seed(0)
+    model, _tok, builder = build_kava_model(cfg)
+    batch = make_batch(builder, [builder.encode(e) for e in EXAMPLES], cfg.train.method, "cpu", shares_question(cfg))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        objective = DistributedDataParallel(KavaObjective(model, cfg))
+        optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-3)
+        for _ in range(2):
+            losses = forward_backward(objective, batch, lambda loss: loss.backward(), no_sync=objective.no_sync)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            assert torch.isfinite(losses["loss"])
+    finally:
+        dist.destroy_process_group()
+    assert (model.projection is None) == bool(overrides)

@@ -145,6 +145,16 @@ def test_kv_loss_layer_std_changes_the_kv_term():
     assert not torch.isclose(base, KavaObjective(model, cfg)(_batch(cfg, builder))["kv"])
 
 
+def test_codi_layer_std_switch_reaches_the_codi_term(monkeypatch):
+    """kava.codi_layer_std (KaVa Table 6's "layer-wise std", PCCoT's use_layerwise_std)."""
+    cfg, model, builder = _setup()
+    calls = _spy(monkeypatch, objective_module, "codi_loss")
+    base = KavaObjective(model, cfg)(_batch(cfg, builder))["codi"]
+    cfg.kava.codi_layer_std = False
+    other = KavaObjective(model, cfg)(_batch(cfg, builder))["codi"]
+    assert [c[0][2] for c in calls] == [True, False] and not torch.isclose(base, other)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_teacher_targets_separate_pass_runs_the_teacher_twice(monkeypatch, shared):
     for mode, teacher_calls in (("same_pass", 1), ("separate_pass", 2)):

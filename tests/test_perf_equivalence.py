@@ -269,3 +269,17 @@ def test_gradient_checkpointing_recomputes_each_layer_once(monkeypatch):
         passes = 1 + 1 + 1 + T + 1  # question, teacher C + P + A, pass 0, T iterations, suffix
         assert calls["n"] - sum(in_backward) == layers * passes
         assert sum(in_backward) == (layers * passes if gc else 0)
+
+
+def test_model_device_does_not_build_the_merged_embedding(monkeypatch):
+    """Issue 20: `KavaModel.device` read the input embedding's `.weight`, which under peft's
+    trainable tokens builds the merged [vocabulary, d] matrix (525 MB for Llama-3.2-1B) each call."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    model, _tok, _builder = build_kava_model(_cfg())
+
+    def merged(*args, **kwargs):
+        raise AssertionError("the merged embedding was built")
+
+    monkeypatch.setattr(TrainableTokensLayer, "get_merged_weights", merged)
+    assert model.device == torch.device("cpu")

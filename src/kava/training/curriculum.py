@@ -14,6 +14,8 @@ The final stage is what `generate` runs (M = S·c latents, then `<eot>` + P).
 
 - The stage of optimizer step s is `start_stage + s // steps_per_stage`, capped at S + 1
   (Coconut: `epoch // epochs_per_stage`; `curriculum.epochs_per_stage` converts epochs to steps).
+  `curriculum.stage0_epochs` gives stage 0 its own length; the stages after it follow at
+  `steps_per_stage` (CODI's Coconut run on Llama-1B: 5 epochs of CoT, then 5 with thoughts).
 - `mix_prob` (Coconut's `uniform_prob`): each example, with this probability, is trained
   at a stage drawn uniformly from 0..(its number of steps) instead — earlier or later, as in
   Coconut's code. The draw is a function of (seed, epoch, example index), so a resumed or
@@ -46,7 +48,10 @@ class Curriculum:
         self.steps_per_epoch = steps_per_epoch
         self.final_stage = c.stages + 1
         self.steps_per_stage = c.steps_per_stage or max(1, round(c.epochs_per_stage * steps_per_epoch))
-        final_at = (self.final_stage - c.start_stage) * self.steps_per_stage
+        # stage 0's length (stage0_epochs needs start_stage 0); the later stages start after it
+        self.stage0_steps = (max(1, round(c.stage0_epochs * steps_per_epoch)) if c.stage0_epochs is not None
+                             else self.steps_per_stage)
+        final_at = self._start_of(self.final_stage)
         if final_at >= total_steps:
             raise KavaError(
                 f"the curriculum reaches its final stage ({self.final_stage}) at step {final_at}, but training "
@@ -54,9 +59,21 @@ class Curriculum:
                 "curriculum.steps_per_stage (or epochs_per_stage), raise curriculum.start_stage or train longer"
             )
 
+    def _start_of(self, stage: int) -> int:
+        """The first optimizer step of `stage` (≥ start_stage)."""
+        start = self.cfg.start_stage
+        if start == 0 and stage > 0:
+            return self.stage0_steps + (stage - 1) * self.steps_per_stage
+        return (stage - start) * self.steps_per_stage
+
     def stage(self, step: int) -> int:
         """The scheduled stage of optimizer step `step` (0-based)."""
-        return min(self.cfg.start_stage + step // self.steps_per_stage, self.final_stage)
+        start = self.cfg.start_stage
+        if start == 0 and step >= self.stage0_steps:
+            return min(1 + (step - self.stage0_steps) // self.steps_per_stage, self.final_stage)
+        if start == 0:
+            return 0
+        return min(start + step // self.steps_per_stage, self.final_stage)
 
     def resets_optimizer(self, step: int) -> bool:
         """Whether the optimizer's state is cleared before step `step`."""

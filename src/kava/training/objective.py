@@ -95,7 +95,7 @@ class KavaObjective(nn.Module):
             loss = loss + teacher.ce
             out["ce_teacher"] = teacher.ce.detach()
         if k.alpha_codi > 0:
-            lc = codi_loss(student.codi_hidden, teacher.codi_hidden)
+            lc = codi_loss(student.codi_hidden, teacher.codi_hidden, k.codi_layer_std)
             loss = loss + k.alpha_codi * lc
             out["codi"] = lc.detach()
         if k.alpha_kv > 0:

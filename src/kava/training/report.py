@@ -59,8 +59,8 @@ def run_summary(records: list[dict], start: int, seconds: float, final: Path, pl
     return lines
 
 
-def batch_tokens(batch: dict) -> int:
-    """Tokens in a micro-batch: each sequence's attention mask (the student's question and answer
-    parts, not its latents)."""
-    return sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum())
+def batch_token_count(batch: dict):
+    """Tokens in a micro-batch, as a tensor on the batch's device (no host read): each sequence's
+    attention mask (the student's question and answer parts, not its latents)."""
+    return sum(p["attention_mask"].sum() if "attention_mask" in p else p["q_mask"].sum() + p["suffix_mask"].sum()
                for p in batch.values())

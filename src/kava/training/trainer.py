@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -50,11 +49,12 @@ from kava.training.checkpoint import (
     save_checkpoint,
 )
 from kava.training.curriculum import reset_optimizer_state, training_schedule
-from kava.training.guard import StepGuard
+from kava.training.guard import StepGuard, release_skipped_step
+from kava.training.hardware import check_trainable_precision, make_accelerator
 from kava.training.latent_warmup import keep_latent_gradients
 from kava.training.objective import KavaObjective
 from kava.training.plots import plot_training_losses
-from kava.training.report import batch_tokens, run_header, run_summary
+from kava.training.report import batch_token_count, run_header, run_summary
 from kava.training.resume import (
     Resume,
     check_length,
@@ -246,11 +246,7 @@ def train(cfg: KavaConfig, resume: Resume = False, show_progress: bool = True,
     trackers = _trackers(cfg)
     seed_everything(cfg.seed)
     train_rows, val_rows = load_training_examples(cfg.data)
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        log_with=trackers or None,
-        project_dir=str(cfg.output_dir),
-    )
+    accelerator = make_accelerator(cfg, log_with=trackers or None, project_dir=str(cfg.output_dir))
     lock = FolderLock(cfg.output_dir, "kava train") if accelerator.is_main_process else contextlib.nullcontext()
     with lock, graceful_stop(stop_signals) as stop:
         return _train(cfg, accelerator, trackers, train_rows, val_rows, resume, show_progress, stop)
@@ -288,6 +284,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
 
     objective = KavaObjective(model, cfg)
     params = trainable_parameters(model)
+    check_trainable_precision(params, cfg)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=cfg.train.weight_decay)
     scheduler = _make_scheduler(optimizer, cfg, sched.total_steps - int(point.state.get("schedule_start", 0) if point else 0))
     objective, optimizer = accelerator.prepare(objective, optimizer)
@@ -322,7 +319,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
         accelerator.init_trackers(cfg.run_name, config=tracker_config(cfg),
                                   init_kwargs=tracker_init_kwargs(trackers, start, wandb_id))
 
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     micro = cfg.train.micro_batch_size
     per_rank = micro * sched.accumulation
     t = cfg.train
@@ -333,7 +330,7 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     last_good = point.path if point is not None else None
     if is_main:
         tokens = _step_tokens(builder, data, cfg, sched, start, curriculum) if start < sched.total_steps else 0
-        for line in run_header(model, cfg, sched.total_steps, start, sched.accumulation, world, tokens, accelerator.device):
+        for line in run_header(model, cfg, sched.total_steps, start, sched.accumulation, accelerator.num_processes, tokens, accelerator.device):
             log(line)
     began = time.perf_counter()
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", disable=not (is_main and show_progress), dynamic_ncols=True)
@@ -346,34 +343,32 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
             if curriculum is not None and curriculum.resets_optimizer(step):
                 reset_optimizer_state(optimizer)
             idx = step_indices(step, len(data), cfg, sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
-            sums: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}
             tokens = 0
             for a in range(sched.accumulation):
                 chunk = idx[a * micro : (a + 1) * micro]
                 items = [data[i] for i in chunk]
                 items, student = curriculum.batch(builder, items, step, chunk) if curriculum is not None else (items, None)
                 batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
-                tokens += batch_tokens(batch)
+                tokens += batch_token_count(batch)
                 sync = a == sched.accumulation - 1
                 ctx = accelerator.no_sync(objective) if not sync else _null()
                 with ctx:
                     losses = forward_backward(objective, batch, lambda loss: accelerator.backward(loss / sched.accumulation),
                                               no_sync=lambda: accelerator.no_sync(objective))
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / sched.accumulation
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / sched.accumulation
             failpoint("train.step")
             if step < cfg.train.latent_warmup_steps and cfg.train.method == "kava":
                 keep_latent_gradients(model, params)  # kava.training.latent_warmup: backbone frozen
             grad_norm = float(accelerator.clip_grad_norm_(params, cfg.train.grad_clip))
-            if world > 1:
-                r = torch.tensor([sums[k] for k in sorted(sums)], device=accelerator.device)
-                r = accelerator.reduce(r, reduction="mean")
-                sums = dict(zip(sorted(sums), r.tolist()))
-                tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), reduction="sum").item())
+            sums, tokens = step_totals(sums, tokens, accelerator)
             skip = guard.reason_to_skip(sums["loss"], grad_norm)
             if skip is None:
                 optimizer.step()
                 guard.applied(sums["loss"])
+            else:
+                release_skipped_step(optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             must_stop = skip is not None and guard.skipped_step(step + 1)
@@ -456,8 +451,9 @@ def _step_tokens(builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig,
         chunk = idx[a : a + micro]
         items = [data[i] for i in chunk]
         items, student = curriculum.batch(builder, items, step, chunk) if curriculum is not None else (items, None)
-        total += batch_tokens(make_batch(builder, items, cfg.train.method, "cpu", shares_question(cfg), student))
-    return total
+        total = total + batch_token_count(make_batch(builder, items, cfg.train.method, "cpu", shares_question(cfg),
+                                                     student))
+    return int(total)  # one host read for the header
 
 
 def _stop_requested(stop, accelerator) -> bool:
@@ -495,6 +491,19 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
         t = accelerator.reduce(t, reduction="sum")
     count = max(float(t[-1]), 1.0)
     return {k: round(float(v) / count, 6) for k, v in zip(keys, t[:-1].tolist())}
+
+
+def step_totals(sums: dict[str, torch.Tensor], tokens: torch.Tensor, accelerator) -> tuple[dict[str, float], int]:
+    """A step's mean loss terms (averaged over processes) and its tokens (summed), read from the
+    device in one transfer: the micro-batches accumulate them as tensors, so the GPU does not
+    wait for the host after each one."""
+    keys = sorted(sums)
+    values = torch.stack([sums[k] for k in keys])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, reduction="mean")
+        tokens = accelerator.reduce(tokens.reshape(1), reduction="sum")
+    *means, total = torch.cat([values, tokens.reshape(1).to(values)]).tolist()
+    return dict(zip(keys, means)), int(total)
 
 
 class _null:
