@@ -28,10 +28,9 @@ from pathlib import Path
 
 import torch
 
+from kava.config import DTYPES
 from kava.errors import KavaError
 from kava.inference.generate import MODES, generate
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 _METHOD_MODE = {"kava": "latent", "cot": "cot", "direct": "direct"}
 
 

