@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from kava.config import CONFIGS_DIR
 from kava.errors import KavaError
 from kava.io import atomic_write_text, atomic_write_yaml, read_jsonl
 
@@ -30,7 +31,7 @@ DATASETS = ("gsm8k", "gsm8k-hard", "svamp")
 QUALITY_BASE_STEPS = 800
 QUALITY_STEPS = 300
 QUALITY_TEST_SIZE = 300
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smollm2_offline.yaml"
+CONFIG = CONFIGS_DIR / "smollm2_offline.yaml"
 
 
 def register(sub) -> None:

@@ -47,9 +47,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kava.config import CONFIGS_DIR
 from kava.errors import KavaError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "synthetic_tiny.yaml"
+DEFAULT_CONFIG = CONFIGS_DIR / "synthetic_tiny.yaml"
 DEFAULT_BASE_STEPS = 1500
 COT_MAX_NEW_TOKENS = 128  # the CoT of a test problem is ~45 tokens; a model that rambles is cut off
 # every latent run is also evaluated with other latents (kava.inference.latent_control)
