@@ -24,6 +24,7 @@ from kava.errors import KavaError
 
 EXAMPLES = {
     "train": "example: kava train --config tiny --output-dir outputs/tiny train.max_steps=20",
+    "export": "example: kava export outputs/tiny/checkpoint-final outputs/tiny/exported --dtype bf16",
     "configs": "example: kava configs    (then: kava train --config llama1b_aug --print-config)",
 }
 CONFIG_HELP = "a YAML config file, or the name of a shipped config (kava configs lists them)"
@@ -57,6 +58,34 @@ def _add_configs(sub) -> None:
         epilog=EXAMPLES["configs"],
     )
     p.set_defaults(func=_cmd_configs)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as a plain transformers folder (LoRA merged, new tokens, projection beside it)",
+        description="Merge a checkpoint's LoRA adapter into the weights (peft's merge_and_unload) and write a "
+        "folder that AutoModelForCausalLM.from_pretrained reads, with the tokenizer (<bot>, <eot>, <latent> "
+        "included), the latent projection (projection.safetensors; kava.export.load_projection) and the config. "
+        "kava evaluate / kava infer --checkpoint and kava.api.load read it back (docs/inference.md).",
+        epilog=EXAMPLES["export"],
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder from kava train, or a hub repo id")
+    p.add_argument("output_dir", metavar="DIR", help="the folder to write (new, or empty)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="weights dtype of the export (default: fp32; the LoRA is merged in fp32 first)")
+    p.add_argument("--revision", help="with a hub repo id: a branch, tag or commit (default: main)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from kava.export import export_checkpoint
+    from kava.hub import resolve_checkpoint
+
+    out = export_checkpoint(resolve_checkpoint(args.checkpoint, args.revision), args.output_dir, args.dtype)
+    print(f"kava: exported {args.checkpoint} to {out} ({args.dtype}, LoRA merged); read it with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) or kava evaluate --checkpoint {out}")
+    return 0
 
 
 def _cmd_configs(args) -> int:
@@ -115,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_configs(sub)
+    _add_export(sub)
     for register in _extra_commands():
         register(sub)
     return parser
