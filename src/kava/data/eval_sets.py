@@ -1,4 +1,4 @@
-"""Evaluation sets: GSM8k test, GSM-Hard, SVAMP and more, from the hub or offline (SPEC.md §1).
+"""Evaluation sets: GSM8k test, GSM-Hard, SVAMP and more, from the hub or offline (docs/algorithm.md §1).
 
 Every set loads from one of two sources, chosen by the caller and never swapped behind
 their back (SPEC.md §8: "a dataset that fails to load silently replaced by another"):
@@ -58,6 +58,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+
+from huggingface_hub import constants
 
 from kava.errors import KavaError
 from kava.evaluation.answer import parse_number
@@ -404,6 +406,14 @@ def load_local_jsonl(path: str | Path) -> list[EvalExample]:
 
 def _looks_like_path(name: str) -> bool:
     return name.endswith(".jsonl") or "/" in name or "\\" in name or Path(name).is_file()
+
+
+def default_source(source: str | None) -> str:
+    """`source` when given; else "offline" when the hub's own switch HF_HUB_OFFLINE=1 is set,
+    "hub" otherwise (the offline copies are the same sets; one without a copy fails to load)."""
+    if source is not None:
+        return source
+    return "offline" if constants.HF_HUB_OFFLINE else "hub"
 
 
 def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) -> list[EvalExample]:

@@ -85,18 +85,15 @@ def _early_checks(args) -> None:
     resolve_device(args.device)
 
 
-def default_source(source: str | None) -> str:
-    """``--source`` when given; else ``hub``, or ``offline`` (said in one line) when the hub's
-    own switch HF_HUB_OFFLINE=1 is set. The offline copies are the same sets (a set without
-    one fails to load; nothing else is put in its place)."""
-    if source is not None:
-        return source
-    from huggingface_hub import constants
+def announce_source(source: str | None) -> str:
+    """``--source`` when given; else `kava.data.eval_sets.default_source`, saying in one line
+    when HF_HUB_OFFLINE=1 made it ``offline``."""
+    from kava.data.eval_sets import default_source
 
-    if constants.HF_HUB_OFFLINE:
+    resolved = default_source(source)
+    if source is None and resolved == "offline":
         print("kava: HF_HUB_OFFLINE=1: evaluation sets from their offline copies (--source offline)", file=sys.stderr)
-        return "offline"
-    return "hub"
+    return resolved
 
 
 def _load_pipeline(args):
@@ -204,7 +201,7 @@ def _cmd_evaluate(args) -> int:
     _early_checks(args)
     if args.harness:
         return _cmd_harness(args)
-    args.source = default_source(args.source)
+    args.source = announce_source(args.source)
     # Data first (cheap, and a wrong name fails before the model loads).
     data = {name: _load_dataset(name, args) for name in names}
     pipe = _load_pipeline(args)

@@ -294,7 +294,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype:
     from transformers import AutoTokenizer
 
     from kava.data.sequences import SequenceBuilder
-    from kava.model.kava_model import KavaModel, add_special_tokens
+    from kava.model.kava_model import KavaModel, add_special_tokens, peft_model
     from kava.model.load import load_backbone
 
     path = Path(path)
@@ -312,11 +312,11 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype:
         tok.padding_side = "left"
     special = add_special_tokens(backbone, tok)
     if cfg.lora.enabled:
-        from peft import PeftConfig, get_peft_model
+        from peft import PeftConfig
 
         peft_cfg = PeftConfig.from_pretrained(path / "adapter")
         peft_cfg.inference_mode = True
-        backbone = get_peft_model(backbone, peft_cfg)
+        backbone = peft_model(backbone, peft_cfg)
     model = KavaModel.from_config(backbone, special, cfg)
     if exported:
         _load_projection(model, path)
