@@ -242,6 +242,8 @@ def _add_sweep(sub) -> None:
     only.add_argument("--train-only", action="store_true", help="train the seeds, do not evaluate")
     only.add_argument("--eval-only", action="store_true",
                       help="evaluate the checkpoints already there; never train")
+    p.add_argument("--no-progress", action="store_true",
+                   help="one line per stage instead of progress bars (the sweep's and the running training's)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="config overrides passed to kava train (recorded in run.yaml)")
     p.set_defaults(func=_cmd_sweep)
@@ -318,6 +320,7 @@ def _sweep(config, args, run_name=None):
         launcher=args.launcher,
         launcher_config=launcher_config(config, args) if args.launcher != "local" else None,
         wait=args.wait,
+        show_progress=not args.no_progress,
     )
 
 
@@ -430,6 +433,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--output", metavar="TABLE.csv", help="the table (default: OUTPUT_DIR/table.csv)")
     _add_eval_options(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated GPU hours; run nothing")
+    p.add_argument("--no-progress", action="store_true",
+                   help="one line per stage instead of progress bars (the sweep's and the running training's)")
     _add_launcher_options(p)
     p.set_defaults(func=_cmd_reproduce)
 
