@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -51,15 +52,18 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: str = 
     if out_dir.resolve() == checkpoint.resolve() or checkpoint.resolve() in out_dir.resolve().parents:
         raise KavaError(f"export into a folder outside the checkpoint {checkpoint}")
     # Merged in fp32 (a bf16 merge rounds W + BA once more), cast at the end.
+    print(f"kava: loading {checkpoint} ({cfg.model.name}) in float32", file=sys.stderr, flush=True)
     model, tok, _, _ = load_checkpoint(checkpoint, device="cpu", dtype="float32")
     backbone = model.backbone
     if cfg.lora.enabled:
+        print("kava: merging the LoRA adapter and the new token rows into the weights", file=sys.stderr, flush=True)
         backbone = backbone.merge_and_unload(safe_merge=True)
     backbone.to(EXPORT_DTYPES[dtype])
     meta = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     meta[EXPORT_KEY] = {"source": str(checkpoint), "dtype": _DTYPE_NAMES[dtype]}
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    print(f"kava: writing {out_dir} ({dtype})", file=sys.stderr, flush=True)
     try:
         tmp.mkdir(parents=True)
         backbone.save_pretrained(tmp)
