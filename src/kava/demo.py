@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kava.config import CONFIGS_DIR
 from kava.errors import KavaError
-from kava.io import atomic_write_text, atomic_write_yaml, read_jsonl
+from kava.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml, read_jsonl
 
 DATASETS = ("gsm8k", "gsm8k-hard", "svamp")
 # The quality stage: `kava bench quality --only no_cot,kava` at this budget (docs/quality.md)
@@ -91,7 +91,7 @@ def _table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(results: list[dict], log: list[dict], out_dir: Path) -> None:
+def _plots(log: list[dict], out_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,19 +111,14 @@ def _plots(results: list[dict], log: list[dict], out_dir: Path) -> None:
     fig.savefig(out_dir / "training_losses.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    markers = {"gsm8k": "o", "gsm8k-hard": "s", "svamp": "^"}
-    for r in results:
-        label = f"{r['model']} {r['mode']}"
-        ax.scatter(r["forward_passes_mean"], r["accuracy"], marker=markers.get(r["dataset"], "o"))
-        ax.annotate(f"{label} ({r['dataset']})", (r["forward_passes_mean"], r["accuracy"]), fontsize=6)
-    ax.set_xscale("log")
-    ax.set_xlabel("forward passes per question (mean)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy against forward passes")
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy_vs_forward_passes.png", dpi=120)
-    plt.close(fig)
+
+def _accuracy_plot(results: list[dict], out_dir: Path, eval_limit: int) -> None:
+    """accuracy_vs_forward_passes.png: a panel per dataset, a point per model and mode (kava.plots)."""
+    from kava.plots import Point, accuracy_figure, figure_png
+
+    points = [Point(f"{r['model']} {r['mode']}", r["dataset"], r["forward_passes_mean"], r["accuracy"]) for r in results]
+    title = f"SmolLM2-135M-Instruct before and after KaVa training ({eval_limit} questions per dataset)"
+    atomic_write_bytes(out_dir / "accuracy_vs_forward_passes.png", figure_png(accuracy_figure(points, title)))
 
 
 def _quality_stage(out_dir: Path, args, extra: tuple[str, ...] = (), jobs: int = 0) -> dict:
@@ -195,7 +190,8 @@ def run_demo(args) -> int:
                                              {k: v for k, v in quality.items() if k != "table"},
                                              "train_steps": args.train_steps, "batch_size": args.batch_size,
                                              "eval_limit": args.eval_limit})
-    _plots(results, read_jsonl(final.parent / "train_log.jsonl"), out)
+    _plots(read_jsonl(final.parent / "train_log.jsonl"), out)
+    _accuracy_plot(results, out, args.eval_limit)
     print("\n" + table, flush=True)
     print(f"wrote {out}/table.md, results.yaml, training_losses.png, accuracy_vs_forward_passes.png "
           f"in {time.time() - started:.0f} s", file=sys.stderr)
