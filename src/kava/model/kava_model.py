@@ -119,7 +119,7 @@ class KavaModel(nn.Module):
     """The backbone, the special token ids, the latent projection and the latent settings.
 
     first_input: the first latent slot's input in every Jacobi iteration — "bot_hidden",
-    proj(h⁰ at <bot>) from pass 0, as the official PCCoT and CODI code do (SPEC.md §2), or
+    proj(h⁰ at <bot>) from pass 0, as the official PCCoT and CODI code do (docs/algorithm.md §2), or
     "latent_embedding", the constant e(<latent>). latent_mode: "jacobi" (kava.model.student) or
     "sequential" (one latent per pass, kava.model.sequential).
     """
