@@ -24,10 +24,12 @@ sys.exit(3)
 
 
 def test_parse_bar_reads_tqdm_states():
-    assert parse_bar("train:  40%|████      | 8/20 [00:05<00:07,  1.81it/s, loss=8.93]") == ("train", 8, 20, "loss=8.93")
+    assert parse_bar("train:  40%|████      | 8/20 [00:05<00:07,  1.81it/s, loss=8.93]") == (
+        "train", 8, 20, "loss=8.93", "it")
     assert parse_bar("gsm8k (latent): 100%|██████████| 4/4 [00:00<00:00,  8.02q/s, acc=0.0%]") == (
-        "gsm8k (latent)", 4, 4, "acc=0.0%")
-    assert parse_bar("train:   0%|          | 0/12 [00:00<?, ?it/s]") == ("train", 0, 12, "")
+        "gsm8k (latent)", 4, 4, "acc=0.0%", "q")
+    assert parse_bar("train:  12%|█▎        | 1/8 [00:01<00:09,  1.38s/it, loss=9.2448]")[3:] == ("loss=9.2448", "it")
+    assert parse_bar("train:   0%|          | 0/12 [00:00<?, ?it/s]") == ("train", 0, 12, "", "it")
     assert parse_bar("kava: 24 training examples (0 dropped)") is None
     assert parse_bar("") is None
 

@@ -19,16 +19,20 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 # A tqdm bar's text: "train:  40%|████      | 8/20 [00:05<00:07,  1.81it/s, loss=8.93]"
-_BAR = re.compile(r"^(?P<desc>.*?):\s*\d+%\|.*?\|\s*(?P<n>\d+)/(?P<total>\d+)(?:\s*\[[^,\]]*(?:,[^,\]]*)?(?:,\s*(?P<post>[^\]]*))?\])?")
+_BAR = re.compile(r"^(?P<desc>.*?):\s*\d+%\|.*?\|\s*(?P<n>\d+)/(?P<total>\d+)"
+                  r"(?:\s*\[[^,\]]*(?:,\s*(?P<rate>[^,\]]*))?(?:,\s*(?P<post>[^\]]*))?\])?")
+_UNIT = re.compile(r"(?:[\d.?]+(?P<a>[^\d\s/]+)/s|s/(?P<b>[^\d\s/]+))$")
 _SEPARATOR = re.compile(rb"\r\n|\r|\n")
 
 
-def parse_bar(text: str) -> tuple[str, int, int, str] | None:
-    """(description, n, total, postfix) of one state of a tqdm bar, None for any other text."""
+def parse_bar(text: str) -> tuple[str, int, int, str, str] | None:
+    """(description, n, total, postfix, unit) of one state of a tqdm bar, None for any other text."""
     m = _BAR.match(text.strip())
     if m is None:
         return None
-    return m["desc"].strip(), int(m["n"]), int(m["total"]), (m["post"] or "").strip()
+    unit = _UNIT.search((m["rate"] or "").strip())
+    return (m["desc"].strip(), int(m["n"]), int(m["total"]), (m["post"] or "").strip(),
+            (unit["a"] or unit["b"]) if unit else "it")
 
 
 class SweepDisplay:
@@ -89,15 +93,16 @@ class SweepDisplay:
             self._show(*state)
         return rest
 
-    def _show(self, desc: str, n: int, total: int, post: str) -> None:
+    def _show(self, desc: str, n: int, total: int, post: str, unit: str) -> None:
         key = threading.get_ident()
         with self._lock:
             child = self._children.get(key)
             if child is None or child.desc != f"  {desc}":
+                position = child.pos if child is not None else len(self._children) + 1  # (a line per running child)
                 if child is not None:
                     child.close()
-                child = self._children[key] = tqdm(total=total, desc=f"  {desc}", file=self.file, leave=False,
-                                                   position=len(self._children) + 1, dynamic_ncols=True)
+                child = self._children[key] = tqdm(total=total, desc=f"  {desc}", unit=unit, file=self.file,
+                                                   leave=False, position=abs(position), dynamic_ncols=True)
         child.total, child.n = total, n
         if post:
             child.set_postfix_str(post, refresh=False)
