@@ -54,7 +54,8 @@ def _add_configs(sub) -> None:
         "configs",
         help="list the shipped configs, each with what it trains and where its numbers come from",
         description="The configs shipped with kava. Any command's --config takes a name from this list "
-        "(or a path to a YAML file); the first line of each file's header comment is shown.",
+        "(or a path to a YAML file). Shown: the first sentence of each file's header comment, and the source "
+        "its Provenance: line names.",
         epilog=EXAMPLES["configs"],
     )
     p.set_defaults(func=_cmd_configs)
