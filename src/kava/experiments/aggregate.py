@@ -65,6 +65,7 @@ from kava.evaluation.protocol import one_protocol, protocol_name
 from kava.evaluation.results import results_files
 from kava.experiments.stats import format_mean_std, format_number, is_number, sort_datasets, summarize_seeds
 from kava.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml
+from kava.plots import Point, accuracy_figure, figure_png
 
 SEED_DIR_RE = re.compile(r"^seed_(\d+)$")
 
@@ -436,8 +437,6 @@ def render_latex(header: list[str], rows: list[list[str]], datasets: list[str]) 
 def render_plot(summaries: list[dict], datasets: list[str]) -> bytes:
     """PNG: accuracy against mean forward passes, a panel per dataset, a point per run, the std
     over seeds as error bars (kava.plots)."""
-    from kava.plots import Point, accuracy_figure, figure_png
-
     points = [Point(s["run_name"], ds, e["forward_passes_mean"], e["accuracy_mean"], e["forward_passes_std"] or 0.0,
                     e["accuracy_std"] or 0.0)
               for ds in datasets for s in summaries
