@@ -4,8 +4,8 @@ then docs/*.md alphabetically, so a later block may use what an earlier one wrot
 fenced block under it, its printed output, must be found in what the commands print.
 
 Only tiny, offline commands are marked. Output lines are compared after the normalisation of
-`normalise` (a progress bar's last state, its timings, the seconds per question, the shipped
-configs' folder); a line of the docs that the command no longer prints fails the test
+`normalise` (a progress bar's last state, its timings, the seconds per question or run, the
+shipped configs' folder); a line of the docs that the command no longer prints fails the test
 (`...` lines in the docs mark lines left out)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 _TIMINGS = (
     (re.compile(r"\[\d+:\d\d<[^,\]]*,\s*[^,\]]*"), "[TIME"),  # tqdm: [00:08<00:00,  1.00s/it
     (re.compile(r"(?<=\s)\d+\.\d{3}$"), "SECONDS"),          # kava evaluate's s/question column
-    (re.compile(r"\b\d+\.\d+ s\b"), "SECONDS s"),             # kava infer: · 0.15 s ·
+    (re.compile(r"\b\d+(?:\.\d+)? s\b"), "SECONDS s"),       # kava infer: · 0.15 s ·; kava train: in 9 s
 )
 
 
