@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kava.errors import KavaError
 
-
 #: The weight dtypes a model can load in (`model.dtype`; auto = bfloat16 on a GPU, float32 on a CPU).
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES = get_args(DType)

@@ -98,11 +98,6 @@ def _table(results: list[dict]) -> str:
 
 
 def _plots(log: list[dict], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from kava.training.plots import plot_training_losses
 
     plot_training_losses(log, out_dir / "training_losses.png", title="KaVa training on SmolLM2-135M-Instruct")
