@@ -78,7 +78,12 @@ def test_evaluate_killed_anywhere_resumes_to_the_same_predictions(bench):
         ["timed", "timed", "timed", "jsonl.append:1"],
     ], seed=2)
     assert tally.problems == []
-    assert tally.kills >= 10 and len(tally.moments) >= 10, "; ".join(tally.outcomes)
+    # every failpoint before a timed kill killed a run (a timed kill may come after the end: the list
+    # ends there); the timed kills are counted, not told apart: an evaluation of a few questions takes
+    # a fraction of a second, so its seeded delays (up to a quarter of that) can round to one value
+    failpoints = {"jsonl.append:2", "jsonl.append:4", "jsonl.append:5", "jsonl.append:7",
+                  "atomic.write:1", "atomic.write:2"}
+    assert tally.kills >= 10 and failpoints <= tally.moments, "; ".join(tally.outcomes)
     assert tally.by_moment.get("jsonl.append", 0) >= 4
 
 

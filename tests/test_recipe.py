@@ -36,6 +36,12 @@ from kava.io import read_jsonl
 DATA = Path(__file__).parent / "data" / "recipe"
 EXPECTED = DATA / "expected.json"
 RTOL, ATOL = 1e-4, 1e-6
+# After the first update the pinned numbers also carry float rounding, and that differs between
+# supported library versions: for the sequential run, transformers 5.21 (`make test-oldest`) and
+# the newest agree to 3e-6 at step 0, to 1.3e-4 on every loss by step 3, while the gradient norm
+# (about 100 before clipping, lr 3e-3) drifts by 8% at step 3. So step 0 is pinned at RTOL, the
+# later steps' losses at LATER_RTOL, and the gradient norm at step 0 only.
+LATER_RTOL = 1e-3
 LOSS_KEYS = ("loss", "ce_student", "ce_teacher", "codi", "kv", "grad_norm", "lr")
 
 CONFIG = {
@@ -76,18 +82,18 @@ def run_recipe(name: str, out: Path) -> dict:
     return pinned
 
 
-def _close(actual, expected, where: str) -> None:
+def _close(actual, expected, where: str, rtol: float = RTOL) -> None:
     assert type(actual) is type(expected) or {type(actual), type(expected)} <= {int, float}, where
     if isinstance(expected, dict):
         assert actual.keys() == expected.keys(), f"{where}: keys {sorted(actual)} != {sorted(expected)}"
         for k in expected:
-            _close(actual[k], expected[k], f"{where}.{k}")
+            _close(actual[k], expected[k], f"{where}.{k}", rtol)
     elif isinstance(expected, list):
         assert len(actual) == len(expected), f"{where}: {len(actual)} entries, expected {len(expected)}"
         for i, (a, e) in enumerate(zip(actual, expected)):
-            _close(a, e, f"{where}[{i}]")
+            _close(a, e, f"{where}[{i}]", rtol)
     elif isinstance(expected, float):
-        assert actual == pytest.approx(expected, rel=RTOL, abs=ATOL), f"{where}: {actual!r} != {expected!r}"
+        assert actual == pytest.approx(expected, rel=rtol, abs=ATOL), f"{where}: {actual!r} != {expected!r}"
     else:
         assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
@@ -95,7 +101,17 @@ def _close(actual, expected, where: str) -> None:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_recipe_losses_and_predictions_are_pinned(name, tmp_path):
     expected = json.loads(EXPECTED.read_text())[name]
-    _close(run_recipe(name, tmp_path), expected, name)
+    actual = run_recipe(name, tmp_path)
+    first, *later = expected["steps"]
+    assert len(actual["steps"]) == len(expected["steps"]), f"{name}: {len(actual['steps'])} steps logged"
+    _close(actual["steps"][0], first, f"{name}.steps[0]")
+    for i, (got, want) in enumerate(zip(actual["steps"][1:], later), start=1):
+        assert "grad_norm" in got, f"{name}.steps[{i}]: no grad_norm logged"
+        _close({k: v for k, v in got.items() if k != "grad_norm"}, {k: v for k, v in want.items() if k != "grad_norm"},
+               f"{name}.steps[{i}]", LATER_RTOL)
+    if "predictions" in expected:
+        _close(actual["predictions"], expected["predictions"], f"{name}.predictions")
+    assert actual.keys() == expected.keys(), f"{name}: {sorted(actual)} != {sorted(expected)}"
 
 
 def test_the_pinned_values_cover_every_loss_term():

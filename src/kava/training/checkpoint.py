@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,6 +59,21 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
+# peft's notes on a save whose base config it cannot compare (a model built in memory has no
+# base_model_name_or_path folder) or whose vocabulary grew (kava adds <bot>, <eot>, <latent>):
+# they describe what it saves, not something the user should act on, and arrive mid-progress-bar
+_PEFT_SAVE_NOTES = ("Could not find a config file in", "Setting `save_embedding_layers` to `True`")
+
+
+def save_adapter(peft_model, folder: Path) -> None:
+    """`peft_model.save_pretrained(folder)` without peft's two notes on the embedding check
+    (only those; the files written are unchanged)."""
+    with warnings.catch_warnings():
+        for note in _PEFT_SAVE_NOTES:
+            warnings.filterwarnings("ignore", message=re.escape(note), category=UserWarning)
+        peft_model.save_pretrained(folder)
+
+
 def save_checkpoint(path: str | Path, model, tokenizer, cfg: KavaConfig, state: dict | None = None,
                     optimizer=None, scheduler=None) -> Path:
     path = Path(path)
@@ -67,7 +83,7 @@ def save_checkpoint(path: str | Path, model, tokenizer, cfg: KavaConfig, state: 
         tmp.mkdir(parents=True)
         model = _unwrap(model)
         if cfg.lora.enabled:
-            model.backbone.save_pretrained(tmp / "adapter")
+            save_adapter(model.backbone, tmp / "adapter")
         else:
             model.backbone.save_pretrained(tmp / "model")
         if model.projection is not None:
