@@ -11,7 +11,7 @@ import pytest
 from kava.cli import build_parser
 
 ROOT = Path(__file__).parent.parent
-HEAVY = ("torch", "transformers", "peft", "accelerate", "datasets")
+HEAVY = ("torch", "transformers", "peft", "accelerate", "datasets", "matplotlib")
 
 # Runs argv through kava.cli.main in a fresh interpreter and prints which heavy modules it imported.
 _PROBE = """

@@ -8,6 +8,8 @@ would cover each other are nudged apart, each as little as it takes (`separate`)
 they at most touch. Error bars are the std over seeds where there are several.
 
 Drawn on matplotlib's Agg canvas (no pyplot, no global backend): headless and thread-safe.
+matplotlib is imported when a figure is drawn, not with this module: `kava --help` reaches
+it through kava.experiments, and matplotlib's import alone takes about a second.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_rgba
-from matplotlib.figure import Figure
-from matplotlib.transforms import ScaledTranslation
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MARKERS = "osD^vP*Xph<>"
 MARKER_SIZE = 7.0  # points
@@ -40,6 +41,9 @@ def accuracy_figure(points: list[Point], title: str, series: list[str] | None = 
                     datasets: list[str] | None = None) -> Figure:
     """The figure (see the module docstring); `series` and `datasets` fix their order
     (default: as they first appear in `points`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     series = series or list(dict.fromkeys(p.series for p in points))
     datasets = datasets or list(dict.fromkeys(p.dataset for p in points)) or [""]
     columns = min(4, max(1, len(series)))
@@ -72,6 +76,8 @@ def accuracy_figure(points: list[Point], title: str, series: list[str] | None = 
 def _draw_panel(fig: Figure, ax, points: list[Point], series: list[str]) -> None:
     """The panel's points, nudged apart where they would cover each other; error bars end at
     0 (and 100 %), where the quantities end."""
+    from matplotlib.transforms import ScaledTranslation
+
     true = [tuple(ax.transData.transform((p.forward_passes, p.accuracy))) for p in points]
     order = sorted(range(len(points)), key=lambda j: series.index(points[j].series))
     shown = separate([true[j] for j in order], MARKER_SIZE * fig.dpi / 72)
@@ -113,6 +119,8 @@ def separate(xy: list[tuple[float, float]], gap: float, rounds: int = 500) -> li
 
 def _style(i: int) -> dict:
     """Series i's marker: its shape and colour, a translucent face and a solid edge."""
+    from matplotlib.colors import to_rgba
+
     color = f"C{i % 10}"
     return dict(marker=MARKERS[i % len(MARKERS)], linestyle="none", ms=MARKER_SIZE, mec=color, mew=1.2,
                 mfc=to_rgba(color, 0.45))
