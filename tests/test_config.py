@@ -69,6 +69,19 @@ def test_bad_curriculum_and_mode_are_clear_errors(overrides, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "random:llama-3.2-1b"])
+def test_frozen_targets_from_a_random_network_are_refused(name):
+    """Frozen targets are the starting weights' CoT: from a random network they are noise to distil toward."""
+    with pytest.raises(KavaError) as err:
+        config_from_dict(MINIMAL, [f"model.name={name}", "kava.teacher_targets=frozen"])
+    assert "starts from random weights" in str(err.value) and "\n" not in str(err.value)
+    # from a trained model, or with nothing distilled (PCCoT without CODI, a baseline), it is allowed
+    config_from_dict(MINIMAL, ["model.name=runs/base/backbone", "kava.teacher_targets=frozen"])
+    config_from_dict(MINIMAL, [f"model.name={name}", "kava.teacher_targets=frozen", "train.method=cot"])
+    config_from_dict(MINIMAL, [f"model.name={name}", "kava.teacher_targets=frozen", "kava.alpha_kv=0",
+                               "kava.alpha_codi=0"])
+
+
 def test_overrides_are_typed():
     cfg = config_from_dict(MINIMAL, ["train.lr=1e-4", "latent.num_latents=12", "lora.enabled=false", "train.loggers=[jsonl]"])
     assert cfg.train.lr == 1e-4 and cfg.latent.num_latents == 12 and cfg.lora.enabled is False

@@ -102,8 +102,9 @@ class SyntheticDataConfig(_Strict):
     num_val: int = Field(500, ge=0)
     num_test: int = Field(500, ge=0)
     seed: int = 1234
-    cot_format: Literal["equations", "results"] = Field(
-        "equations", description="the CoT steps: <<a*b=c>> equations (GSM8k-AUG's format) or each step's result only"
+    cot_format: Literal["equations", "results", "nl"] = Field(
+        "equations", description="the CoT steps: <<a*b=c>> equations (GSM8k-AUG's format), each step's result only, "
+        "or nl: a sentence around each equation (GSM8k-AUG-NL's style, ~25 tokens a step with the word tokenizer)"
     )
 
 
@@ -309,6 +310,18 @@ class KavaConfig(_Strict):
     curriculum: CurriculumConfig = CurriculumConfig()
     train: TrainConfig = TrainConfig()
     launcher: LauncherConfig = LauncherConfig()
+
+    @model_validator(mode="after")
+    def _check_frozen_targets(self) -> KavaConfig:
+        k = self.kava
+        distils = self.train.method == "kava" and (k.alpha_kv > 0 or k.alpha_codi > 0)
+        random_start = self.model.name.startswith(("tiny-", "random:"))
+        if distils and k.teacher_targets == "frozen" and random_start:
+            raise ValueError(
+                f"kava.teacher_targets: frozen distils toward the weights training starts from, and model.name "
+                f"{self.model.name!r} starts from random weights: start from a trained model (model.name=<folder>; "
+                "kava bench quality --base-steps N trains one) or use kava.teacher_targets: same_pass")
+        return self
 
     @model_validator(mode="after")
     def _check_curriculum(self) -> KavaConfig:

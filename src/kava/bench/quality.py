@@ -17,6 +17,8 @@ test split) in its own mode:
              (2 latents per step, stages 1..3 then the final stage, each
              stage 1/6 of the steps, the optimizer reset at each switch)  evaluated with mode=latent
     kava     the config as it is                    evaluated with mode=latent
+    pause    kava with latent.num_iterations=0: the latent inputs are fixed
+             <latent> embeddings, never fed back (the pause-token control)   evaluated with mode=latent
 
 `--ablations` adds KaVa with each other compression method, without the CODI loss,
 without the projection and with the last CoT step kept, and PCCoT and KaVa under the
@@ -51,7 +53,8 @@ from kava.errors import KavaError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "synthetic_tiny.yaml"
 DEFAULT_BASE_STEPS = 1500
-COT_MAX_NEW_TOKENS = 128  # the CoT of a test problem is ~45 tokens; a model that rambles is cut off
+SPLITS = ("test", "validation")
+COT_MAX_NEW_TOKENS = 160  # a test problem's CoT: ~45 tokens (equations), ~110 (nl); a model that rambles is cut off
 # every latent run is also evaluated with other latents (kava.inference.latent_control)
 LATENT_CONTROLS = ("shuffled", "pass0", "teacher")
 
@@ -76,12 +79,19 @@ BASELINES = (
     Run("codi", "CODI", "latent", ("latent.mode=sequential", "kava.alpha_kv=0", "kava.codi_position=answer_start")),
     Run("coconut", "Coconut", "latent", _COCONUT, stage_fraction=1 / 6, split_latents=True),
     Run("kava", "KaVa", "latent", ()),
+    # The pause control: the same student and losses, but the latent inputs are never fed back — every
+    # slot reads the fixed <latent> embedding and pass 0 is the only latent pass (T = 0), so the M
+    # positions add computation but no refinement. KaVa above it shows the fed-back latents compute;
+    # KaVa equal to it, that extra positions are all it gains (Coconut's pause-token control).
+    Run("pause", "Pause tokens (latents not fed back)", "latent", ("latent.num_iterations=0",)),
 )
 # The base model learns the teacher's format (drop-last: the CoT without its last step, the last
 # operation done at the answer), so the teacher knows the answer from the first fine-tuning step;
 # pretrained on the full CoT instead, the jointly trained teacher had not learned the implicit
 # last step after 400 steps and answered a constant, so its CODI target carried nothing.
-BASE = Run("base", "Base model (CoT pretraining in the teacher's format, shared)", "cot", ("train.method=cot",))
+# It trains every weight even where the fine-tuning config uses LoRA (a base model is pretrained, not adapted).
+BASE = Run("base", "Base model (CoT pretraining in the teacher's format, shared)", "cot",
+           ("train.method=cot", "lora.enabled=false"))
 ABLATIONS = (
     Run("kava_crop", "KaVa, crop", "latent", ("kava.compression=crop",)),
     Run("kava_attention", "KaVa, attention only (λ=1)", "latent", ("kava.compression=attention",)),
@@ -122,6 +132,9 @@ def register(sub) -> None:
                    help="steps of the shared base model's CoT pretraining; 0 trains every method from scratch "
                         "(default: %(default)s)")
     p.add_argument("--test-size", type=int, help="held-out test problems (default: the config's data.synthetic.num_test)")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="evaluate on the held-out test split (report) or the validation split (choose settings on it); "
+                        "each split's results are kept apart (result.json, result-validation.json; default: test)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads per run (default: 1, fastest for this model size)")
     p.add_argument("--jobs", type=int, default=0,
@@ -155,7 +168,7 @@ def _cmd_quality(args) -> int:
     summary = run_quality(
         args.config, runs, seeds=args.seeds, output_dir=args.output_dir, overrides=overrides,
         threads=args.threads, eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
-        base_steps=args.base_steps, jobs=args.jobs,
+        base_steps=args.base_steps, jobs=args.jobs, split=args.split,
     )
     print(summary["table"])
     return 0
@@ -181,23 +194,33 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
     return load_config(config, every)
 
 
-def held_out_examples(cfg) -> list:
-    """The generator's held-out test split for the config's task, as evaluation examples."""
+def held_out_examples(cfg, split: str = "test") -> list:
+    """The generator's held-out `split` (test, or validation — the problems training never sees and
+    settings are chosen on) for the config's task, as evaluation examples."""
     from kava.data.eval_sets import EvalExample
     from kava.data.synthetic import SyntheticTaskConfig, format_steps, generate_splits
 
     s = cfg.data.synthetic
-    if s.num_test < 1:
-        raise KavaError("the benchmark needs test problems: set data.synthetic.num_test (or --test-size) to at least 1")
+    if split not in SPLITS:
+        raise KavaError(f"unknown evaluation split {split!r}; choose one of {', '.join(SPLITS)}")
+    size = s.num_test if split == "test" else s.num_val
+    if size < 1:
+        key = "num_test (or --test-size)" if split == "test" else "num_val"
+        raise KavaError(f"the benchmark needs {split} problems: set data.synthetic.{key} to at least 1")
     task = SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
-    rows = generate_splits(task, 0, 0, s.num_test)["test"]
-    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"],
-                        steps=tuple(format_steps(r["steps"], s.cot_format)))
+    rows = generate_splits(task, 0, s.num_val if split == "validation" else 0, s.num_test)[split]
+    return [EvalExample(f"{split}-{i}", r["question"], float(r["answer"]), r["answer"],
+                        steps=tuple(format_steps(r["steps"], s.cot_format, r["question"])))
             for i, r in enumerate(rows)]
 
 
-def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool = True) -> dict:
-    """Train (or resume) one run, evaluate it on the test split, write result.json; returns it."""
+def split_suffix(split: str) -> str:
+    """File-name suffix of a split's results: none for test (result.json), "-validation" else."""
+    return "" if split == "test" else f"-{split}"
+
+
+def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool = True, split: str = "test") -> dict:
+    """Train (or resume) one run, evaluate it on `split`, write result.json (result-validation.json); returns it."""
     from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
     from kava.evaluation.latent_decoding import latent_decoding
     from kava.io import atomic_write_json, read_jsonl
@@ -213,9 +236,10 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
     log = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").is_file() else []
     model, _tok, builder, _ = load_checkpoint(final)
     t0 = time.perf_counter()
-    test = held_out_examples(cfg)
-    common = dict(batch_size=eval_batch_size, predictions_path=run_dir / "predictions.jsonl", progress=progress,
-                  dataset="synthetic-test")
+    test = held_out_examples(cfg, split)
+    suffix = split_suffix(split)
+    common = dict(batch_size=eval_batch_size, predictions_path=run_dir / f"predictions{suffix}.jsonl",
+                  progress=progress, dataset=f"synthetic-{split}")
     controls = {}
     if run.mode == "latent":
         k = cfg.kava
@@ -228,7 +252,7 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
                                max_new_tokens=COT_MAX_NEW_TOKENS if run.mode == "cot" else None, **common)
     last = log[-1] if log else {}
     result = {
-        "run": run.name, "label": run.label, "mode": run.mode, "seed": cfg.seed,
+        "run": run.name, "label": run.label, "mode": run.mode, "seed": cfg.seed, "split": split,
         "accuracy": res["accuracy"], "n": res["n"], "correct": res["correct"],
         "forward_passes_mean": res["forward_passes_mean"], "generated_tokens_mean": res["generated_tokens_mean"],
         "steps": int(last.get("step", 0)),
@@ -240,7 +264,7 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
         "model": cfg.model.name,
         "controls": controls,
     }
-    atomic_write_json(run_dir / "result.json", result)
+    atomic_write_json(run_dir / f"result{suffix}.json", result)
     return result
 
 
@@ -255,6 +279,7 @@ def run_quality(
     progress: bool = True,
     base_steps: int = 0,
     jobs: int = 1,
+    split: str = "test",
 ) -> dict:
     """The base model (when base_steps > 0), then every run × seed fine-tuned from it (skipping
     finished ones; `jobs` at a time, 0 = cores // threads), then results.json and results.md."""
@@ -283,7 +308,7 @@ def run_quality(
         if threads:
             torch.set_num_threads(threads * max(1, jobs))
         base = _run_once(config, BASE, 0, out / "base", [*overrides, f"train.max_steps={base_steps}"],
-                         eval_batch_size, progress)
+                         eval_batch_size, progress, split)
         if threads:
             torch.set_num_threads(threads)
         results.append(base)
@@ -291,17 +316,19 @@ def run_quality(
     if jobs <= 1:
         for run, seed in tasks:
             results.append(_run_once(config, run, seed, _run_dir(out, run, seed), overrides,
-                                     eval_batch_size, progress))
+                                     eval_batch_size, progress, split))
     else:
-        results += _run_parallel(config, tasks, out, overrides, eval_batch_size, jobs, threads)
-    results += _other_finished_runs(config, out, overrides, results)
+        results += _run_parallel(config, tasks, out, overrides, eval_batch_size, jobs, threads, split)
+    results += _other_finished_runs(config, out, overrides, results, split)
     order = {name: i for i, name in enumerate(TABLE_ORDER)}
     results.sort(key=lambda r: (order.get(r["run"], len(order)), r["seed"]))
     summary = summarize(results, [r for r in (BASE, *ALL_RUNS.values()) if any(x["run"] == r.name for x in results)])
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - t_start, 1)
+    summary["split"] = split
     summary["table"] = format_table(summary)
-    atomic_write_json(out / "results.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
-    atomic_write_text(out / "results.md", summary["table"] + "\n")
+    suffix = split_suffix(split)
+    atomic_write_json(out / f"results{suffix}.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
+    atomic_write_text(out / f"results{suffix}.md", summary["table"] + "\n")
     return summary
 
 
@@ -310,7 +337,7 @@ def _run_dir(out: Path, run: Run, seed: int) -> Path:
 
 
 def _run_once(config, run: Run, seed: int, run_dir: Path, overrides: list[str], eval_batch_size: int,
-              progress: bool) -> dict:
+              progress: bool, split: str = "test") -> dict:
     """One run's result: read from its result.json when finished, else trained (or resumed) and evaluated."""
     import json
 
@@ -318,13 +345,13 @@ def _run_once(config, run: Run, seed: int, run_dir: Path, overrides: list[str], 
     if not _same_config(run_dir, cfg):
         raise KavaError(f"{run_dir} holds a run made with another config (steps, task or overrides differ); "
                         "use another --output-dir")
-    done = run_dir / "result.json"
+    done = run_dir / f"result{split_suffix(split)}.json"
     if done.is_file():
         result = json.loads(done.read_text())
         print(f"quality: {run.name} seed {seed}: done earlier ({result['accuracy']:.1f}%)", file=sys.stderr)
         return result
     print(f"quality: {run.name} seed {seed}: training", file=sys.stderr)
-    result = train_and_evaluate(cfg, run, eval_batch_size, progress)
+    result = train_and_evaluate(cfg, run, eval_batch_size, progress, split)
     print(f"quality: {run.name} seed {seed}: {result['accuracy']:.1f}% "
           f"({result['forward_passes_mean']:.1f} forward passes)", file=sys.stderr)
     return result
@@ -340,7 +367,7 @@ def _worker_init(threads: int | None) -> None:
 
 
 def _run_parallel(config, tasks: list[tuple[Run, int]], out: Path, overrides: list[str], eval_batch_size: int,
-                  jobs: int, threads: int | None) -> list[dict]:
+                  jobs: int, threads: int | None, split: str = "test") -> list[dict]:
     """The runs in `jobs` worker processes (spawned, so no state is shared), latent runs — the
     slowest — first; without progress bars, which would interleave. A failed run stops the
     benchmark with its error once the runs already started have finished (their results are kept)."""
@@ -353,7 +380,7 @@ def _run_parallel(config, tasks: list[tuple[Run, int]], out: Path, overrides: li
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=_worker_init, initargs=(threads,)) as pool:
         futures = [pool.submit(_run_once, config, run, seed, _run_dir(out, run, seed), overrides,
-                               eval_batch_size, False) for run, seed in slow_first]
+                               eval_batch_size, False, split) for run, seed in slow_first]
         try:
             return [f.result() for f in futures]
         except BaseException:
@@ -388,13 +415,13 @@ def _same_config(run_dir: Path, cfg) -> bool:
     return not saved.is_file() or yaml.safe_load(saved.read_text()) == config_to_dict(cfg)
 
 
-def _other_finished_runs(config, out: Path, overrides: list[str], results: list[dict]) -> list[dict]:
+def _other_finished_runs(config, out: Path, overrides: list[str], results: list[dict], split: str = "test") -> list[dict]:
     """Finished runs of earlier invocations (say, with --only) made with the same settings, for one table."""
     import json
 
     have = {(r["run"], r["seed"]) for r in results}
     found = []
-    for path in sorted((out / "runs").glob("*-seed*/result.json")):
+    for path in sorted((out / "runs").glob(f"*-seed*/result{split_suffix(split)}.json")):
         r = json.loads(path.read_text())
         if r.get("run") not in ALL_RUNS or (r["run"], r["seed"]) in have:
             continue
@@ -495,7 +522,7 @@ def format_table(summary: dict) -> str:
     else:
         start = "trained from scratch"
     lines = [
-        f"Synthetic test split: {n_test} problems; every method {start} for {steps} optimizer steps; "
+        f"Synthetic {summary.get('split', 'test')} split: {n_test} problems; every method {start} for {steps} optimizer steps; "
         f"{seeds} seed{'s' if seeds != 1 else ''}" + (" (mean ± sample std)" if seeds > 1 else ""),
         "",
         "| method | eval mode | accuracy (%) | forward passes | × CoT passes | gap closed | train s | eval s |",

@@ -62,7 +62,8 @@ def word_vocabulary_for(cfg: KavaConfig) -> list[str] | None:
 
     s = cfg.data.synthetic
     return synthetic_vocabulary(
-        SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
+        SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed),
+        s.cot_format,
     )
 
 
