@@ -107,7 +107,14 @@ ABLATIONS = (
     Run("pccot_curriculum", "PCCoT, curriculum", "latent", ("kava.alpha_kv=0", *_CURRICULUM), stage_fraction=1 / 6),
     Run("kava_curriculum", "KaVa, curriculum", "latent", _CURRICULUM, stage_fraction=1 / 6),
 )
-ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS}
+# The benchmark config's departures from the paper's recipe, each undone alone (`--departures`):
+# the evidence that each is needed at this scale.
+DEPARTURES = (
+    Run("kava_same_pass", "KaVa, targets from the same pass (the paper)", "latent", ("kava.teacher_targets=same_pass",)),
+    Run("kava_lora", "KaVa, LoRA r = 8 (the paper trains LoRA)", "latent",
+        ("lora.enabled=true", "lora.r=8", "lora.alpha=16")),
+)
+ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS + DEPARTURES}
 TABLE_ORDER = ("base", *ALL_RUNS)
 
 
@@ -126,6 +133,9 @@ def register(sub) -> None:
     p.add_argument("--output-dir", default="runs/bench_quality", help="where runs and tables go (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per method (default: 1)")
     p.add_argument("--ablations", action="store_true", help="also the compression, CODI, projection and last-step ablations")
+    p.add_argument("--departures", action="store_true",
+                   help="also KaVa with each of the config's departures from the paper undone (targets from the same "
+                        "pass; LoRA)")
     p.add_argument("--only", metavar="RUN[,RUN...]", help=f"only these runs, comma-separated: {', '.join(ALL_RUNS)}")
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's train.max_steps)")
     p.add_argument("--base-steps", type=int, default=DEFAULT_BASE_STEPS,
@@ -153,7 +163,7 @@ def _cmd_quality(args) -> int:
         raise KavaError(f"--jobs must be 0 (automatic) or more and --threads at least 1, got {args.jobs} and {args.threads}")
     if args.base_steps < 0:
         raise KavaError(f"--base-steps must be 0 (no base model) or more, got {args.base_steps}")
-    runs = list(BASELINES + (ABLATIONS if args.ablations else ()))
+    runs = list(BASELINES + (ABLATIONS if args.ablations else ()) + (DEPARTURES if args.departures else ()))
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in ALL_RUNS]
