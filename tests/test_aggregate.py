@@ -123,7 +123,7 @@ def test_per_run_summaries(tree, capsys):
     assert kava["seeds_requested"] == [42, 43, 44] and kava["seeds_failed"] == []
     assert kava["datasets"]["gsm8k"] == {
         "accuracy_mean": 52.0, "accuracy_std": 2.0, "forward_passes_mean": 11.0, "forward_passes_std": 1.0,
-        "n_seeds": 3, "seeds": [42, 43, 44],
+        "n_seeds": 3, "seeds": [42, 43, 44], "protocol": "greedy",
     }
 
     with open(tree / "kava_llama" / "summary.csv", newline="", encoding="utf-8") as f:

@@ -164,17 +164,40 @@ def test_bench_gpu_without_a_gpu_is_one_line(capsys, monkeypatch):
 
 
 def test_bench_gpu_dry_run_on_cpu(tmp_path, capsys):
-    """`kava bench gpu --device cpu`: every step of the GPU check at a tiny shape, JSON and Markdown."""
+    """`kava bench gpu --device cpu`: every part of the GPU check at a tiny shape, written as it finishes."""
     folder = tmp_path / "gpu"
-    assert main(["bench", "gpu", "--device", "cpu", "--output-dir", str(folder), "--batch-size", "2", "--seq-len", "24",
-                 "--cot-tokens", "3"]) == 0
+    assert main(["bench", "gpu", "--device", "cpu", "--output-dir", str(folder)]) == 0
     r = json.loads((folder / "gpu.json").read_text())
-    assert r["device"] == "cpu" and r["attention"] == ["sdpa"]
-    t = r["training"]["sdpa"]
-    assert set(t["seconds_per_step"]) == {"kava", "cot", "kava_question_twice", "kava_checkpointing", "cot_checkpointing"}
-    assert t["mfu"] == {}  # no MFU on a CPU
-    rows = {(x["mode"], x["batch_size"]) for x in r["inference"]["rows"]}
-    assert rows == {(m, b) for m in ("latent", "cot", "direct") for b in (1, 2)}
+    assert r["device"] == "cpu" and r["errors"] == {} and r["config"].endswith("llama1b_aug.yaml")
+    p = r["parts"]
+    assert list(p) == ["training", "memory", "gemm_dtypes", "inference", "padding", "losses"]
+    t = p["training"]
+    assert t["micro_batch_size"] == 2 and t["flops_per_step"] > 0 and t["mfu"] is None  # no MFU on a CPU
+    assert set(p["memory"]["peak_gib"]) == {"no_checkpointing", "checkpointing"}
+    assert all(isinstance(v, float) and v > 0 for row in p["memory"]["peak_gib"].values() for v in row.values())
+    assert 0 < p["gemm_dtypes"]["fp32_gemm_share"] <= 1 and set(p["gemm_dtypes"]["share_by_dtype"]) == {"fp32"}
+    assert set(p["inference"]["speedup"]) == {"1", "2"}
+    assert p["padding"]["padding_rows"] > 0 and p["padding"]["finite"]
+    assert set(p["losses"]) == {"llama1b_aug", "llama1b_aug_nl", "qwen05b_aug", "qwen05b_aug_nl", "llama3b_aug",
+                                "llama3b_aug_nl"}
+    assert all(c["finite"] and len(c["losses"]) == 1 for c in p["losses"].values())
     md = (folder / "gpu.md").read_text()
     assert md.strip() in capsys.readouterr().out
-    assert "| sdpa | kava |" in md and "latent is" in md
+    assert "**memory**" in md and "latent is" in md and "| llama3b_aug_nl | True |" in md
+
+
+def test_bench_gpu_a_failing_part_is_one_line_and_the_others_run(tmp_path, capsys, monkeypatch):
+    import kava.bench.gpu as gpu
+
+    def broken(cfg, device):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+
+    monkeypatch.setattr(gpu, "part_padding", broken)
+    folder = tmp_path / "gpu"
+    assert main(["bench", "gpu", "--device", "cpu", "--parts", "padding", "inference", "--output-dir", str(folder)]) == 1
+    r = json.loads((folder / "gpu.json").read_text())
+    assert r["errors"] == {"padding": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+    assert list(r["parts"]) == ["inference"]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("kava bench gpu")]
+    assert err == ["kava bench gpu: padding failed: RuntimeError: CUDA error: an illegal memory access was encountered"]
+    assert "Traceback" in (folder / "gpu_errors.log").read_text()

@@ -9,7 +9,6 @@ import yaml
 
 import kava.bench.quality as quality
 from kava.cli import main
-from kava.errors import KavaError
 from kava.io import read_jsonl
 
 TINY_OPTIONS = ["--steps", "2", "--base-steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress",
@@ -59,17 +58,6 @@ def test_same_budget_for_every_method(tmp_path):
     cfgs = [quality.run_config(quality.DEFAULT_CONFIG, r, 0, tmp_path, []) for r in quality.ALL_RUNS.values()]
     assert len({(c.train.max_steps, c.train.global_batch_size, c.train.lr, c.train.lr_scheduler, c.train.warmup_ratio)
                 for c in cfgs}) == 1
-
-
-def test_held_out_examples_are_the_generators_test_split(tmp_path):
-    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path, ["data.synthetic.num_test=5"])
-    from kava.data.synthetic import SyntheticTaskConfig, generate_splits
-
-    s = cfg.data.synthetic
-    rows = generate_splits(SyntheticTaskConfig(s.num_steps, s.max_value, tuple(s.operations), s.seed), 10, 0, 5)
-    ex = quality.held_out_examples(cfg)
-    assert [e.question for e in ex] == [r["question"] for r in rows["test"]]
-    assert not {e.question for e in ex} & {r["question"] for r in rows["train"]}
 
 
 def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
@@ -176,9 +164,6 @@ def test_bad_arguments(tmp_path):
     assert main(["bench", "quality", "--seeds", "0", "--output-dir", str(tmp_path)]) == 2
     assert main(["bench", "quality", "--jobs", "-1", "--output-dir", str(tmp_path)]) == 2
     assert main(["bench", "quality", "--base-steps", "-5", "--output-dir", str(tmp_path)]) == 2
-    with pytest.raises(KavaError):
-        quality.held_out_examples(quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path,
-                                                     ["data.synthetic.num_test=0"]))
 
 
 def test_gap_closed_in_summary():
@@ -207,7 +192,10 @@ def test_other_settings_in_the_same_dir_are_refused_and_finished_runs_join_the_t
 
 def test_base_steps_zero_trains_from_scratch(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert _bench(out, "--only", "kava", "--base-steps", "0") == 0
+    # the config's frozen targets would be a random network's: refused in one line before anything runs
+    assert _bench(out, "--only", "no_cot,kava", "--base-steps", "0") == 2
+    assert "starts from random weights" in capsys.readouterr().err and not out.exists()
+    assert _bench(out, "--only", "kava", "--base-steps", "0", "kava.teacher_targets=same_pass") == 0
     assert "trained from scratch" in capsys.readouterr().out
     assert not (out / "base").exists()
     saved = yaml.safe_load((out / "runs" / "kava-seed0" / "config.yaml").read_text())
@@ -300,9 +288,11 @@ def test_validation_split_is_evaluated_apart_from_the_test_split(tmp_path, capsy
     assert result["split"] == "validation" and result["n"] == 5
     cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["no_cot"], 0, run_dir,
                              [*TINY_OVERRIDES, *val, BASE_MODEL])
-    questions = {e.question for e in quality.held_out_examples(cfg, "validation")}
+    from kava.data.eval_sets import held_out_examples
+
+    questions = {e.question for e in held_out_examples(cfg, "validation")}
     assert {r["question"] for r in read_jsonl(run_dir / "predictions-validation.jsonl")} == questions
-    assert not questions & {e.question for e in quality.held_out_examples(cfg, "test")}
+    assert not questions & {e.question for e in held_out_examples(cfg, "test")}
     from kava.data.train_sets import load_training_examples
 
     assert not questions & {e.question for e in load_training_examples(cfg.data)[0]}

@@ -36,7 +36,7 @@ def _loop_importance(attn: torch.Tensor, query_mask: torch.Tensor, h_kv: int) ->
 
 def _eager_reference(build_model, name, tb):
     model, _, _ = build_model(name, attn="eager", capture=False)
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation.endswith("eager")
     with torch.no_grad():
         out = model.lm(**_teacher_inputs(tb), output_attentions=True, use_cache=True)
     h_kv = model.config.num_key_value_heads
@@ -82,6 +82,8 @@ def test_importance_reference_matches_loop(build_model, examples):
 @pytest.mark.parametrize("base", ["sdpa", "eager"])
 def test_enable_capture_does_not_change_logits(build_model, examples, base):
     model, _, builder = build_model("tiny-llama", attn=base, capture=False)
+    model.backbone.set_attn_implementation(base)  # (load_backbone installs the wrappers: undo it)
+    assert model.config._attn_implementation == base
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
     mask = tb["attention_mask"].bool()
     with torch.no_grad():
@@ -152,3 +154,99 @@ def test_enable_capture_rejects_unknown_implementation(build_model):
     model.backbone.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="not supported"):
         enable_capture(model.backbone)
+
+
+def _flash_stand_in(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """A CPU stand-in for flash attention 2 with its calling convention: the 2D padding mask
+    (or None), causal attention aligned bottom-right, padding query rows returned as zeros."""
+    b, h_q, s_q, _ = query.shape
+    s_k = key.shape[2]
+    groups = h_q // key.shape[1]
+    allowed = torch.ones(s_q, s_k, dtype=torch.bool).tril(s_k - s_q)[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :].bool()
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1), attn_mask=allowed, scale=scaling)
+    out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def test_capture_under_the_flash_attention_2_name(build_model, examples, monkeypatch):
+    """Issue 20: with flash attention 2, the capture registered a wrapper under a new name, which
+    transformers 5 then looked up as a hub kernel (ValueError before step 1). Here a stand-in
+    kernel is the registered `flash_attention_2`; the captured importance and the logits equal
+    eager attention's."""
+    from transformers import AttentionInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "flash_attention_2", _flash_stand_in)
+    model, _, builder = build_model("tiny-llama", capture=False)
+    model.backbone.config._attn_implementation = "flash_attention_2"  # (the check needs the flash_attn package)
+    enable_capture(model.backbone)
+    enable_capture(model.backbone)  # idempotent: wrapped once
+    assert model.config._attn_implementation == "flash_attention_2"
+    assert AttentionInterface._global_mapping["flash_attention_2"]._kava_capture
+    tb = builder.teacher_batch([builder.encode(e) for e in examples])
+    mask = tb["attention_mask"]
+    ref_out, ref = _eager_reference(build_model, "tiny-llama", tb)
+    with torch.no_grad(), capture_importance(tb["query_mask"], mask.bool()) as imp:
+        out = model.lm(**_teacher_inputs(tb))
+    assert sorted(imp) == list(range(model.num_layers))
+    for layer in range(model.num_layers):
+        torch.testing.assert_close(imp[layer], ref[layer], atol=1e-5, rtol=1e-5)
+    real = mask.bool()
+    torch.testing.assert_close(out.logits[real], ref_out.logits[real], atol=1e-4, rtol=1e-4)
+
+
+def _nan_for_rows_attending_nothing(real_sdpa):
+    """A stand-in SDPA kernel that returns NaN for the query rows whose mask allows no key, as
+    reported for torch 2.13 on recent NVIDIA GPUs (CPU kernels return 0 there)."""
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        out, weights = real_sdpa(module, query, key, value, attention_mask, **kwargs)
+        if attention_mask is not None:
+            dead = ~attention_mask.any(-1)  # [B, 1, S_q]
+            out = out.masked_fill(dead[:, 0, :, None, None], float("nan"))  # out: [B, S_q, H, D]
+        return out, weights
+
+    return attention
+
+
+def test_left_padding_rows_stay_finite_with_a_nan_kernel(build_model, examples, monkeypatch):
+    """Issue 20: left-padding query rows attend to nothing; through `0 · NaN` a kernel's NaN there
+    reached every token of the example. kava's mask unmasks those rows: the training losses,
+    their gradients and the latent answers stay finite and equal the CPU kernel's."""
+    from transformers import AttentionInterface
+
+    from kava.inference.generate import generate
+    from kava.training.objective import KavaObjective
+    from kava.training.trainer import make_batch
+
+    from conftest import make_config
+
+    model, _, builder = build_model("tiny-llama", capture=True)
+    cfg = make_config("tiny-llama")
+    items = [builder.encode(e) for e in examples]
+    batch = make_batch(builder, items, "kava", "cpu")
+    assert (batch["student"]["q_mask"][:, 0] == 0).any(), "the batch must be left padded"
+    objective = KavaObjective(model, cfg)
+    questions = [e.question for e in examples]
+
+    def run():
+        model.zero_grad()
+        losses = objective(batch)
+        losses["loss"].backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        answers = generate(model, builder, questions, max_new_tokens=3)
+        return losses, grads, answers
+
+    clean_losses, clean_grads, clean_answers = run()
+    real = AttentionInterface._global_mapping["sdpa"]
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", _nan_for_rows_attending_nothing(real))
+    losses, grads, answers = run()
+    for k, v in clean_losses.items():
+        assert torch.isfinite(losses[k]), k
+        torch.testing.assert_close(losses[k], v, atol=1e-5, rtol=1e-5)
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    for g, ref in zip(grads, clean_grads, strict=True):
+        torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
+    assert [a.text for a in answers] == [a.text for a in clean_answers]

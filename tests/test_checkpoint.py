@@ -120,6 +120,54 @@ def test_training_state_round_trips_exactly(tmp_path):
     assert sched.state_dict() == sched2.state_dict()
 
 
+def _tiny_optimizer():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    return params, torch.optim.AdamW(params, lr=1e-2)
+
+
+def test_resume_with_fewer_cuda_devices_than_saved(tmp_path, monkeypatch):
+    """Issue 20: a run saved on 2 GPUs, resumed by a requeued job that sees 1, raised a raw
+    IndexError from torch.cuda.set_rng_state_all. The visible device gets its saved state."""
+    import torch.cuda.random as cuda_random
+
+    saved = [torch.arange(4, dtype=torch.uint8), torch.arange(4, 8).to(torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in saved])
+    _params, opt = _tiny_optimizer()
+    save_training_state(tmp_path, opt, None)
+
+    restored = {}
+
+    def set_rng_state(state, device=0):  # as torch's: a device that is not there is an IndexError
+        if int(device) >= 1:
+            raise IndexError("tuple index out of range")
+        restored[int(device)] = state.clone()
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(cuda_random, "set_rng_state", set_rng_state)
+    load_training_state(tmp_path, _tiny_optimizer()[1], None)
+    assert list(restored) == [0] and torch.equal(restored[0], saved[0])
+
+
+def test_the_fp16_loss_scale_is_resumed(tmp_path):
+    """fp16: the GradScaler's scale and growth tracker are part of the training state."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    Accelerator()  # (AcceleratedOptimizer reads the accelerator's state)
+    params, opt = _tiny_optimizer()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    wrapped = AcceleratedOptimizer(opt, device_placement=False, scaler=scaler)
+    scaler.scale(params[0].sum() * float("inf")).backward()
+    scaler.unscale_(opt)
+    scaler.update()  # an overflow: the scale halves
+    save_training_state(tmp_path, wrapped, None)
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    load_training_state(tmp_path, AcceleratedOptimizer(_tiny_optimizer()[1], device_placement=False, scaler=fresh), None)
+    assert fresh.get_scale() == scaler.get_scale() == 2.0 ** 9
+
+
 class _Payload:
     """Unpickling this runs a shell command that creates a file."""
 

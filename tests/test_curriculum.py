@@ -9,14 +9,13 @@ import shutil
 import pytest
 import torch
 
+from conftest import EXAMPLES, build
 from kava.config import PromptConfig, config_from_dict
 from kava.data.sequences import IGNORE, SequenceBuilder
 from kava.errors import KavaError
 from kava.io import read_jsonl
 from kava.training.curriculum import Curriculum, reset_optimizer_state
 from kava.training.trainer import train
-
-from conftest import EXAMPLES, build
 
 MINIMAL = {"model": {"name": "tiny-llama"}, "data": {"dataset": "x.jsonl", "source": "local"}}
 
@@ -117,6 +116,20 @@ def test_schedule():
         _curriculum(stages=3, steps_per_stage=3, total_steps=12)
 
 
+def test_a_longer_stage_0():
+    """curriculum.stage0_epochs: stage 0 lasts its own epochs, the later stages steps_per_stage each
+    (CODI's Coconut on Llama-1B: 5 epochs of CoT, then 1 epoch per latent stage)."""
+    cur = _curriculum(stages=3, steps_per_stage=None, epochs_per_stage=1, stage0_epochs=5, steps_per_epoch=2,
+                      total_steps=20)
+    assert [cur.stage(s) for s in range(20)] == [0] * 10 + [1, 1, 2, 2, 3, 3] + [4] * 4
+    assert [s for s in range(20) if cur.resets_optimizer(s)] == [10, 12, 14, 16]
+    with pytest.raises(KavaError, match="reaches its final stage .* at step 16, but training stops at step 16"):
+        _curriculum(stages=3, steps_per_stage=None, epochs_per_stage=1, stage0_epochs=5, steps_per_epoch=2,
+                    total_steps=16)
+    with pytest.raises(KavaError, match="stage0_epochs needs curriculum.start_stage: 0"):
+        _curriculum(stage0_epochs=2, start_stage=1)
+
+
 def test_optimizer_reset_steps():
     cur = _curriculum(stages=2, steps_per_stage=3, steps_per_epoch=4)
     assert [s for s in range(12) if cur.resets_optimizer(s)] == [3, 6, 9]  # stage 0 -> 1 -> 2 -> final (3)
@@ -189,10 +202,10 @@ def _train_cfg(tmp_path, **extra):
 
 
 def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch):
-    import kava.training.curriculum as curriculum_module
+    import kava.training.trainer as trainer_module
 
     resets = []
-    real_reset = curriculum_module.reset_optimizer_state
+    real_reset = trainer_module.reset_optimizer_state
 
     def spy(optimizer):
         assert len(optimizer.optimizer.state) > 0  # there is state to clear
@@ -200,7 +213,7 @@ def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch)
         real_reset(optimizer)
         assert len(optimizer.optimizer.state) == 0
 
-    monkeypatch.setattr(curriculum_module, "reset_optimizer_state", spy)
+    monkeypatch.setattr(trainer_module, "reset_optimizer_state", spy)  # where the trainer calls it
     cfg = _train_cfg(tmp_path)
     train(cfg, show_progress=False)
     run = tmp_path / "run"
@@ -221,7 +234,7 @@ def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), a["step"]
     # a config that puts the checkpoint's step at another stage cannot resume it
     shutil.rmtree(run / "checkpoint-final")
-    with pytest.raises(KavaError, match="curriculum stage 2, but this config puts that step at stage 1"):
+    with pytest.raises(KavaError, match=r"--resume cannot change curriculum.steps_per_stage \(2 -> 3\)"):
         train(_train_cfg(tmp_path, **{"curriculum.steps_per_stage": 3, "train.max_steps": 12}), resume=True,
               show_progress=False)
 

@@ -30,6 +30,7 @@ OVERRIDES = [
     "train.warmup_ratio=0.0",  # the lr is > 0 at step 1, so every step moves the weights
     "lora.dropout=0.0",  # dropout masks come from each process's own RNG
     "data.max_train_examples=48", "model.tiny.hidden_size=32", "model.tiny.num_layers=2",
+    "train.eval_every=3", "train.eval_max_examples=7",  # validation sharded 4 + 3 over the processes
 ]
 LOGGED = ("loss", "ce_student", "ce_teacher", "codi", "kv", "grad_norm", "lr")
 
@@ -97,7 +98,13 @@ def test_two_processes_train_exactly_like_one(tmp_path):
     assert (markers / "rank0").read_text() == "2" and (markers / "rank1").read_text() == "2", \
         "accelerate did not start 2 processes"
 
-    log1, log2 = _read_log(one), _read_log(two)
+    (val1,), (val2,) = ([r for r in _read_log(run) if r.get("split") == "validation"] for run in (one, two))
+    assert val1["n"] == val2["n"] == 7 and val1["step"] == val2["step"] == STEPS
+    for key in ("accuracy", "forward_passes_mean"):  # gathered over the processes
+        assert val2[key] == pytest.approx(val1[key], rel=1e-4, abs=2e-6), key
+    # (not the validation loss: validation_losses averages per-micro-batch means, so its value
+    # depends on how the examples are split into batches, and differs here by ~0.06%)
+    log1, log2 = ([r for r in _read_log(run) if "split" not in r] for run in (one, two))
     assert [r["step"] for r in log1] == [r["step"] for r in log2] == list(range(1, STEPS + 1))
     for r1, r2 in zip(log1, log2):
         for key in LOGGED:
@@ -112,3 +119,36 @@ def test_two_processes_train_exactly_like_one(tmp_path):
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
     # the weights moved away from their initialisation (LoRA B starts at zero)
     assert any("lora_B" in k and w1[k].abs().max() > 0 for k in w1)
+
+
+@pytest.mark.parametrize("overrides", [["train.method=cot"], ["train.method=direct"], ["latent.num_iterations=0"],
+                                       []])
+def test_every_method_steps_twice_under_ddp(tmp_path, overrides):
+    """Issue 20: DDP (accelerate's default find_unused_parameters=False) failed at the second step
+    ("Expected to have finished reduction ...") when a trainable module went unused: the latent
+    projection of CoT, No-CoT and T = 0. A one-process gloo group, two steps as the trainer makes them."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from conftest import EXAMPLES, make_config
+    from kava.config import config_from_dict, config_to_dict, shares_question
+    from kava.model.kava_model import build_kava_model, trainable_parameters
+    from kava.training.objective import KavaObjective
+    from kava.training.trainer import forward_backward, make_batch
+
+    cfg = config_from_dict(config_to_dict(make_config("tiny-llama")), overrides)
+    torch.manual_seed(0)
+    model, _tok, builder = build_kava_model(cfg)
+    batch = make_batch(builder, [builder.encode(e) for e in EXAMPLES], cfg.train.method, "cpu", shares_question(cfg))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        objective = DistributedDataParallel(KavaObjective(model, cfg))
+        optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-3)
+        for _ in range(2):
+            losses = forward_backward(objective, batch, lambda loss: loss.backward(), no_sync=objective.no_sync)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            assert torch.isfinite(losses["loss"])
+    finally:
+        dist.destroy_process_group()
+    assert (model.projection is None) == bool(overrides)

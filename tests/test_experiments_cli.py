@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 import kava.experiments.sweep as sweep_mod
-from kava.experiments.sweep import dataset_key
 from kava.cli import build_parser, main
+from kava.evaluation.results import dataset_key
 from kava.experiments.cli import PAPER_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +161,8 @@ def test_sweep_cli_with_a_jsonl_dataset(tmp_path, config, fake, capsys, monkeypa
 
 def test_sweep_cli_missing_config(tmp_path, fake, capsys):
     assert main(["sweep", "--config", str(tmp_path / "nope.yaml"), "--seeds", "1"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: config file not found: {tmp_path / 'nope.yaml'}"
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config file not found: {tmp_path / 'nope.yaml'}") and err.count("\n") == 1
 
 
 def _make_tree(root):
@@ -267,3 +268,38 @@ def test_reproduce_errors(tmp_path, config, capsys, fake):
     assert "share the run name 'kava_small'" in capsys.readouterr().err
     assert main(["reproduce", "--configs", str(config), "--seeds", "1", "1", "--dry-run"]) == 2
     assert capsys.readouterr().err.strip() == "error: seed 1 is given twice; give each seed once"
+
+
+# The launcher flags, one per field of kava.config.LauncherConfig (a sample value each).
+LAUNCHER_SAMPLES = {"partition": "gpu", "account": "lab", "time": "1-00:30", "gpus_per_job": "2", "cpus_per_job": "4",
+                    "mem_gb": "7.5", "constraint": "a100", "qos": "high", "sbatch_args": "--exclusive",
+                    "setup": "module load cuda", "array_parallelism": "3", "max_requeues": "0",
+                    "signal_delay_s": "60"}
+
+
+def test_every_launcher_setting_is_a_flag_made_from_the_schema(tmp_path):
+    """A field added to LauncherConfig gets its flag, which overrides the config's value."""
+    from kava.config import LauncherConfig
+    from kava.experiments.cli import launcher_config, launcher_flags
+
+    flags = {name: flag for name, flag, _ in launcher_flags()}
+    assert list(flags) == list(LauncherConfig.model_fields) == list(LAUNCHER_SAMPLES)
+    assert flags["sbatch_args"] == "--sbatch-arg" and flags["mem_gb"] == "--mem-gb"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "tiny-llama"},
+                                      "data": {"dataset": "x.jsonl", "source": "local"},
+                                      "launcher": {"partition": "cpu", "qos": "low", "setup": ["echo hi"]}}))
+    argv = ["sweep", "--config", str(config), "--seeds", "1", "--launcher", "slurm",
+            *(f"{flags[n]}={v}" for n, v in LAUNCHER_SAMPLES.items())]
+    got = launcher_config(config, build_parser().parse_args(argv))
+    expected = {n: [v] if n in ("sbatch_args", "setup") else v for n, v in LAUNCHER_SAMPLES.items()}
+    assert got == LauncherConfig.model_validate(expected)
+    assert launcher_config(config, build_parser().parse_args(argv[:7])).partition == "cpu"  # the config's value
+
+
+@pytest.mark.parametrize("flag, value", [("--signal-delay-s", "10"), ("--cpus-per-job", "0"), ("--gpus-per-job", "-1"),
+                                         ("--mem-gb", "lots")])
+def test_launcher_flags_check_their_values(flag, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "--config", "c.yaml", "--seeds", "1", flag, value])
+    assert stop.value.code == 2 and f"error: argument {flag}" in capsys.readouterr().err

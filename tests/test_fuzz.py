@@ -252,11 +252,12 @@ def test_kava_infer_reports_every_bad_line_and_writes_nothing(checkpoint, lines)
 
 junk = st.one_of(st.text(max_size=12), st.sampled_from(["-1", "0", "nan", "1e999", "", "--", "-", "x=1", "=1", "a.b="]))
 OPTIONS = {
-    "train": ["--output-dir", "--seed", "--resume", "--no-progress"],
+    "train": ["--output-dir", "--seed", "--resume", "--resume-if-exists", "--no-progress"],
     "evaluate": ["--datasets", "--source", "--limit", "--batch-size", "--mode", "--max-new-tokens", "--output",
-                 "--output-dir", "--device", "--dtype"],
-    "infer": ["--question", "--input", "--output", "--mode", "--temperature", "--top-p", "--seed", "--max-new-tokens",
-              "--batch-size", "--device", "--show-latents", "--no-latent"],
+                 "--output-dir", "--device", "--dtype", "--sampling", "--temperature", "--top-p", "--top-k", "--samples",
+                 "--seed"],
+    "infer": ["--question", "--input", "--output", "--mode", "--sampling", "--temperature", "--top-p", "--top-k",
+              "--seed", "--max-new-tokens", "--batch-size", "--device", "--show-latents", "--no-latent"],
     "sweep": ["--seeds", "--output-dir", "--run-name", "--datasets", "--limit", "--eval-batch-size", "--devices",
               "--train-only", "--eval-only"],
     "aggregate": ["--output"],

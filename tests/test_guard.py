@@ -110,7 +110,43 @@ def test_n_skipped_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint
     assert main(["train", "--config", str(run / "c.yaml"), "--no-progress", "train.max_skipped_in_a_row=3"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert err == [f"error: 3 steps in a row were skipped (steps 3-5, the last because the loss is nan); the run "
-                   f"stopped and the last good checkpoint, {ckpt}, is untouched. Lower train.lr or train.grad_clip "
-                   "and resume, or raise train.max_skipped_in_a_row"]
+                   f"stopped and the last good checkpoint, {ckpt}, is untouched. Resume it with --resume and a lower "
+                   "train.lr (a new schedule starts at the checkpoint) or train.grad_clip, or raise "
+                   "train.max_skipped_in_a_row"]
     assert sorted(p.name for p in (run / "out").glob("checkpoint-*")) == ["checkpoint-2"]  # none at step 4
     assert seen and {str(p): p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == seen
+
+
+def test_fp16_an_overflowing_step_is_skipped_and_the_next_one_trains(run, monkeypatch):
+    """Issue 20: under fp16 the guard skipped `optimizer.step()` after an overflow, so the GradScaler
+    was never updated and the next step's clip raised "unscale_() has already been called on this
+    optimizer since the last update()". A CPU GradScaler stands in for the CUDA one; step 2's
+    gradients overflow (its loss stays finite, as in a real overflow)."""
+    import accelerate
+    import torch
+
+    real_init = accelerate.Accelerator.__init__
+    scalers = []
+
+    def with_scaler(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)  # what accelerate builds on a GPU
+        self.native_amp = True
+        scalers.append(self.scaler)
+
+    monkeypatch.setattr(accelerate.Accelerator, "__init__", with_scaler)
+    real = trainer.forward_backward
+    calls = itertools.count(1)
+
+    def overflowing(objective, batch, backward, no_sync=None):
+        step = (next(calls) + 1) // 2
+        grads = (lambda loss: backward(loss * math.inf)) if step == 2 else backward
+        return real(objective, batch, grads, no_sync)
+
+    monkeypatch.setattr(trainer, "forward_backward", overflowing)
+    assert main(["train", "--config", str(run / "c.yaml"), "--no-progress", "train.mixed_precision=fp16"]) == 0
+    log = {r["step"]: r for r in read_jsonl(run / "out" / "train_log.jsonl")}
+    assert log[2]["skipped"] in ("gradient norm is inf", "gradient norm is nan") and math.isfinite(log[2]["loss"])
+    assert all("skipped" not in log[s] and math.isfinite(log[s]["grad_norm"]) for s in (1, 3, 4, 5, 6))
+    assert scalers and scalers[0].get_scale() == 2.0 ** 7  # the overflow halved the scale; no growth since
+    assert _adam_steps(run / "out" / "checkpoint-4") == 3  # four steps, the overflow not applied

@@ -108,3 +108,34 @@ def test_loglikelihood_tasks_are_refused(tiny_pipeline):
 
     with pytest.raises(KavaError, match="generation tasks only"):
         KavaLM(pipeline=tiny_pipeline).loglikelihood([])
+
+
+def test_sampled_decoding_in_the_harness(perturbed_pipeline, tasks_dir, tiny_checkpoint, capsys):
+    """The harness model takes kava's sampling options: each request's stream is keyed by its task,
+    document and repeat, so its responses are `generate`'s with those keys; N decodings give mean ± std."""
+    from kava.inference.generate import generate
+    from kava.inference.sampling import Sampling, example_key
+
+    pipe = perturbed_pipeline
+    s = Sampling(temperature=1.5, top_p=0.95, seed=4)
+    res = run_harness(pipe, ["gsm8k_offline"], mode="cot", limit=N, batch_size=4, max_new_tokens=6,
+                      include_path=str(tasks_dir), sampling=s, samples=2)
+    samples = sorted(res["samples"]["gsm8k_offline"], key=lambda x: x["doc_id"])
+    questions = [x.question for x in load_eval_dataset("gsm8k", "offline", N)]
+    keys = [example_key(f"gsm8k_offline/{x['doc_id']}/0") for x in samples]
+    expected = generate(pipe.model, pipe.builder, questions, mode="cot", max_new_tokens=6, sampling=s, sample_keys=keys)
+    assert [x["resps"][0][0] for x in samples] == [g.text for g in expected]
+    greedy = generate(pipe.model, pipe.builder, questions, mode="cot", max_new_tokens=6)
+    assert [g.text for g in expected] != [g.text for g in greedy]
+    k = res["kava"]
+    assert k["protocol"] == s.protocol(2) and k["n"] == 2 * N
+    acc = k["sampled"]["gsm8k_offline"]["acc,none"]
+    assert len(acc["values"]) == 2 and acc["values"][0] == res["results"]["gsm8k_offline"]["acc,none"]
+    # model_args as the harness's command line gives them
+    lm = KavaLM(pipeline=pipe, mode="cot", sampling="true", temperature=1.5, top_p=0.95, seed=4)
+    assert lm.sampling == s
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--harness", "gsm8k_offline", "--harness-include",
+                 str(tasks_dir), "--limit", "3", "--device", "cpu", "--sampling", "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "decoding: sampling (temperature 1, top-p 1, top-k off), 2 samples, seed 0" in out
+    assert "gsm8k_offline acc,none:" in out and "over 2 sampled decodings" in out

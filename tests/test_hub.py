@@ -125,7 +125,8 @@ def test_push_uploads_the_checkpoint_and_its_card(tiny_checkpoint, monkeypatch):
                                       ("card", "me/kava-tiny")]
     assert calls[0][2]["private"] is True
     up = calls[1][2]
-    assert Path(up["folder_path"]) == tiny_checkpoint and up["ignore_patterns"] == ["training_state.pt"]
+    assert Path(up["folder_path"]) == tiny_checkpoint and up["ignore_patterns"] == ["training_state.safetensors", "training_state.json",
+                                                                              "training_state.pt"]
     assert calls[2][2].startswith("---\n") and "library_name: kava" in calls[2][2]
 
 
@@ -139,6 +140,6 @@ def test_push_dry_run_prints_the_card(tiny_checkpoint, capsys):
     assert main(["push", str(tiny_checkpoint), "me/kava-tiny", "--dry-run"]) == 0
     out = capsys.readouterr().out
     first, card = out.split("\n", 1)
-    assert first.startswith("would upload to me/kava-tiny: adapter/") and "training_state.pt" not in first
+    assert first.startswith("would upload to me/kava-tiny: adapter/") and "training_state" not in first
     assert "kava_config.yaml" in first and "projection.safetensors" in first
     assert card.startswith("---\n") and "# kava-tiny" in card

@@ -200,3 +200,27 @@ def test_api_argument_errors(tiny_checkpoint):
         kava.api.load(checkpoint=tiny_checkpoint, model="tiny-llama")
     with pytest.raises(KavaError, match="dtype"):
         kava.api.load(model="tiny-llama", dtype="float8")
+
+
+def test_inference_loads_merge_lora_into_the_weights(tiny_checkpoint):
+    """Issue 20: evaluation ran LoRA unmerged (three matrix products per projection). kava.api
+    loads fold the adapters into the weights; the latents and answers are those of the unmerged model."""
+    import torch
+
+    from fixtures_eval import perturb_all
+    from kava.inference.generate import generate
+    from kava.training.checkpoint import load_checkpoint
+
+    assert not any("lora_" in n for n, _ in kava.api.load(checkpoint=tiny_checkpoint, device="cpu").model.named_modules())
+    merged, _tok, builder, _cfg = load_checkpoint(tiny_checkpoint)
+    unmerged, _tok, _builder, _cfg = load_checkpoint(tiny_checkpoint)
+    for m in (merged, unmerged):  # the same noise on both (a barely trained model answers EOS at once)
+        perturb_all(m, seed=3, scale=0.3)
+    merged.merge_lora()
+    assert not any("lora_" in n for n, _ in merged.named_modules())
+    assert any("lora_" in n for n, _ in unmerged.named_modules())
+    qs = ["Sam has 3 pens and buys 2 boxes of 3 pens. How many pens?", "What is 7?"]
+    a = generate(merged, builder, qs, mode="latent", max_new_tokens=4, return_latents=True)
+    b = generate(unmerged, builder, qs, mode="latent", max_new_tokens=4, return_latents=True)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    torch.testing.assert_close(a[0].latent_hidden, b[0].latent_hidden, atol=1e-4, rtol=1e-4)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import stat
 
 import pytest
 
@@ -82,3 +84,43 @@ def test_a_swap_interrupted_between_its_renames_is_undone(tmp_path, failpoint):
     assert not final.exists() and (tmp_path / "checkpoint-final.old").is_dir()
     finish_interrupted_replace(final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-final"] and (final / "w").read_text() == "old"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    """A file written atomically gets the mode a plain open() would give it (0644 under the
+    usual umask 022), not tempfile.mkstemp's 0600: a group-shared folder stays readable."""
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "new.yaml", "a: 1\n")
+        (tmp_path / "old.yaml").write_text("a: 0\n")
+        os.chmod(tmp_path / "old.yaml", 0o600)  # replacing a file gives the new one the umask's mode too
+        atomic_write_text(tmp_path / "old.yaml", "a: 1\n")
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    for name in ("new.yaml", "old.yaml", "plain.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
+def test_files_a_library_wrote_0600_get_the_umask_mode(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    from kava.io import give_umask_mode
+
+    old = os.umask(0o027)
+    try:
+        (tmp_path / "sub").mkdir()
+        save_file({"a": torch.zeros(2)}, str(tmp_path / "sub" / "w.safetensors"))
+        (tmp_path / "x.json").write_text("{}")
+        os.chmod(tmp_path / "x.json", 0o600)
+        give_umask_mode(tmp_path)
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()} == {
+        "w.safetensors": 0o640, "x.json": 0o640}

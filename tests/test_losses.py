@@ -148,6 +148,23 @@ def test_codi_loss_matches_loop_reference():
     assert not math.isclose(codi_loss(student, teacher2).item(), got.item(), rel_tol=1e-3)
 
 
+def _codi_global_reference(student, teacher):
+    """PCCoT with use_layerwise_std false: the mean smooth-L1 over every layer's entries, divided
+    by one std of all the teacher's entries."""
+    pairs = [(float(a), float(b)) for hs, ht in zip(student, teacher) for a, b in zip(hs.flatten(), ht.flatten())]
+    mean = sum(_rho_scalar(a - b, "smooth_l1") for a, b in pairs) / len(pairs)
+    return mean / statistics.stdev([b for _, b in pairs])
+
+
+def test_codi_loss_with_one_std_over_all_layers_matches_loop_reference():
+    g = torch.Generator().manual_seed(6)
+    student = [torch.randn(3, 16, generator=g) * 2 for _ in range(4)]
+    teacher = [torch.randn(3, 16, generator=g) * (layer + 1) for layer in range(4)]
+    got = codi_loss(student, teacher, layer_std=False)
+    assert math.isclose(got.item(), _codi_global_reference(student, teacher), rel_tol=1e-5)
+    assert not math.isclose(got.item(), codi_loss(student, teacher).item(), rel_tol=1e-2)
+
+
 # ----- no gradient reaches the teacher targets -------------------------------------------
 
 

@@ -14,13 +14,12 @@ import contextlib
 import pytest
 import torch
 
+from conftest import EXAMPLES, perturb
 from kava.config import config_from_dict
 from kava.model.cache import replays_layers
-from kava.model.kava_model import build_kava_model, trainable_parameters
+from kava.model.kava_model import build_kava_model
 from kava.training.objective import KavaObjective
 from kava.training.trainer import forward_backward, make_batch
-
-from conftest import EXAMPLES, perturb
 
 ATOL, RTOL = 1e-6, 1e-5
 
@@ -130,8 +129,8 @@ def test_fast_trainable_tokens_objective_equal_peft():
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
 @pytest.mark.parametrize("with_cot", [True, False])
 def test_labelled_ce_equals_full_logits_ce(name, with_cot):
+    from kava.model.lm import causal_ce, lm_with_ce
     from kava.model.positions import position_ids_from_mask
-    from kava.model.student import causal_ce, lm_with_ce
 
     model, builder = _model(_cfg(name))
     model.eval()
@@ -270,3 +269,17 @@ def test_gradient_checkpointing_recomputes_each_layer_once(monkeypatch):
         passes = 1 + 1 + 1 + T + 1  # question, teacher C + P + A, pass 0, T iterations, suffix
         assert calls["n"] - sum(in_backward) == layers * passes
         assert sum(in_backward) == (layers * passes if gc else 0)
+
+
+def test_model_device_does_not_build_the_merged_embedding(monkeypatch):
+    """Issue 20: `KavaModel.device` read the input embedding's `.weight`, which under peft's
+    trainable tokens builds the merged [vocabulary, d] matrix (525 MB for Llama-3.2-1B) each call."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    model, _tok, _builder = build_kava_model(_cfg())
+
+    def merged(*args, **kwargs):
+        raise AssertionError("the merged embedding was built")
+
+    monkeypatch.setattr(TrainableTokensLayer, "get_merged_weights", merged)
+    assert model.device == torch.device("cpu")

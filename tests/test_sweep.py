@@ -1,12 +1,12 @@
 import sys
 import threading
-import time
 
 import pytest
 import yaml
 
+from kava.cli import main
 from kava.errors import KavaError
-from kava.experiments.sweep import plan_reproduction, format_plan, run_sweep, subprocess_runner, model_params_b
+from kava.experiments.sweep import run_sweep, subprocess_runner
 
 DATASETS = ["gsm8k", "svamp"]
 
@@ -275,6 +275,27 @@ def test_user_mistakes(tmp_path, config):
     assert not (tmp_path / "exp").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("config_text, overrides, message", [
+    ("train: {epochs: 1, bogus: 3}\n", [], "unknown key 'train.bogus'"),
+    ("", ["train.bogus=3"], "unknown key 'train.bogus'"),
+    ("", ["train.lr=-1"], "'train.lr': Input should be greater than 0"),
+    ("latent: 5\n", [], "'latent': Input should be a valid dictionary"),
+])
+def test_the_sweep_refuses_what_kava_train_refuses(tmp_path, config, capsys, config_text, overrides, message):
+    """The sweep reads its config through kava.config, as kava train does: a key or value train
+    rejects stops the sweep with the same error before any seed runs."""
+    config.write_text(config.read_text() + config_text)
+    train_dir = tmp_path / "train"
+    assert main(["train", "--config", str(config), "--output-dir", str(train_dir), *overrides]) == 2
+    train_error = capsys.readouterr().err
+    assert message in train_error
+    runner = FakeRunner()
+    with pytest.raises(KavaError) as err:
+        run_sweep(config, [1], tmp_path / "exp", DATASETS, overrides=overrides, runner=runner, progress=lambda m: None)
+    assert f"error: {err.value}\n" == train_error
+    assert runner.calls == [] and not (tmp_path / "exp").exists() and not train_dir.exists()
+
+
 def test_run_refuses_a_changed_config(tmp_path, config):
     run_sweep(config, [1], tmp_path / "exp", DATASETS, runner=FakeRunner(), progress=lambda m: None)
     config.write_text(config.read_text() + "\nlatent: {num_iterations: 5}\n")
@@ -301,54 +322,18 @@ def test_subprocess_runner_appends_output(tmp_path):
     assert text.startswith("before\n") and "hello 1" in text and "oops" in text
 
 
-def test_plan_reproduction():
-    cfg = {"name": "kava-llama1b", "model": {"name": "meta-llama/Llama-3.2-1B-Instruct"},
-           "data": {"dataset": "whynlp/gsm8k-aug"}, "train": {"epochs": 2},
-           "latent": {"num_latents": 24, "num_iterations": 3}}
-    (p,) = plan_reproduction([cfg], [42, 43, 44])
-    assert p["config"] == "kava-llama1b" and p["params_b"] == 1.0
-    assert p["rows"] == 385_620 and p["avg_tokens"] == 120 and p["num_iterations"] == 3
-    # teacher Q+C+P+A (120) + student: question (60) + (T + 1) * M (4 * 24) + <eot> P A (12)
-    assert p["method"] == "kava" and p["tokens_per_example"] == pytest.approx(120 + 60 + 4 * 24 + 12)
-    assert p["train_tokens"] == pytest.approx(2 * 385_620 * 288)
-    assert p["gpu_hours_per_seed"] == pytest.approx(p["train_tokens"] / 20_000 / 3600)
-    assert p["gpu_hours"] == pytest.approx(3 * p["gpu_hours_per_seed"]) and p["n_seeds"] == 3
-    # Bigger model, more iterations: more hours. Defaults fill the gaps with a note.
-    (q,) = plan_reproduction([{"model": {"name": "Qwen/Qwen2.5-3B"}, "latent": {"num_iterations": 5}}], 2)
-    assert q["params_b"] == 3.0 and q["epochs"] == 10 and q["seeds"] == [0, 1]
-    assert q["gpu_hours_per_seed"] > p["gpu_hours_per_seed"]
-    assert any("dataset size unknown" in n for n in q["notes"])
-    # The schema's names: offline GSM8k train set, capped rows, max_steps, T = 0 (no Jacobi iterations).
-    (r,) = plan_reproduction([{"run_name": "small", "model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
-                               "data": {"dataset": "gsm8k-train-nl", "max_train_examples": 1000},
-                               "latent": {"num_iterations": 0}}], [1])
-    assert r["config"] == "small" and r["rows"] == 1000
-    assert r["tokens_per_example"] == pytest.approx(200 + 60 + 1 * 24 + 12)  # T = 0: pass 0 only
-    assert r["examples_seen"] == 10 * 1000 and r["notes"] == []
-    (m,) = plan_reproduction([{"model": {"name": "x-1B"}, "data": {"dataset": "synthetic"},
-                               "train": {"max_steps": 100, "global_batch_size": 32}}], [1])
-    assert m["rows"] == 20_000 and m["examples_seen"] == 3200
-    # baselines: the CoT teacher alone; No-CoT: question and answer only
-    (c,) = plan_reproduction([{"data": {"dataset": "gsm8k-aug"}, "train": {"method": "cot"}}], [1])
-    (d,) = plan_reproduction([{"data": {"dataset": "gsm8k-aug"}, "train": {"method": "direct"}}], [1])
-    assert c["tokens_per_example"] == 120 and d["tokens_per_example"] == 60 + 12
-    # sequential latents (CODI, Coconut): the M latents once, one a pass, whatever T says
-    (s,) = plan_reproduction([{**cfg, "latent": {"num_latents": 6, "num_iterations": 3, "mode": "sequential"}}], [1])
-    assert s["tokens_per_example"] == pytest.approx(120 + 60 + 6 + 12)
-    text = format_plan([p, q])
-    assert "kava-llama1b" in text and "total: about" in text
-    with pytest.raises(KavaError):
-        plan_reproduction([cfg], [1, 1])
-    with pytest.raises(KavaError):
-        plan_reproduction([{"train": {"epochs": -1}}], [1])
-
-
-def test_plan_reproduction_reads_yaml(config):
-    (p,) = plan_reproduction([config], [1])
-    assert p["config"] == str(config) and p["epochs"] == 1 and p["model"].endswith("1B-Instruct")
-
-
-@pytest.mark.parametrize("name,size", [("meta-llama/Llama-3.2-1B-Instruct", 1.0), ("Qwen/Qwen2.5-0.5B-Instruct", 0.5),
-                                       ("HuggingFaceTB/SmolLM2-360M", 0.36), ("Llama-3.1-8B", 8.0), ("gpt2", None)])
-def test_model_params_b(name, size):
-    assert model_params_b(name) == size
+@pytest.mark.parametrize("datasets, overrides, eval_args, message", [
+    (["gsm8k", "gsm8kk"], [], [], "unknown evaluation dataset 'gsm8kk'"),
+    (["svamp-test300"], [], ["--source", "offline"], "dataset svamp-test300 is hub-only"),
+    (["synthetic-test"], [], [], "synthetic-test is the test split of the synthetic task"),
+    (["gsm8k"], ["train.bogus=1"], [], "unknown key 'train.bogus'"),
+    (["gsm8k"], ["data.source=local", "data.dataset=missing.jsonl"], [], "training data file not found: missing.jsonl"),
+])
+def test_everything_is_checked_before_the_first_training_step(tmp_path, config, datasets, overrides, eval_args,
+                                                               message):
+    """Before: a misspelt dataset name (or a bad override) failed only after every seed had trained."""
+    runner = FakeRunner()
+    with pytest.raises(KavaError, match=message):
+        run_sweep(config, [1, 2], tmp_path / "exp", datasets, overrides=overrides, eval_args=eval_args, runner=runner,
+                  progress=lambda m: None)
+    assert runner.calls == [] and not (tmp_path / "exp").exists()

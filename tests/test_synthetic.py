@@ -3,6 +3,7 @@
 import operator
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,6 @@ from kava.data.synthetic import (
     write_splits,
 )
 from kava.errors import KavaError
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 from kava.io import read_jsonl
@@ -274,8 +274,8 @@ def test_nl_cot_is_much_longer_than_the_benchmarks_latents():
 
 
 def test_results_format_reaches_the_training_rows_and_the_test_split():
-    from kava.bench.quality import held_out_examples
     from kava.config import load_config
+    from kava.data.eval_sets import held_out_examples
     from kava.data.train_sets import load_training_examples
 
     cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml", ["data.synthetic.cot_format=results", "data.synthetic.num_train=20",

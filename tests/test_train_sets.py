@@ -124,9 +124,16 @@ def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
 
 
-def test_normalize_answer_without_number():
-    with pytest.raises(ValueError, match="no number"):
-        normalize_answer("seven")
+def test_normalize_answer_reads_the_grammar_of_kava_numbers():
+    """The whole answer when it is one number (a unicode minus, a fraction), else the first number in it."""
+    assert normalize_answer("\u22125") == "-5" and normalize_answer("3/4") == "0.75"
+    assert normalize_answer("25%") == "25" and normalize_answer("about 7 or 8") == "7"
+
+
+@pytest.mark.parametrize("raw", ["seven", "1e999", "nan"])
+def test_normalize_answer_without_number(raw):
+    with pytest.raises(ValueError, match="no .*number"):
+        normalize_answer(raw)
 
 
 def test_split_cot_strings():

@@ -15,7 +15,7 @@ no latent training, so only the `cot` and `direct` modes are open to it.
 Modes (SPEC.md §2): `latent` (the KaVa student), `cot` (write the chain of thought, then
 the answer), `direct` (answer at once, the No-CoT baseline). The default is the mode the
 model was trained for: `latent` for a `train.method: kava` checkpoint, `cot`/`direct` for
-the CoT / No-CoT fine-tuning baselines, `cot` for a base model.
+the CoT / No-CoT fine-tuning baselines, `direct` for iCoT, `cot` for a base model.
 
 The CLI (`kava evaluate`, `kava infer`) uses the same loading code.
 """
@@ -28,11 +28,19 @@ from pathlib import Path
 
 import torch
 
+from kava.config import EVAL_MODE, ModelConfig, PromptConfig
+from kava.data.eval_sets import load_eval_dataset
+from kava.data.sequences import SequenceBuilder, SpecialIds
 from kava.errors import KavaError
+from kava.evaluation.evaluate import evaluate_examples, extract_prediction
+from kava.hub import resolve_checkpoint
 from kava.inference.generate import MODES, generate
+from kava.inference.sampling import sampling_from
+from kava.model.kava_model import KavaModel
+from kava.model.load import load_backbone
+from kava.training.checkpoint import load_checkpoint, read_checkpoint_config
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-_METHOD_MODE = {"kava": "latent", "cot": "cot", "direct": "direct"}
 
 
 @dataclass
@@ -73,11 +81,6 @@ def load_base_model(name: str, device: torch.device, dtype: str | None = None, t
 
     The builder gets SpecialIds(-1, -1, -1): the latent mode is refused before it could use them.
     """
-    from kava.config import ModelConfig, PromptConfig
-    from kava.data.sequences import SequenceBuilder, SpecialIds
-    from kava.model.kava_model import KavaModel
-    from kava.model.load import load_backbone
-
     try:
         cfg = ModelConfig(name=name, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
     except ValueError as err:  # pydantic's ValidationError is a ValueError
@@ -92,19 +95,18 @@ def load_base_model(name: str, device: torch.device, dtype: str | None = None, t
 
 def check_checkpoint(path: str | Path):
     """The checkpoint's config; KavaError when `path` is no loadable kava checkpoint (cheap: no weights read)."""
-    from kava.training.checkpoint import read_checkpoint_config
-
     return read_checkpoint_config(path)
 
 
 def load_checkpoint_model(path: str | Path, device: torch.device, dtype: str | None = None,
                           trust_remote_code: bool = False):
-    """(KavaModel, tokenizer, SequenceBuilder, KavaConfig); any load failure is a KavaError."""
-    from kava.training.checkpoint import load_checkpoint
-
+    """(KavaModel ready for inference: LoRA merged into the weights, tokenizer, SequenceBuilder,
+    KavaConfig); any load failure is a KavaError."""
     check_checkpoint(path)
     try:
-        return load_checkpoint(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, tok, builder, cfg = load_checkpoint(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model.merge_lora()
+        return model, tok, builder, cfg
     except KavaError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
@@ -132,7 +134,7 @@ class KavaPipeline:
         if is_base_model or config is None:
             self.default_mode = "cot"
         else:
-            self.default_mode = _METHOD_MODE.get(config.train.method, "latent")
+            self.default_mode = EVAL_MODE.get(config.train.method, "latent")
 
     def __repr__(self) -> str:
         kind = "base model" if self.is_base_model else "checkpoint"
@@ -165,19 +167,20 @@ class KavaPipeline:
         mode: str | None = None,
         batch_size: int = 16,
         max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        sampling: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
         return_latents: bool = False,
     ) -> list[Answer]:
         """Answer `questions` (one string or a list), `batch_size` at a time, in order.
 
-        Greedy by default; `temperature` > 0 samples (with `top_p`; pass a seeded
-        `torch.Generator` to reproduce). `return_latents` keeps each latent-mode answer's
-        final latent hidden states ([M, d], see `nearest_tokens`).
+        Greedy by default; `sampling=True` samples (`temperature` 1, `top_p` 1, `top_k` 0 = off and
+        `seed` 0 unless given; kava.inference.sampling): question i's stream is seeded by (seed, i),
+        so the answers do not depend on `batch_size`. `return_latents` keeps each latent-mode
+        answer's final latent hidden states ([M, d], see `nearest_tokens`).
         """
-        from kava.evaluation.evaluate import extract_prediction
-
         if isinstance(questions, str):
             questions = [questions]
         questions = list(questions)
@@ -185,14 +188,15 @@ class KavaPipeline:
             if not isinstance(q, str) or not q.strip():
                 raise KavaError(f"question {i + 1} is empty; every question needs some text")
         mode = self.resolve_mode(mode)
-        _check_generation(batch_size, max_new_tokens, temperature, top_p)
+        _check_generation(batch_size, max_new_tokens)
+        sampler = sampling_from(sampling, temperature, top_p, top_k, seed)
         answers: list[Answer] = []
         for start in range(0, len(questions), batch_size):
             chunk = questions[start : start + batch_size]
             t0 = time.perf_counter()
             gens = generate(
-                self.model, self.builder, chunk, mode=mode, max_new_tokens=max_new_tokens,
-                temperature=temperature, top_p=top_p, generator=generator, return_latents=return_latents,
+                self.model, self.builder, chunk, mode=mode, max_new_tokens=max_new_tokens, sampling=sampler,
+                sample_keys=list(range(start, start + len(chunk))), return_latents=return_latents,
             )
             share = (time.perf_counter() - t0) / len(chunk)
             for g in gens:
@@ -235,6 +239,12 @@ class KavaPipeline:
         predictions_path: str | Path | None = None,
         progress: bool = False,
         latent_control: str | list[str] | None = None,
+        sampling: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        samples: int = 1,
     ) -> dict:
         """Accuracy and forward passes on an evaluation set (see `kava.evaluation.evaluate`).
 
@@ -243,24 +253,19 @@ class KavaPipeline:
         `latent_control` ("shuffled", "pass0", "teacher" or a list of them; latent mode):
         also answer with other latents; the result then holds `latent_controls`, per control
         its accuracy, `reliance` (own − control accuracy, points) and `changed` (% of answers).
+        `sampling=True` (with `temperature`, `top_p`, `top_k`, `seed`, as in `answer`): `samples`
+        sampled decodings of every question; `accuracy` is their mean, with `accuracy_std`; the
+        result's `protocol` records the decoding either way.
         """
-        from kava.data.eval_sets import load_eval_dataset
-        from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
-
         mode = self.resolve_mode(mode)
         _check_generation(batch_size, max_new_tokens)
+        sampler = sampling_from(sampling, temperature, top_p, top_k, seed)
         examples = load_eval_dataset(dataset, source=source, limit=limit)
-        common = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, dataset=dataset)
-        if latent_control:
-            controls = [latent_control] if isinstance(latent_control, str) else list(latent_control)
-            if mode != "latent":
-                raise KavaError(f"a latent control needs latent mode, not {mode}")
-            both = evaluate_latent_controls(self.model, self.builder, examples, controls,
-                                            predictions_path=predictions_path, teacher_settings=self.teacher_settings(),
-                                            **common)
-            return both["own"] | {"latent_controls": both["controls"]}
-        return evaluate_dataset(self.model, self.builder, examples, mode=mode, predictions_path=predictions_path,
-                                **common)
+        controls = [latent_control] if isinstance(latent_control, str) else list(latent_control or [])
+        return evaluate_examples(self.model, self.builder, examples, mode, controls, predictions_path=predictions_path,
+                                 teacher_settings=self.teacher_settings(), batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens, progress=progress, dataset=dataset,
+                                 sampling=sampler, samples=samples)
 
     def teacher_settings(self) -> dict:
         """The teacher latent control's settings from the training config (R-KV method, λ, key space)."""
@@ -270,15 +275,11 @@ class KavaPipeline:
         return {"compression": k.compression, "lam": k.rkv_lambda, "move": k.kv_keys == "pre_rope"}
 
 
-def _check_generation(batch_size, max_new_tokens=None, temperature=0.0, top_p=1.0) -> None:
+def _check_generation(batch_size, max_new_tokens=None) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise KavaError(f"batch size must be a positive integer, got {batch_size!r}")
     if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
         raise KavaError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise KavaError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise KavaError(f"top_p must be in (0, 1], got {top_p}")
 
 
 def load(
@@ -304,9 +305,8 @@ def load(
     _check_dtype(dtype)
     dev = resolve_device(device)
     if checkpoint is not None:
-        from kava.hub import resolve_checkpoint
-
-        m, tok, builder, cfg = load_checkpoint_model(resolve_checkpoint(checkpoint, revision), dev, dtype, trust_remote_code)
+        folder = resolve_checkpoint(checkpoint, revision)
+        m, tok, builder, cfg = load_checkpoint_model(folder, dev, dtype, trust_remote_code)
         return KavaPipeline(m, tok, builder, cfg, name=str(checkpoint), is_base_model=False)
     m, tok, builder = load_base_model(model, dev, dtype, trust_remote_code)
     return KavaPipeline(m, tok, builder, None, name=str(model), is_base_model=True)

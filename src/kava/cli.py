@@ -1,6 +1,6 @@
 """The `kava` command line: one entry point, one subcommand per task.
 
-    kava train --config configs/tiny.yaml [--output-dir DIR] [--seed N] [--resume] [key.path=value ...]
+    kava train --config configs/tiny.yaml [--output-dir DIR] [--seed N] [--resume | --resume-if-exists] [key.path=value ...]
 
 A user mistake (`KavaError`, or arguments argparse rejects) prints one line, `error: ...`,
 and exits with code 2. Training stopped by SIGTERM, SIGINT or SIGUSR1 writes a checkpoint,
@@ -33,7 +33,14 @@ def _add_train(sub) -> None:
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--output-dir", help="where checkpoints and logs go (default: the config's output_dir)")
     p.add_argument("--seed", type=int, help="random seed (default: the config's seed)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true",
+                     help="continue the run in the output folder from its latest checkpoint (an error if it has none); "
+                     "with a larger train.max_steps a finished run trains longer, with a new train.lr a new schedule "
+                     "starts at the checkpoint (docs/reliability.md)")
+    how.add_argument("--resume-if-exists", action="store_true",
+                     help="resume when the output folder holds a checkpoint, else start a new run (for job scripts "
+                     "that may be requeued)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     p.set_defaults(func=_cmd_train)
@@ -49,7 +56,7 @@ def _cmd_train(args) -> int:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     cfg = load_config(args.config, overrides)
-    train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    train(cfg, resume="auto" if args.resume_if_exists else args.resume, show_progress=not args.no_progress)
     return 0
 
 
@@ -61,7 +68,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _resume_command(argv: list[str]) -> str:
-    return shlex.join(["kava", *argv, *([] if "--resume" in argv else ["--resume"])])
+    resumes = "--resume" in argv or "--resume-if-exists" in argv
+    return shlex.join(["kava", *argv, *([] if resumes else ["--resume"])])
 
 
 def build_parser() -> argparse.ArgumentParser:

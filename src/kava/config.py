@@ -131,6 +131,11 @@ class KavaLossConfig(_Strict):
     rkv_lambda: float = Field(0.1, ge=0, le=1, description="λ in S = λ·I + (1-λ)·R")
     kv_loss: Literal["smooth_l1", "l1", "mse"] = "smooth_l1"
     kv_loss_layer_std: bool = Field(False, description="divide the KV loss by the teacher's per-layer std")
+    codi_layer_std: bool = Field(
+        True,
+        description="L_CODI: each layer's smooth-L1 divided by that layer's teacher std [codi][pccot: "
+        "use_layerwise_std, KaVa Table 6's 'layer-wise std'], or false: by one std over all layers",
+    )
     kv_loss_reduction: Literal["paper", "mean"] = Field(
         "mean",
         description="paper: summed over layers, key/value heads and head dims, averaged over the M slots (the "
@@ -178,6 +183,9 @@ class CurriculumConfig(_Strict):
     steps_per_stage: int | None = Field(None, ge=1, description="optimizer steps per stage")
     epochs_per_stage: float | None = Field(None, gt=0, description="epochs per stage (Coconut's epochs_per_stage)")
     start_stage: int = Field(0, ge=0, description="the stage at step 0 (1 skips the plain-CoT stage 0)")
+    stage0_epochs: float | None = Field(
+        None, gt=0, description="epochs of stage 0 (the CoT written out) when it lasts longer than the other stages "
+        "(CODI's Coconut run on Llama-1B: 5 epochs of CoT, then the latent stages); null: as every stage")
     mix_prob: float = Field(0.0, ge=0, le=1, description="per example, the probability of a stage drawn uniformly "
                             "from 0..(its number of steps) instead (Coconut's uniform_prob)")
     reset_optimizer: Literal["stage", "epoch", "never"] = Field(
@@ -187,14 +195,40 @@ class CurriculumConfig(_Strict):
     def _check_length(self) -> CurriculumConfig:
         if self.enabled and (self.steps_per_stage is None) == (self.epochs_per_stage is None):
             raise ValueError("set exactly one of curriculum.steps_per_stage and curriculum.epochs_per_stage")
+        if self.stage0_epochs is not None and self.start_stage != 0:
+            raise ValueError("curriculum.stage0_epochs needs curriculum.start_stage: 0 (stage 0 is skipped otherwise)")
         if self.start_stage > self.stages + 1:
             raise ValueError(f"curriculum.start_stage ({self.start_stage}) is past the final stage ({self.stages + 1})")
         return self
 
 
+class IcotConfig(_Strict):
+    """iCoT's schedule (`train.method: icot`, kava.training.icot): CoT tokens are removed from the
+    front as training goes on [icot: da03/Internalize_CoT_Step_by_Step src/train.py, its argument names]."""
+
+    remove_per_epoch: float = Field(8.0, gt=0, description="CoT tokens removed per epoch (--remove_per_epoch)")
+    steps_per_token: int | None = Field(
+        None, ge=1, description="optimizer steps per removed token; overrides remove_per_epoch "
+        "(which gives round(steps per epoch / remove_per_epoch))")
+    remove_all_when_remove_beyond: int | None = Field(
+        None, ge=1, description="once this many tokens are scheduled, the whole CoT goes "
+        "(--remove_all_when_remove_beyond; null = inf)")
+    removal_smoothing_lambda: float | None = Field(
+        4.0, gt=0, description="λ of the random extra tokens removed per example, P(k) ∝ exp(−λk) for k < 100 "
+        "(--removal_smoothing_lambda; null = inf: none)")
+    remove_start_from: int = Field(0, ge=0, description="tokens scheduled at step 0 (--remove_start_from)")
+    reset_optimizer: bool = Field(True, description="clear the optimizer's state when one more token is scheduled "
+                                  "(--reset_optimizer)")
+
+
+# The mode `kava evaluate` runs a checkpoint in by default: what its method trained it for.
+EVAL_MODE = {"kava": "latent", "cot": "cot", "direct": "direct", "icot": "direct"}
+
+
 class TrainConfig(_Strict):
-    method: Literal["kava", "cot", "direct"] = Field(
-        "kava", description="kava (incl. PCCoT with alpha_kv=0), cot = CoT fine-tuning, direct = No-CoT fine-tuning"
+    method: Literal["kava", "cot", "direct", "icot"] = Field(
+        "kava", description="kava (incl. PCCoT with alpha_kv=0), cot = CoT fine-tuning, direct = No-CoT fine-tuning, "
+        "icot = stepwise internalization (CoT fine-tuning removing CoT tokens, section icot)"
     )
     lr: float = Field(8e-4, gt=0)
     epochs: float = Field(10, gt=0)
@@ -212,11 +246,16 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(2.0, gt=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    tf32: bool = Field(False, description="fp32 matrix products in TF32 on CUDA GPUs (torch.set_float32_matmul_precision)")
     log_every: int = Field(1, ge=1)
     save_every: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps")
     keep_last: int = Field(2, ge=1, description="step checkpoints kept on disk")
-    eval_every: int | None = Field(None, ge=1, description="validation loss every N optimizer steps (and at the end)")
-    eval_max_examples: int = Field(256, ge=1, description="validation examples used for the validation loss")
+    eval_every: int | None = Field(
+        None, ge=1, description="every N optimizer steps (and after the last) the validation loss and the accuracy of "
+        "answers generated on the validation split in the method's mode; the best step's weights are kept in "
+        "checkpoint-best (kava.training.validation)")
+    eval_max_examples: int = Field(256, ge=1, description="validation examples used for the validation loss and accuracy")
+    eval_batch_size: int = Field(32, ge=1, description="questions per generation batch for the validation accuracy")
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
     max_skipped_in_a_row: int = Field(
         10, ge=1, description="stop after this many skipped steps in a row (non-finite loss or gradient norm, loss spike)"
@@ -267,18 +306,24 @@ def time_minutes(value: int | str) -> int:
 
 class LauncherConfig(_Strict):
     """Cluster jobs of `kava sweep` / `kava reproduce --launcher slurm` (docs/cluster.md).
-    Command-line flags of the same names override these."""
+    The command line has a flag for each field, made from it (`kava.experiments.cli`): `--mem-gb`
+    for `mem_gb`, a list field repeatable and in the singular (`--sbatch-arg`); a flag overrides
+    the config's value."""
 
     partition: str | None = Field(None, description="SLURM partition (sbatch --partition)")
     account: str | None = Field(None, description="account charged (sbatch --account)")
-    time: int | str = Field("24:00:00", description="time limit per job: minutes or [D-]HH:MM:SS")
-    gpus_per_job: int = Field(1, ge=0)
-    cpus_per_job: int = Field(8, ge=1)
-    mem_gb: float | None = Field(None, gt=0, description="memory per job (sbatch --mem); null: the partition's default")
+    time: int | str = Field("24:00:00", description="time limit per job: minutes or [D-]HH:MM:SS",
+                            json_schema_extra={"metavar": "LIMIT"})
+    gpus_per_job: int = Field(1, ge=0, description="GPUs per job")
+    cpus_per_job: int = Field(8, ge=1, description="CPUs per job (sbatch --cpus-per-task)")
+    mem_gb: float | None = Field(None, gt=0, description="memory per job (sbatch --mem); null: the partition's default",
+                                 json_schema_extra={"metavar": "GB"})
     constraint: str | None = Field(None, description="node features (sbatch --constraint), e.g. a100")
     qos: str | None = Field(None, description="quality of service (sbatch --qos)")
-    sbatch_args: list[str] = Field([], description="more sbatch flags, each '--key=value' or '--flag'")
-    setup: list[str] = Field([], description="shell lines run before each job (module load ..., source venv/bin/activate)")
+    sbatch_args: list[str] = Field([], description="more sbatch flags, each '--key=value' or '--flag'",
+                                   json_schema_extra={"metavar": "--KEY=VALUE"})
+    setup: list[str] = Field([], description="shell lines run before each job (module load ..., source venv/bin/activate)",
+                             json_schema_extra={"metavar": "LINE"})
     array_parallelism: int = Field(256, ge=1, description="jobs of one array running at once")
     max_requeues: int = Field(3, ge=0, description="requeues after time limits before a job counts as failed")
     signal_delay_s: int = Field(
@@ -308,19 +353,15 @@ class KavaConfig(_Strict):
     data: DataConfig
     kava: KavaLossConfig = KavaLossConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+    icot: IcotConfig = IcotConfig()
     train: TrainConfig = TrainConfig()
     launcher: LauncherConfig = LauncherConfig()
 
     @model_validator(mode="after")
-    def _check_frozen_targets(self) -> KavaConfig:
-        k = self.kava
-        distils = self.train.method == "kava" and (k.alpha_kv > 0 or k.alpha_codi > 0)
-        random_start = self.model.name.startswith(("tiny-", "random:"))
-        if distils and k.teacher_targets == "frozen" and random_start:
-            raise ValueError(
-                f"kava.teacher_targets: frozen distils toward the weights training starts from, and model.name "
-                f"{self.model.name!r} starts from random weights: start from a trained model (model.name=<folder>; "
-                "kava bench quality --base-steps N trains one) or use kava.teacher_targets: same_pass")
+    def _check_icot(self) -> KavaConfig:
+        if self.train.method == "icot" and self.prompt.teacher_delimiters:
+            raise ValueError("train.method icot needs prompt.teacher_delimiters: false: its final sequence, evaluated "
+                             "in direct mode, is No-CoT's Q + P + A")
         return self
 
     @model_validator(mode="after")
@@ -420,6 +461,29 @@ def shares_question(cfg: KavaConfig) -> bool:
     """Whether a training step runs the question once for teacher and student (`kava.shared_question`,
     Jacobi latents only)."""
     return cfg.kava.shared_question and cfg.latent.mode != "sequential"
+
+
+def check_distillation_start(cfg: KavaConfig) -> None:
+    """Refuse (KavaError) a run that would distil toward a randomly initialised network:
+    `kava.teacher_targets: frozen` takes the targets from the weights training starts from, so
+    with a built-in random model (`tiny-*`, `random:<shape>`) they are noise. Checked when
+    training starts, so such a config can still be loaded, printed and given a model.name."""
+    k = cfg.kava
+    distils = cfg.train.method == "kava" and (k.alpha_kv > 0 or k.alpha_codi > 0)
+    if distils and k.teacher_targets == "frozen" and cfg.model.name.startswith(("tiny-", "random:")):
+        raise KavaError(
+            f"kava.teacher_targets: frozen distils toward the weights training starts from, and model.name "
+            f"{cfg.model.name!r} starts from random weights: start from a trained model (model.name=<folder>; "
+            "kava bench quality --base-steps N trains one) or use kava.teacher_targets: same_pass")
+
+
+def uses_projection(cfg: KavaConfig) -> bool:
+    """Whether training reads the latent projection: a latent student (`train.method: kava`) with
+    `latent.projection` that feeds hidden states back (sequential latents, or T ≥ 1 Jacobi
+    iterations). Otherwise the model has none: DDP fails on a trainable parameter no step uses."""
+    lat = cfg.latent
+    return (lat.projection and cfg.train.method == "kava"
+            and (lat.mode == "sequential" or lat.num_iterations > 0))
 
 
 def config_to_dict(cfg: KavaConfig) -> dict:

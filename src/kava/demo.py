@@ -14,10 +14,14 @@
 
 The budget is fixed in steps and questions (not wall time), so the numbers are reproducible.
 Every stage resumes: training from its last checkpoint, evaluation from its predictions file.
+The trained student's folder, `train-<steps>x<batch>-<config hash>/`, and its predictions files
+are named by its settings: other settings train and evaluate another student.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -61,7 +65,8 @@ def _stage(i: int, n: int, text: str, started: float) -> None:
     print(f"\n[{i}/{n}] {text}  (elapsed {time.time() - started:.0f} s)", file=sys.stderr, flush=True)
 
 
-def _evaluate(model, builder, name, modes, examples, out_dir, args, results):
+def _evaluate(model, builder, name, modes, examples, out_dir, args, results, key: str = ""):
+    """key: the trained model's settings, in its predictions files' names (another model, other files)."""
     from kava.evaluation.evaluate import evaluate_dataset
 
     for mode in modes:
@@ -69,7 +74,7 @@ def _evaluate(model, builder, name, modes, examples, out_dir, args, results):
             res = evaluate_dataset(
                 model, builder, exs, mode=mode, batch_size=args.eval_limit,
                 max_new_tokens=args.cot_max_new_tokens if mode == "cot" else None,
-                predictions_path=out_dir / "predictions" / f"{name}_{mode}_{ds}.jsonl", dataset=ds,
+                predictions_path=out_dir / "predictions" / f"{name}{key}_{mode}_{ds}.jsonl", dataset=ds,
             )
             results.append({"model": name, "mode": mode, "dataset": ds, **{k: res[k] for k in (
                 "accuracy", "n", "correct", "forward_passes_mean", "generated_tokens_mean", "seconds")}})
@@ -96,19 +101,9 @@ def _plots(results: list[dict], log: list[dict], out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "ce_student", "ce_teacher", "codi", "kv"):
-        pts = [(r["step"], r[key]) for r in log if key in r]
-        if pts:
-            ax.plot(*zip(*pts), label=key)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.set_title("KaVa training losses (SmolLM2-135M)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "training_losses.png", dpi=120)
-    plt.close(fig)
+    from kava.training.plots import plot_training_losses
+
+    plot_training_losses(log, out_dir / "training_losses.png", title="KaVa training on SmolLM2-135M-Instruct")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     markers = {"gsm8k": "o", "gsm8k-hard": "s", "svamp": "^"}
@@ -137,14 +132,30 @@ def _quality_stage(out_dir: Path, args, extra: tuple[str, ...] = (), jobs: int =
     )
 
 
+def _train_stage(out: Path, args) -> Path:
+    """Train the KaVa student of these settings, or resume or reuse it; its checkpoint-final.
+    Its folder is named by the settings, `train-<steps>x<batch>-<hash of the resolved config>`,
+    so other settings train another student instead of reusing this one."""
+    from kava.config import config_to_dict, load_config
+    from kava.training.trainer import train
+
+    micro = min(args.batch_size, 8)
+    cfg = load_config(args.config, [
+        f"train.max_steps={args.train_steps}", f"train.global_batch_size={args.batch_size}",
+        f"train.micro_batch_size={micro}", "train.save_every=5", "train.keep_last=1",
+    ])
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k != "output_dir"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    cfg.output_dir = str(out / f"train-{args.train_steps}x{args.batch_size}-{digest}")
+    return train(cfg, resume="auto")
+
+
 def run_demo(args) -> int:
     import torch
 
     from kava.api import load_base_model
-    from kava.config import load_config
     from kava.data.eval_sets import load_eval_dataset
     from kava.training.checkpoint import load_checkpoint
-    from kava.training.trainer import train
 
     if args.train_steps < 1 or args.eval_limit < 1 or args.batch_size < 1:
         raise KavaError("--train-steps, --batch-size and --eval-limit must be positive")
@@ -165,18 +176,12 @@ def run_demo(args) -> int:
     del base
 
     _stage(3, n, f"training KaVa for {args.train_steps} steps of {args.batch_size} examples", started)
-    micro = min(args.batch_size, 8)
-    cfg = load_config(args.config, [
-        f"output_dir={out / 'train'}", f"train.max_steps={args.train_steps}",
-        f"train.global_batch_size={args.batch_size}", f"train.micro_batch_size={micro}",
-        "train.save_every=5", "train.keep_last=1",
-    ])
-    resume = (out / "train").is_dir()
-    final = train(cfg, resume=resume)
+    final = _train_stage(out, args)
 
     _stage(4, n, "evaluating the KaVa-trained model (latent, CoT and direct)", started)
     model, _, builder, _ = load_checkpoint(final)
-    _evaluate(model, builder, "kava", ("latent", "cot", "direct"), examples, out, args, results)
+    _evaluate(model, builder, "kava", ("latent", "cot", "direct"), examples, out, args, results,
+              key=final.parent.name.removeprefix("train"))
 
     quality = None
     if args.quality:
@@ -193,6 +198,7 @@ def run_demo(args) -> int:
                                              "quality": None if quality is None else
                                              {k: v for k, v in quality.items() if k != "table"},
                                              "train_steps": args.train_steps, "batch_size": args.batch_size,
+                                             "checkpoint": str(final),
                                              "eval_limit": args.eval_limit})
     _plots(results, read_jsonl(final.parent / "train_log.jsonl"), out)
     print("\n" + table, flush=True)

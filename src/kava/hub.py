@@ -27,8 +27,9 @@ import yaml
 
 from kava.errors import KavaError
 
-#: Files of a checkpoint that inference does not need (optimizer and RNG state for --resume).
-NOT_UPLOADED = ["training_state.pt"]
+#: Files of a checkpoint that inference does not need (optimizer and RNG state for --resume;
+#: checkpoint-final holds them too, so that a finished run can be extended).
+NOT_UPLOADED = ["training_state.safetensors", "training_state.json", "training_state.pt"]
 #: Hub datasets of kava's evaluation sets (the card's model-index points at them).
 CITATION = """@inproceedings{kuzina2026kava,
   title     = {Latent Reasoning via Compressed {KV}-Cache Distillation},
@@ -62,8 +63,12 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
             raise KavaError(f"--revision is for hub repo ids; {checkpoint} is a local path")
         return path
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     at = f" at revision {revision}" if revision else ""
     try:
@@ -106,11 +111,17 @@ def _hub_dataset(name: str) -> str | None:
 
 
 def _seed_results(seed_dir: Path) -> dict[str, dict]:
+    from kava.evaluation.results import results_files
+
     out = {}
-    for p in sorted(seed_dir.glob("results_*.yaml")):
+    try:
+        files = results_files(seed_dir)
+    except OSError:
+        return {}
+    for key, p in files:
         res = _read_yaml(p)
         if "accuracy" in res:
-            out[str(res.get("dataset") or p.stem.removeprefix("results_"))] = res
+            out[str(res.get("dataset") or key)] = res
     return out
 
 
@@ -130,6 +141,7 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
     """A ``huggingface_hub.ModelCard`` for the checkpoint folder (see the module docstring)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from kava.config import EVAL_MODE
     from kava.training.checkpoint import read_checkpoint_config
 
     ckpt = Path(checkpoint)
@@ -139,7 +151,7 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
     sweep = _sweep_of(ckpt)
     summary = (sweep[1].get("datasets") or {}) if sweep else {}
     base = cfg.model.name
-    mode = {"kava": "latent", "cot": "cot", "direct": "direct"}[cfg.train.method]
+    mode = EVAL_MODE[cfg.train.method]
     name = repo_id.split("/")[-1]
 
     eval_results = []
@@ -192,7 +204,7 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
         f"| optimizer steps | {steps if steps is not None else '-'} (global batch {gbs}, {state.get('epoch', '-')} epochs) |",
         f"| learning rate | {cfg.train.lr:g} ({cfg.train.lr_scheduler}, warm-up {cfg.train.warmup_ratio:g}) |",
         f"| weight decay | {cfg.train.weight_decay:g} |",
-        f"| LoRA | " + (f"r={cfg.lora.r}, α={cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} |" if cfg.lora.enabled
+        "| LoRA | " + (f"r={cfg.lora.r}, α={cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} |" if cfg.lora.enabled
                        else "off (full fine-tuning) |"),
         f"| latent tokens M | {cfg.latent.num_latents} |",
         f"| Jacobi iterations T | {cfg.latent.num_iterations} |",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+_TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")  # _create_temporary's names (mkstemp's before)
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file `.NAME.XXXXXXXX.tmp` next to `path`, open for writing: (fd, name). Created
+    with mode 0666 and O_EXCL, so the kernel applies the umask (0644 under the usual 022) as
+    for any file the user writes; tempfile.mkstemp would make it 0600, unreadable to the
+    group of a shared folder."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, owns: Callable[[str], bool] | None = None) -> None:
@@ -53,10 +68,26 @@ def remove_stale_temporaries(folder: str | os.PathLike, owns: Callable[[str], bo
             p.unlink(missing_ok=True)
 
 
+def give_umask_mode(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the mode a file the user writes gets (0666 less the
+    umask), for files written by libraries that make them 0600 (safetensors' `save_file`,
+    hence peft's and transformers' `save_pretrained`). The mode is read from a probe file the
+    kernel creates, not from `os.umask()`, which would have to change the umask to read it."""
+    fd, probe = _create_temporary(Path(folder) / "umask")
+    os.close(fd)
+    try:
+        mode = stat.S_IMODE(os.stat(probe).st_mode)
+    finally:
+        os.unlink(probe)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -7,7 +7,8 @@
            reduction "mean": mean over layers of ½·(ρ(K) + ρ(V)) averaged over the valid slots,
              heads and dims (kava before 0.3): L·H·d times smaller than "paper" at equal errors.
            ρ ∈ {smooth-L1, L1, MSE}; optionally each layer divided by the teacher's per-layer std.
-    L_CODI = mean over layers of smooth-L1(h_s, sg[h_t]) / std(h_t), at the CODI position (the token whose next token is the answer's first digit or sign).
+    L_CODI = mean over layers of smooth-L1(h_s, sg[h_t]) / std(h_t), at the CODI position (the token whose next token is the answer's first digit or sign);
+             `kava.codi_layer_std: false`: the mean smooth-L1 over all layers / one std of all of h_t.
     L      = CE_student + CE_teacher + α₁·L_CODI + α₂·L_KV
 """
 
@@ -74,7 +75,15 @@ def kv_loss(
     return torch.stack(sums).sum() / slots.clamp(min=1)
 
 
-def codi_loss(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor]) -> torch.Tensor:
+def codi_loss(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor],
+              layer_std: bool = True) -> torch.Tensor:
+    """layer_std: each layer's smooth-L1 divided by that layer's teacher std, then the mean over
+    layers [codi][pccot: use_layerwise_std]; False: the mean smooth-L1 over all layers divided
+    by one std of all the teacher's entries [pccot: use_layerwise_std=False]."""
+    if not layer_std:
+        hs = torch.stack([h.float() for h in student_hidden])
+        ht = torch.stack([h.detach().float() for h in teacher_hidden])
+        return F.smooth_l1_loss(hs, ht) / ht.std().clamp(min=1e-6)
     losses = []
     for hs, ht in zip(student_hidden, teacher_hidden, strict=True):
         ht = ht.detach().float()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("kava.bench.speed", "kava.bench.infer", "kava.bench.quality", "kava.bench.gpu", "kava.bench.faults")
+BENCHMARKS = ("kava.bench.speed", "kava.bench.infer", "kava.bench.quality", "kava.bench.gpu", "kava.bench.loss_terms",
+              "kava.bench.faults")
 
 
 def register(sub) -> None:

@@ -6,7 +6,7 @@ moments, resume them, and check that nothing was lost, doubled or left half-writ
 
 For each command the harness first runs it once, uninterrupted (the reference). Then,
 episode after episode, it runs the same command in a fresh folder and kills it at a
-seeded moment, runs it again (`--resume` for train), maybe kills that run too, and so on
+seeded moment, runs it again (`--resume-if-exists` for train), maybe kills that run too, and so on
 until a run finishes; then it compares with the reference:
 
 - train: every `train_log.jsonl` record (all but `seconds`) equal, each step once; the
@@ -92,7 +92,7 @@ def write_workload(root: Path) -> dict[str, Path]:
 def command(kind: str, work: dict[str, Path], out: Path, checkpoint: Path | None, resume: bool) -> list[str]:
     if kind == "train":
         return ["train", "--config", str(work["config"]), "--output-dir", str(out), "--no-progress",
-                *(["--resume"] if resume else [])]
+                *(["--resume-if-exists"] if resume else [])]  # a kill may come before the first checkpoint
     if kind == "evaluate":
         return ["evaluate", "--checkpoint", str(checkpoint), "--datasets", str(work["eval"]), "--output-dir", str(out),
                 "--batch-size", "3", "--max-new-tokens", "6", "--no-progress"]
@@ -264,17 +264,19 @@ def check_train(run_dir: Path, ref_dir: Path) -> list[str]:
 
 
 def check_evaluate(out_dir: Path, ref_dir: Path) -> list[str]:
+    from kava.evaluation.results import predictions_file, results_file
+
     problems = []
-    preds = _records(out_dir / "predictions_eval.jsonl", ("seconds",))
+    preds = _records(predictions_file(out_dir, "eval.jsonl"), ("seconds",))
     ids = [r["id"] for r in preds]
     if len(set(ids)) != len(ids):
         problems.append("predictions_eval.jsonl holds an example twice")
-    if preds != _records(ref_dir / "predictions_eval.jsonl", ("seconds",)):
+    if preds != _records(predictions_file(ref_dir, "eval.jsonl"), ("seconds",)):
         problems.append("predictions_eval.jsonl differs from the uninterrupted run's")
     timing = ("seconds", "seconds_per_question", "resumed", "checkpoint", "predictions")
 
     def results(d: Path) -> dict:
-        return {k: v for k, v in yaml.safe_load((d / "results_eval.yaml").read_text()).items() if k not in timing}
+        return {k: v for k, v in yaml.safe_load(results_file(d, "eval.jsonl").read_text()).items() if k not in timing}
 
     if results(out_dir) != results(ref_dir):
         problems.append("results_eval.yaml differs from the uninterrupted run's")

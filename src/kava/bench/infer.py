@@ -133,8 +133,8 @@ def measure_inference(
     cot_max_new_tokens: int = 256,
 ) -> dict:
     """Seconds and forward passes per question for every mode × batch size, interleaved."""
-    from kava.evaluation.evaluate import extract_prediction
     from kava.evaluation.answer import is_correct
+    from kava.evaluation.evaluate import extract_prediction
     from kava.inference.generate import generate
 
     if reps < 1 or warmup < 0:

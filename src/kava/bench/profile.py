@@ -64,14 +64,22 @@ def matmul_rate(rows: int, inner: int, outer: int, device, dtype, reps: int = 10
 
 
 def operator_times(step, steps: int, device, top: int = 12) -> dict:
-    """Self time by kind of operator over `steps` calls of `step()` (torch.profiler)."""
+    """Self time by kind of operator over `steps` calls of `step()` (torch.profiler), and the
+    matrix products' time by the dtype of their first input (`matmul_by_dtype`: fp32 GEMMs
+    next to bf16 ones)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(steps):
             step()
+    by_dtype: dict[str, float] = {}
+    for e in prof.events():
+        if e.name in MATMUL_OPS:
+            dtype = e.input_dtypes[0] if e.input_dtypes else "unknown"
+            t = (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6 / steps
+            by_dtype[dtype] = by_dtype.get(dtype, 0.0) + t
     rows = []
     for e in prof.key_averages():
         t = (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6 / steps
@@ -84,7 +92,8 @@ def operator_times(step, steps: int, device, top: int = 12) -> dict:
                 "attention" if "scaled_dot_product" in name or "flash_attention" in name else "other operators")
         kinds[kind] += t
     rows.sort(key=lambda r: -r[1])
-    return {"seconds_per_step": total, "by_kind": kinds, "calls_per_step": sum(c for _, _, c in rows),
+    return {"seconds_per_step": total, "by_kind": kinds, "matmul_by_dtype": by_dtype,
+            "calls_per_step": sum(c for _, _, c in rows),
             "top": [{"op": n, "seconds": t, "calls": c} for n, t, c in rows[:top]],
             "timer": "device self time" if cuda else "CPU self time"}
 

@@ -10,6 +10,8 @@ test split) in its own mode:
 
     no_cot   train.method=direct                    evaluated with mode=direct
     cot      train.method=cot, all CoT steps        evaluated with mode=cot
+    icot     train.method=icot: CoT tokens removed a token at a time over the
+             first half of the steps (only with --only icot)  evaluated with mode=direct
     pccot    kava with kava.alpha_kv=0              evaluated with mode=latent
     codi     pccot with sequential latents and the
              CODI loss at the answer's first digit  evaluated with mode=latent
@@ -53,7 +55,6 @@ from kava.errors import KavaError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "synthetic_tiny.yaml"
 DEFAULT_BASE_STEPS = 1500
-SPLITS = ("test", "validation")
 COT_MAX_NEW_TOKENS = 160  # a test problem's CoT: ~45 tokens (equations), ~110 (nl); a model that rambles is cut off
 # every latent run is also evaluated with other latents (kava.inference.latent_control)
 LATENT_CONTROLS = ("shuffled", "pass0", "teacher")
@@ -67,6 +68,7 @@ class Run:
     overrides: tuple[str, ...] = ()
     stage_fraction: float | None = None  # a curriculum: each stage takes this share of train.max_steps
     split_latents: bool = False  # and its M latents are shared out over its stages (thoughts_per_step = M / stages)
+    removal_fraction: float | None = None  # iCoT: its whole CoT is removed over this share of train.max_steps
 
 
 _CURRICULUM = ("curriculum.enabled=true", "curriculum.stages=3", "curriculum.start_stage=1")
@@ -107,6 +109,13 @@ ABLATIONS = (
     Run("pccot_curriculum", "PCCoT, curriculum", "latent", ("kava.alpha_kv=0", *_CURRICULUM), stage_fraction=1 / 6),
     Run("kava_curriculum", "KaVa, curriculum", "latent", _CURRICULUM, stage_fraction=1 / 6),
 )
+# iCoT removes the CoT a token at a time over the first half of the steps (as Coconut's curriculum
+# takes the first half), then trains on No-CoT's sequence: icot.steps_per_token = round(steps / 2 / 32).
+# 32 = the task's CoT with every step kept (4 steps of 8 tokens; tests/test_icot.py checks it). It
+# needs at least 64 steps, so it runs by name only (--only icot), not in the default set.
+ICOT_COT_TOKENS = 32
+ICOT = Run("icot", "iCoT", "direct", ("train.method=icot", "data.drop_last_step=false", "prompt.teacher_delimiters=false",
+                                      f"icot.remove_all_when_remove_beyond={ICOT_COT_TOKENS}"), removal_fraction=1 / 2)
 # The benchmark config's departures from the paper's recipe, each undone alone (`--departures`):
 # the evidence that each is needed at this scale.
 DEPARTURES = (
@@ -114,7 +123,7 @@ DEPARTURES = (
     Run("kava_lora", "KaVa, LoRA r = 8 (the paper trains LoRA)", "latent",
         ("lora.enabled=true", "lora.r=8", "lora.alpha=16")),
 )
-ALL_RUNS = {r.name: r for r in BASELINES + ABLATIONS + DEPARTURES}
+ALL_RUNS = {r.name: r for r in BASELINES + (ICOT,) + ABLATIONS + DEPARTURES}
 TABLE_ORDER = ("base", *ALL_RUNS)
 
 
@@ -142,7 +151,7 @@ def register(sub) -> None:
                    help="steps of the shared base model's CoT pretraining; 0 trains every method from scratch "
                         "(default: %(default)s)")
     p.add_argument("--test-size", type=int, help="held-out test problems (default: the config's data.synthetic.num_test)")
-    p.add_argument("--split", choices=SPLITS, default="test",
+    p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="evaluate on the held-out test split (report) or the validation split (choose settings on it); "
                         "each split's results are kept apart (result.json, result-validation.json; default: test)")
     p.add_argument("--threads", type=int, default=1,
@@ -190,6 +199,12 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
 
     every = [*overrides, *run.overrides, f"seed={seed}", f"model.tiny.seed={seed}", f"output_dir={run_dir}",
              f"run_name=quality-{run.name}-seed{seed}"]
+    if run.removal_fraction is not None:
+        plain = load_config(config, every)
+        if plain.train.max_steps is None:
+            raise KavaError(f"run {run.name} sizes its removal schedule from train.max_steps; set it (or --steps)")
+        tokens = plain.icot.remove_all_when_remove_beyond
+        every.append(f"icot.steps_per_token={max(1, round(run.removal_fraction * plain.train.max_steps / tokens))}")
     if run.stage_fraction is None:
         return load_config(config, every)
     plain = load_config(config, [*every, "curriculum.enabled=false"])
@@ -204,26 +219,6 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
     return load_config(config, every)
 
 
-def held_out_examples(cfg, split: str = "test") -> list:
-    """The generator's held-out `split` (test, or validation — the problems training never sees and
-    settings are chosen on) for the config's task, as evaluation examples."""
-    from kava.data.eval_sets import EvalExample
-    from kava.data.synthetic import SyntheticTaskConfig, format_steps, generate_splits
-
-    s = cfg.data.synthetic
-    if split not in SPLITS:
-        raise KavaError(f"unknown evaluation split {split!r}; choose one of {', '.join(SPLITS)}")
-    size = s.num_test if split == "test" else s.num_val
-    if size < 1:
-        key = "num_test (or --test-size)" if split == "test" else "num_val"
-        raise KavaError(f"the benchmark needs {split} problems: set data.synthetic.{key} to at least 1")
-    task = SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed)
-    rows = generate_splits(task, 0, s.num_val if split == "validation" else 0, s.num_test)[split]
-    return [EvalExample(f"{split}-{i}", r["question"], float(r["answer"]), r["answer"],
-                        steps=tuple(format_steps(r["steps"], s.cot_format, r["question"])))
-            for i, r in enumerate(rows)]
-
-
 def split_suffix(split: str) -> str:
     """File-name suffix of a split's results: none for test (result.json), "-validation" else."""
     return "" if split == "test" else f"-{split}"
@@ -231,6 +226,7 @@ def split_suffix(split: str) -> str:
 
 def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool = True, split: str = "test") -> dict:
     """Train (or resume) one run, evaluate it on `split`, write result.json (result-validation.json); returns it."""
+    from kava.data.eval_sets import held_out_examples
     from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
     from kava.evaluation.latent_decoding import latent_decoding
     from kava.io import atomic_write_json, read_jsonl
@@ -241,7 +237,7 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
     if cfg.data.source != "synthetic":
         raise KavaError("kava bench quality needs a config with data.source: synthetic (its test split is generated)")
     t0 = time.perf_counter()
-    final = train(cfg, resume=True, show_progress=progress)
+    final = train(cfg, resume="auto", show_progress=progress)
     train_wall = time.perf_counter() - t0
     log = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").is_file() else []
     model, _tok, builder, _ = load_checkpoint(final)
@@ -297,6 +293,7 @@ def run_quality(
 
     import torch
 
+    from kava.config import check_distillation_start
     from kava.io import atomic_write_json, atomic_write_text
 
     if threads:
@@ -313,6 +310,9 @@ def run_quality(
     if jobs == 0:
         jobs = max(1, (os.cpu_count() or 1) // max(1, threads or 1))
     jobs = min(jobs, len(tasks))
+    if not base_steps:  # every run's config is refused here, before any training, if it cannot start
+        for run, seed in tasks:
+            check_distillation_start(run_config(config, run, seed, _run_dir(out, run, seed), overrides))
     if base_steps:
         # the base model trains alone, so it gets the threads of every job
         if threads:

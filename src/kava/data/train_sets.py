@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from kava.config import DataConfig
+from kava.data.synthetic import format_steps, generate_splits, task_config
 from kava.errors import KavaError
+from kava.numbers import numbers_in, parse_number
 
 OFFLINE_TRAIN_SETS = ("gsm8k-train-equations", "gsm8k-train-nl")
 _EQUATION = re.compile(r"<<[^<>]*>>")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,14 @@ class ReasoningExample:
 
 
 def normalize_answer(answer) -> str:
-    """'1,234' -> '1234', 72.0 -> '72'; keeps negative and decimal answers."""
-    text = str(answer).strip().replace(",", "")
-    try:
-        value = float(text)
-    except ValueError:
-        m = _NUMBER.search(text)
-        if not m:
-            raise ValueError(f"answer {answer!r} has no number") from None
-        value = float(m.group().replace(",", ""))
-    if not math.isfinite(value):
-        raise ValueError(f"answer {answer!r} is not a finite number")
+    """'1,234' -> '1234', 72.0 -> '72'; keeps negative and decimal answers. The number is read in
+    the grammar of `kava.numbers`: all of `answer` when it is one number, else the first in it."""
+    value = parse_number(answer)
+    if value is None:
+        found = numbers_in(str(answer))
+        if not found:
+            raise ValueError(f"answer {answer!r} has no (finite) number")
+        value = found[0][1]
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
@@ -177,15 +174,8 @@ def load_hub_examples(dataset_id: str, split: str) -> list[ReasoningExample]:
 def load_training_examples(cfg: DataConfig) -> tuple[list[ReasoningExample], list[ReasoningExample]]:
     """(train, validation) examples for the config; validation may be empty."""
     if cfg.source == "synthetic":
-        from kava.data.synthetic import SyntheticTaskConfig, format_steps, generate_splits
-
         s = cfg.synthetic
-        splits = generate_splits(
-            SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed),
-            s.num_train,
-            s.num_val,
-            s.num_test,
-        )
+        splits = generate_splits(task_config(s), s.num_train, s.num_val, s.num_test)
         rows = {k: [{**r, "steps": format_steps(r["steps"], s.cot_format, r["question"])} for r in v]
                 for k, v in splits.items()}
         train = [_from_row(r, "synthetic") for r in rows["train"]]

@@ -4,18 +4,7 @@ The student decodes `<eot> + P + A` with P the answer prefix `The answer is:`; t
 that follows the prefix is the prediction. Gold answers are floats (GSM8k's `#### 2,125`,
 GSM-Hard's `-9867630.0` or `12.333333333333334`, SVAMP's `145.0`).
 
-What counts as a number (`parse_number`, and every number `extract_answer` finds in text):
-- ASCII digits with an optional sign `-`/`+` (the unicode minus `−` counts as `-`);
-  a sign glued to a preceding letter or digit is an operator, not a sign (`5-3` is 5 and 3);
-- thousands commas in groups of exactly three (`1,234,567`; `12,34` is two numbers);
-- decimals `3.5`, `.5`, `3.` and scientific notation `1.5e6`, `2E-3`;
-- a period followed by a non-digit ends a sentence, not a number (`72.` is 72);
-- a currency symbol before the number (`$18`, `€5`, `-$5`, `$-5`);
-- a percent sign after it counts as the number itself (`25%` is 25, as in GSM8k's gold answers);
-- fractions `3/4` (0.75) and mixed numbers `1 1/2` (1.5); a fraction over zero is no number;
-- a number glued to a preceding letter, digit or period is not read (`x2`, `COVID19`, and
-  the `.2` in the version `3.5.2`); values that overflow to infinity are not numbers.
-European decimal commas (`3,5`) and space-separated thousands (`1 234`) are not supported.
+Numbers are read with the grammar of `kava.numbers` (`parse_number`, `numbers_in`).
 """
 
 from __future__ import annotations
@@ -25,100 +14,11 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
+from kava.numbers import normalize, numbers_in
+
 ANSWER_PREFIX = "The answer is:"
 
 _GSM8K_MARKER = "####"
-
-# One-to-one character replacements, applied before matching (so offsets do not move).
-_CHAR_MAP = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-", "\u00a0": " ", "\u202f": " "})
-
-_NUMBER_RE = re.compile(
-    r"""
-    (?<![A-Za-z0-9_.])                       # not glued to a word, a digit or a decimal point
-    (?P<sign>[-+])?
-    (?:[$€£¥₹]\s?)?                          # currency symbol
-    (?P<sign2>[-+])?                         # "$-5"
-    (?:
-        (?P<whole>[0-9]+)\ (?P<mnum>[0-9]+)/(?P<mden>[0-9]+)(?![0-9/])   # mixed number 1 1/2
-      | (?P<fnum>[0-9]+)/(?P<fden>[0-9]+)(?![0-9/])                       # fraction 3/4
-      | (?P<dec>
-            [0-9]{1,3}(?:,[0-9]{3})+(?![0-9])(?:\.[0-9]+)?               # 1,234,567.5
-          | [0-9]+(?:\.[0-9]*)?                                          # 3, 3.5, 3.
-          | \.[0-9]+                                                     # .5
-        )
-        (?P<exp>[eE][-+]?[0-9]+)?
-    )
-    (?:\s?%)?
-    """,
-    re.VERBOSE,
-)
-
-
-def _value(m: re.Match) -> float | None:
-    """The value of one number match; None where it is no finite number (x/0, overflow)."""
-    negative = "-" in ((m.group("sign") or "") + (m.group("sign2") or ""))
-    if m.group("dec") is not None:
-        value = float(m.group("dec").replace(",", "") + (m.group("exp") or ""))
-    elif m.group("fnum") is not None:
-        den = int(m.group("fden"))
-        if den == 0:
-            return None
-        value = int(m.group("fnum")) / den
-    else:
-        den = int(m.group("mden"))
-        if den == 0:
-            return None
-        value = int(m.group("whole")) + int(m.group("mnum")) / den
-    if not math.isfinite(value):
-        return None
-    return -value if negative else value
-
-
-def _numbers(text: str) -> list[tuple[int, float]]:
-    """Every number in `text` as (start offset, value), in order."""
-    out = []
-    for m in _NUMBER_RE.finditer(text):
-        try:
-            v = _value(m)
-        except (ValueError, OverflowError):
-            v = None
-        if v is not None:
-            out.append((m.start(), v))
-    return out
-
-
-def parse_number(s) -> float | None:
-    """The number that the whole of `s` denotes, or None.
-
-    `s` may be an int or float (returned as a float when finite; bools are not numbers) or a
-    string that is exactly one number in the grammar of this module, with surrounding
-    whitespace and one trailing period allowed: `"1,234"` → 1234.0, `"$18"` → 18.0,
-    `"25%"` → 25.0, `"-3"` / `"−3"` → -3.0, `"3/4"` → 0.75, `"72."` → 72.0. Text around the
-    number makes it no number: `"72 apples"` → None (use `extract_answer` for free text).
-    """
-    if isinstance(s, bool):
-        return None
-    if isinstance(s, (int, float)):
-        try:
-            v = float(s)
-        except OverflowError:
-            return None
-        return v if math.isfinite(v) else None
-    if not isinstance(s, str):
-        return None
-    t = s.translate(_CHAR_MAP).strip()
-    if t.endswith(".") and not t.endswith(".."):
-        stripped = t[:-1].rstrip()
-        # "3." is a number by itself; only drop the period when what is left still parses.
-        if stripped and _NUMBER_RE.fullmatch(stripped):
-            t = stripped
-    m = _NUMBER_RE.fullmatch(t)
-    if m is None:
-        return None
-    try:
-        return _value(m)
-    except (ValueError, OverflowError):
-        return None
 
 
 def _prefix_regex(prefix: str) -> re.Pattern:
@@ -148,7 +48,7 @@ def extract_answer(text: str, prefix: str = ANSWER_PREFIX) -> float | None:
     """
     if not isinstance(text, str):
         return None
-    text = text.translate(_CHAR_MAP)
+    text = normalize(text)
     if not isinstance(prefix, str):
         prefix = ""
     starts: list[int] = []
@@ -156,7 +56,7 @@ def extract_answer(text: str, prefix: str = ANSWER_PREFIX) -> float | None:
         starts = [m.end() for m in _prefix_regex(prefix).finditer(text)]
     if not starts and _GSM8K_MARKER in text:
         starts = [m.end() for m in re.finditer(re.escape(_GSM8K_MARKER), text)]
-    numbers = _numbers(text)
+    numbers = numbers_in(text)
     if starts:
         offsets = [offset for offset, _ in numbers]
         for start in reversed(starts):

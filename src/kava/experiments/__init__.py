@@ -2,9 +2,10 @@
 
 Public API (every user mistake raises :class:`kava.errors.KavaError`):
 
-* :func:`run_sweep` / :func:`plan_reproduction` / :func:`format_plan` (``kava sweep``,
-  ``kava reproduce --dry-run``); where the seeds run (here, or SLURM jobs through submitit)
-  and :func:`run_status` (``kava sweep --status``) are in :mod:`kava.experiments.launch`
+* :func:`run_sweep` (``kava sweep``); where the seeds run (here, or SLURM jobs through
+  submitit) and :func:`run_status` (``kava sweep --status``) are in :mod:`kava.experiments.launch`
+* :func:`plan_reproduction` / :func:`format_plan` (``kava reproduce --dry-run``'s GPU hours,
+  :mod:`kava.experiments.plan`)
 * :func:`aggregate` / :func:`write_run_summary` (``kava aggregate``)
 * :func:`compare_runs` / :func:`format_comparison` (``kava compare``)
 * :func:`summarize` / :func:`summarize_seeds` / :func:`format_mean_std` (statistics)
@@ -15,9 +16,10 @@ The commands themselves (``kava sweep``, ``aggregate``, ``compare``, ``reproduce
 
 from kava.experiments.aggregate import aggregate, load_run, read_results_file, write_run_summary
 from kava.experiments.compare import compare_runs, format_comparison
-from kava.experiments.stats import format_mean_std, summarize, summarize_seeds
 from kava.experiments.launch import format_status, run_status, subprocess_runner
-from kava.experiments.sweep import format_plan, plan_reproduction, run_sweep
+from kava.experiments.plan import format_plan, plan_reproduction
+from kava.experiments.stats import format_mean_std, summarize, summarize_seeds
+from kava.experiments.sweep import run_sweep
 
 __all__ = [
     "aggregate",

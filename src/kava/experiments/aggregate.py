@@ -27,7 +27,7 @@ Per run, :func:`write_run_summary` writes
       seeds_failed: [...]                # status.yaml says train or eval failed
       datasets:
         gsm8k: {accuracy_mean, accuracy_std, forward_passes_mean, forward_passes_std,
-                n_seeds, seeds}
+                n_seeds, seeds, protocol}    # "greedy", or the sampling parameters in words
 
 * ``summary.csv``: one row per dataset with columns :data:`RUN_SUMMARY_COLUMNS`.
 
@@ -37,6 +37,10 @@ table at ``output`` (``table.csv``) and its siblings ``table.tex`` (booktabs),
 model, training data, then per dataset ``mean ± std`` accuracy and mean forward passes,
 then the number of seeds. A cell whose dataset has fewer seeds than the run shows
 ``(n=K)``; a dataset the run lacks shows ``-``.
+
+Greedy and sampled results (``protocol`` in the results file, kava.evaluation.protocol) never
+share a column: a run whose seeds mix them, or a dataset column that would, is a one-line
+error; a sampled column names its protocol in the header.
 
 A results file that cannot be read (bad YAML, not a mapping, no numeric ``accuracy``
 between 0 and 100) is reported on stderr by path and skipped; it never stops the
@@ -57,11 +61,12 @@ from typing import Any
 import yaml
 
 from kava.errors import KavaError
+from kava.evaluation.protocol import one_protocol, protocol_name
+from kava.evaluation.results import results_files
 from kava.experiments.stats import format_mean_std, format_number, is_number, sort_datasets, summarize_seeds
 from kava.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml
 
 SEED_DIR_RE = re.compile(r"^seed_(\d+)$")
-RESULTS_RE = re.compile(r"^results_(.+)\.ya?ml$")
 
 RUN_SUMMARY_COLUMNS = (
     "dataset",
@@ -125,9 +130,6 @@ def read_results_file(path: str | os.PathLike) -> dict:
     return dict(data)
 
 
-def results_path(seed_dir: str | os.PathLike, dataset: str) -> Path:
-    return Path(seed_dir) / f"results_{dataset}.yaml"
-
 
 def find_seed_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """``(seed, path)`` of every ``seed_<int>/`` folder in ``run_dir``, by seed."""
@@ -182,12 +184,11 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None, warnings: list
         if st:
             status[seed] = {k: st.get(k) for k in ("train", "eval", "error")}
         try:
-            files = sorted(p for p in seed_dir.iterdir() if RESULTS_RE.match(p.name))
+            files = results_files(seed_dir)
         except OSError as e:
             warn(f"skipping unreadable {seed_dir}: {e}", warnings)
             continue
-        for path in files:
-            dataset = RESULTS_RE.match(path.name).group(1)
+        for dataset, path in files:
             try:
                 res = read_results_file(path)
             except ValueError as e:
@@ -269,6 +270,9 @@ def _summarize_loaded(run: dict) -> dict:
     summary["seeds_failed"] = sorted(
         s for s, st in run["status"].items() if "failed" in (st.get("train"), st.get("eval"))
     )
+    for ds, entry in datasets.items():  # one protocol per dataset in a run (kava.evaluation.protocol)
+        entry["protocol"] = one_protocol(((f"seed_{s}", protocol_name(per_seed[s][ds].get("protocol")))
+                                          for s in seeds if ds in per_seed[s]), f"run {run['name']}, dataset {ds},")
     summary["datasets"] = _clean(datasets)
     return summary
 
@@ -345,8 +349,10 @@ def _acc_cell(entry: dict | None, run_n: int, digits: int = 1) -> str:
 def table_rows(summaries: list[dict], datasets: list[str]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (all strings) of the cross-run table, as in ``table.csv``."""
     header = ["run", "model", "train_data"]
-    for ds in datasets:
-        header += [f"{ds} accuracy (%)", f"{ds} forward passes"]
+    for ds in datasets:  # a sampled column says so (aggregate() has checked that it holds one protocol)
+        protocol = next((s["datasets"][ds].get("protocol") for s in summaries if ds in s["datasets"]), None)
+        label = ds if protocol in (None, "greedy") else f"{ds} [{protocol}]"
+        header += [f"{label} accuracy (%)", f"{label} forward passes"]
     header.append("n_seeds")
     rows = []
     for s in summaries:
@@ -502,6 +508,9 @@ def aggregate(experiments_dir: str | os.PathLike, output: str | os.PathLike | No
         print(f"note: run {name} has no results yet; left out of the table", file=sys.stderr)
 
     datasets = sort_datasets(ds for s in summaries for ds in s["datasets"])
+    for ds in datasets:
+        one_protocol(((f"run {s['run_name']}", s["datasets"][ds]["protocol"]) for s in summaries if ds in s["datasets"]),
+                     f"the {ds} column")
     header, rows = table_rows(summaries, datasets)
     paths = _table_paths(output if output is not None else experiments_dir / "table.csv")
     markdown = render_markdown(header, rows)

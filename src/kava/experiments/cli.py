@@ -113,33 +113,57 @@ def _add_eval_options(p) -> None:
                    "Default: one after another with the environment as it is")
 
 
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = _nonneg_int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def launcher_flags() -> list[tuple[str, str, dict]]:
+    """(field, flag, add_argument keywords) for every field of `kava.config.LauncherConfig`: the
+    flag is the field's name with dashes; a list field's flag is repeatable and in the singular;
+    the type, the lowest value, the help and the default come from the schema."""
+    from typing import get_args, get_origin
+
+    from kava.config import LauncherConfig
+
+    out = []
+    for name, field in LauncherConfig.model_fields.items():
+        kinds = [t for t in get_args(field.annotation) or (field.annotation,) if t is not type(None)]
+        extra = field.json_schema_extra or {}
+        repeated = get_origin(field.annotation) is list
+        kwargs: dict = {"dest": name, "help": field.description}
+        if field.default not in (None, []):
+            kwargs["help"] += f" (default {field.default})"
+        if repeated:
+            kwargs.update(action="append", help=kwargs["help"] + "; repeatable")
+        elif kinds == [int]:
+            low = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), None)
+            kwargs["type"] = _at_least(low) if low is not None else int
+        elif kinds == [float]:
+            kwargs["type"] = float
+        flag = "--" + (name[:-1] if repeated and name.endswith("s") else name).replace("_", "-")
+        kwargs["metavar"] = extra.get("metavar") or ("N" if "type" in kwargs else flag[2:].upper())
+        out.append((name, flag, kwargs))
+    return out
+
+
 def _add_launcher_options(p) -> None:
+    from kava.experiments.launch import LAUNCHERS
+
     g = p.add_argument_group(
         "cluster jobs (--launcher slurm; defaults from the config's launcher: section, see docs/cluster.md)")
-    g.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+    g.add_argument("--launcher", choices=LAUNCHERS, default="local",
                    help="local: run the seeds here (default); slurm: one submitit job per seed, in one job array; "
                    "submitit-local: the same jobs through submitit's local executor, on this machine")
-    g.add_argument("--partition", help="SLURM partition")
-    g.add_argument("--account", help="SLURM account")
-    g.add_argument("--time", metavar="LIMIT", help="time limit per job: minutes or [D-]HH:MM:SS (default 24:00:00)")
-    g.add_argument("--gpus-per-job", type=_nonneg_int, metavar="N", help="GPUs per job (default 1)")
-    g.add_argument("--cpus-per-job", type=_positive_int, metavar="N", help="CPUs per job (default 8)")
-    g.add_argument("--mem-gb", type=float, metavar="GB", help="memory per job (default: the partition's)")
-    g.add_argument("--constraint", help="node features, e.g. a100")
-    g.add_argument("--qos", help="quality of service")
-    g.add_argument("--sbatch-arg", action="append", dest="sbatch_args", metavar="--KEY=VALUE",
-                   help="another sbatch flag (repeatable), e.g. --sbatch-arg=--exclusive")
-    g.add_argument("--setup", action="append", metavar="LINE",
-                   help="a shell line each job runs first (repeatable), e.g. --setup 'module load cuda'")
-    g.add_argument("--array-parallelism", type=_positive_int, metavar="N", help="jobs of the array running at once")
-    g.add_argument("--max-requeues", type=_nonneg_int, metavar="N",
-                   help="requeues after time limits before a job counts as failed (default 3)")
+    for _, flag, kwargs in launcher_flags():
+        g.add_argument(flag, **kwargs)
     g.add_argument("--wait", action="store_true",
                    help="wait for the jobs and print the summary (default: submit, print the job ids, return)")
-
-
-_LAUNCHER_FLAGS = ("partition", "account", "time", "gpus_per_job", "cpus_per_job", "mem_gb", "constraint", "qos",
-                   "sbatch_args", "setup", "array_parallelism", "max_requeues")
 
 
 def _launcher_args(args) -> list[str]:
@@ -147,11 +171,10 @@ def _launcher_args(args) -> list[str]:
     if args.launcher == "local":
         return []
     out = ["--launcher", args.launcher]
-    for key in _LAUNCHER_FLAGS:
-        value = getattr(args, key, None)
+    for name, flag, _ in launcher_flags():
+        value = getattr(args, name, None)
         for v in (value if isinstance(value, list) else [value] if value is not None else []):
-            flag = "sbatch-arg" if key == "sbatch_args" else key.replace("_", "-")
-            out.append(f"--{flag}={shlex.quote(str(v))}")
+            out.append(f"{flag}={shlex.quote(str(v))}")
     if args.wait:
         out.append("--wait")
     return out
@@ -159,17 +182,13 @@ def _launcher_args(args) -> list[str]:
 
 def launcher_config(config_path, args):
     """The config's ``launcher:`` section with the command line's flags on top, validated."""
-    from kava.config import LauncherConfig
-    from kava.experiments.sweep import load_config
     from pydantic import ValidationError
 
-    try:
-        section = load_config(config_path)[0].get("launcher") or {}
-    except KavaError:
-        section = {}  # (--eval-only without the config: the flags alone)
-    if not isinstance(section, dict):
-        raise KavaError(f"{config_path}: launcher: must be a mapping (see docs/cluster.md)")
-    flags = {k: getattr(args, k) for k in _LAUNCHER_FLAGS if getattr(args, k, None) is not None}
+    from kava.config import LauncherConfig, load_config
+
+    # (--eval-only without the config file: the flags alone)
+    section = load_config(config_path).launcher.model_dump() if Path(config_path).is_file() else {}
+    flags = {name: getattr(args, name) for name, _, _ in launcher_flags() if getattr(args, name, None) is not None}
     try:
         return LauncherConfig.model_validate({**section, **flags})
     except ValidationError as err:
@@ -451,7 +470,7 @@ def default_paper_configs() -> list[Path]:
 
 
 def _cmd_reproduce(args) -> int:
-    from kava.experiments.sweep import format_plan, plan_reproduction
+    from kava.experiments.plan import format_plan, plan_reproduction
 
     _split_overrides(args)
     configs = [Path(c) for c in args.configs] if args.configs else default_paper_configs()

@@ -8,7 +8,9 @@
   fewer than 2 seeds on either side, or zero variance on both sides, ``t`` and ``p`` are
   ``None`` and ``welch_note`` says why.
 
-Each row also carries a one-line ``verdict`` combining both.
+Each row also carries a one-line ``verdict`` combining both. Two runs (or two seeds) evaluated
+under different protocols — greedy and sampled, or two sampling settings — are not compared: a
+one-line error (kava.evaluation.protocol).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import warnings as _warnings
 from pathlib import Path
 
 from kava.errors import KavaError
+from kava.evaluation.protocol import one_protocol, protocol_name
 from kava.experiments.aggregate import find_seed_dirs, load_run
 from kava.experiments.stats import format_mean_std, sort_datasets, summarize
 
@@ -117,6 +120,10 @@ def compare_runs(
     runs that share no dataset.
     """
     run_a, run_b = _load(run_a_dir), _load(run_b_dir)
+    for ds in set(_accuracies(run_a)) & set(_accuracies(run_b)):  # one protocol in a comparison
+        one_protocol(((f"run {run['name']} seed {seed}", protocol_name(per[ds].get("protocol")))
+                      for run in (run_a, run_b) for seed, per in sorted(run["per_seed"].items()) if ds in per),
+                     f"comparing {ds}")
     acc_a, acc_b = _accuracies(run_a), _accuracies(run_b)
     common = sort_datasets(set(acc_a) & set(acc_b))
     if not common:

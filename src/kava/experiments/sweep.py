@@ -1,4 +1,4 @@
-"""Run one config over several seeds, resiliently, and estimate what a reproduction costs.
+"""Run one config over several seeds, resiliently (what that costs: `kava.experiments.plan`).
 
 :func:`run_sweep` lays out ``<output_dir>/<run-name>/seed_<s>/`` and, per seed, runs
 
@@ -15,8 +15,8 @@ Resuming: the results files are the source of truth. A seed with a readable resu
 for every requested dataset is skipped (its ``status.yaml`` is set to done); otherwise
 training runs only if ``checkpoint-final/`` is missing (with ``--resume`` when an
 interrupted training left ``checkpoint-<step>/`` folders, so it continues from the last
-one) and evaluation runs only for the datasets whose results are missing or unreadable. So re-running the same command retries
-exactly what is missing or failed.
+one) and evaluation runs only for the datasets whose results are missing or unreadable. So
+re-running the same command retries exactly what is missing or failed.
 
 ``SEEDDIR/status.yaml``::
 
@@ -43,27 +43,28 @@ After every seed the run's summary files are rewritten (see
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
-import math
-import copy
 import os
 import re
 import shlex
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from huggingface_hub import constants as hub_constants
 
-from kava.config import LauncherConfig
+from kava.config import KavaConfig, LauncherConfig, load_config
+from kava.data.eval_sets import SYNTHETIC_TEST, check_eval_dataset
+from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
+from kava.evaluation.results import dataset_key, results_file
 from kava.experiments.aggregate import (
     read_results_file,
     read_yaml_mapping,
-    results_path,
     write_run_summary,
     write_yaml_readable,
 )
@@ -157,13 +158,6 @@ def _is_dataset_file(name: str) -> bool:
     return name.lower().endswith(".jsonl")
 
 
-def dataset_key(name: str) -> str:
-    """The ``<key>`` of ``results_<key>.yaml`` that ``kava evaluate`` writes for a dataset:
-    its name, or a ``.jsonl`` file's stem (as ``kava evaluate`` names it)."""
-    if _is_dataset_file(name):
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem) or "dataset"
-    return name
-
 
 def _validate_datasets(datasets: Any, required: bool) -> list[str]:
     """Dataset names (``gsm8k``) or ``.jsonl`` files (made absolute: the sweep may be
@@ -200,46 +194,38 @@ def _validate_run_name(name: str) -> str:
     return name
 
 
-def _get(d: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    """``_get(cfg, "model.name")``: nested lookup, falling back to a literal dotted key."""
-    cur: Any = d
-    for part in dotted.split("."):
-        if isinstance(cur, Mapping) and part in cur:
-            cur = cur[part]
-        else:
-            return d.get(dotted, default) if isinstance(d, Mapping) else default
-    return default if cur is None else cur
+def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[KavaConfig, str]:
+    """The config with the overrides, as `kava train` reads it (`kava.config.load_config`: an
+    unknown key or a bad value is a KavaError here, before any seed runs), and the sha256 of
+    the file's bytes."""
+    cfg = load_config(path, overrides)
+    return cfg, hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _as_dict(config: Any) -> dict:
-    if hasattr(config, "model_dump"):  # a pydantic config object
-        config = config.model_dump()
-    if not isinstance(config, Mapping):
-        raise KavaError(f"config must be a mapping, found {type(config).__name__}")
-    return dict(config)
+def _eval_source(eval_args: Sequence[str]) -> str:
+    """The evaluation sets' source `kava evaluate` will use with these arguments (its default:
+    hub, or offline under HF_HUB_OFFLINE=1; kava.evaluation.cli.default_source)."""
+    args = list(eval_args)
+    if "--source" in args[:-1]:
+        return args[args.index("--source") + 1]
+    return "offline" if hub_constants.HF_HUB_OFFLINE else "hub"
 
 
-def load_config(path: str | os.PathLike) -> tuple[dict, str]:
-    """Read a YAML config as a plain dict; also return the sha256 of its bytes."""
-    p = Path(path)
-    if not p.is_file():
-        raise KavaError(f"config file not found: {p}")
-    try:
-        raw = p.read_bytes()
-        data = yaml.safe_load(raw.decode("utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise KavaError(f"cannot read config {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return _as_dict(data), hashlib.sha256(raw).hexdigest()
-
-
-def _override_value(overrides: Sequence[str], key: str) -> str | None:
-    """Value of ``key=VALUE`` (or ``--key=VALUE``) among the overrides, last one wins."""
-    value = None
-    for tok in overrides:
-        k, sep, v = str(tok).lstrip("-").partition("=")
-        if sep and k == key:
-            value = v
-    return value
+def check_before_training(cfg: KavaConfig | None, config: Path, datasets: Sequence[str],
+                          eval_args: Sequence[str]) -> None:
+    """Everything a seed's `kava train` and `kava evaluate` would refuse that can be checked
+    before the first step (KavaError), beyond the config itself (`read_config`): training data
+    read from disk (offline, local, synthetic; a hub set is checked when it loads), and each
+    evaluation set's name (and an offline set's or a .jsonl file's content). cfg None: no training."""
+    if cfg is not None and cfg.data.source != "hub":
+        load_training_examples(cfg.data)
+    source = _eval_source(eval_args)
+    for name in datasets:
+        if name != SYNTHETIC_TEST:
+            check_eval_dataset(name, source)
+        elif cfg is not None and cfg.data.source != "synthetic":
+            raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of the synthetic task, and {config} "
+                            f"trains on {cfg.data.dataset}")
 
 
 # ------------------------------------------------------------------------ the sweep
@@ -290,7 +276,7 @@ class _Sweep:
         write_yaml_readable(seed_dir / STATUS_FILE, status)
 
     def _results_ok(self, seed_dir: Path, dataset: str) -> bool:
-        path = results_path(seed_dir, dataset_key(dataset))
+        path = results_file(seed_dir, dataset)
         if not path.is_file():
             return False
         try:
@@ -398,7 +384,8 @@ class _Sweep:
             err = (f"evaluation exited 0 but wrote no readable results for {', '.join(still)}; "
                    f"see {seed_dir / EVAL_LOG}")
         elif err is not None and still != missing:
-            err += f"\n(results written for {', '.join(d for d in missing if d not in still)}; missing: {', '.join(still)})"
+            written = ", ".join(d for d in missing if d not in still)
+            err += f"\n(results written for {written}; missing: {', '.join(still)})"
         if err is not None:
             status.update(eval="failed", error=err)
             self._say(seed, device, f"FAILED: {err.splitlines()[0]}")
@@ -431,7 +418,8 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _update_run_yaml(run_dir: Path, *, run_name: str, config: Path, sha: str | None, cfg: dict, seeds: list[int],
+def _update_run_yaml(run_dir: Path, *, run_name: str, config: Path, sha: str | None, cfg: KavaConfig | None,
+                     seeds: list[int],
                      datasets: list[str], overrides: list[str], eval_args: list[str], check: bool) -> dict:
     path = run_dir / RUN_FILE
     old = read_yaml_mapping(path)
@@ -445,8 +433,8 @@ def _update_run_yaml(run_dir: Path, *, run_name: str, config: Path, sha: str | N
             raise KavaError(
                 f"{run_dir} was started with overrides {list(old.get('overrides') or [])}, not {list(overrides)}; "
                 f"pass the same overrides, another run name, or delete {path}")
-    model = _override_value(overrides, "model.name") or _get(cfg, "model.name")
-    data = _override_value(overrides, "data.dataset") or _get(cfg, "data.dataset")
+    model = cfg.model.name if cfg is not None else None
+    data = cfg.data.dataset if cfg is not None else None
     all_seeds = list(old.get("seeds") or []) if isinstance(old.get("seeds"), list) else []
     all_seeds += [s for s in seeds if s not in all_seeds]
     all_ds = list(old.get("datasets") or []) if isinstance(old.get("datasets"), list) else []
@@ -523,12 +511,13 @@ def run_sweep(
 
     if eval_only:
         try:
-            cfg, sha = load_config(config)
+            cfg, sha = read_config(config, overrides)
         except KavaError:
-            cfg, sha = {}, None  # the config is not needed to evaluate existing checkpoints
+            cfg, sha = None, None  # the config is not needed to evaluate existing checkpoints
     else:
-        cfg, sha = load_config(config)
+        cfg, sha = read_config(config, overrides)
         config = config.resolve()
+    check_before_training(None if eval_only else cfg, config, ds_list, eval_args)
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -566,211 +555,3 @@ def run_sweep(
             "n_failed": len(failed),
             "summary": summary,
         }
-
-
-# ------------------------------------------------------------------ reproduction plan
-
-# Rough estimates, documented as such: the point is the order of magnitude (hours vs
-# days), not a schedule. Every token a training step processes is priced as one
-# forward+backward token (the teacher's pass runs with gradient, SPEC.md §3; so do the
-# student's passes, SPEC.md §2). Per training example (method kava):
-#
-#   teacher tokens  = avg_tokens                       (Q + CoT + P + A)
-#   student tokens  = question_tokens + (T + 1) * M + ANSWER_PASS_TOKENS
-#                     (pass 0 over Q + <bot> + M latents, T Jacobi passes over the M
-#                      latents, then <eot> + P + A; latent.mode sequential: M, one a pass)
-#   tokens/example  = teacher + student   (method cot: teacher only; direct: Q + P + A)
-#   train_tokens    = epochs * rows * tokens/example
-#                     (with train.max_steps set: max_steps * global_batch_size replaces epochs * rows)
-#   gpu_hours       = train_tokens / (TOKENS_PER_SECOND_1B / params_in_billions) / 3600
-#
-# with T = latent.num_iterations and M = latent.num_latents. Evaluation is not included
-# (minutes per dataset). Short latent passes run below peak throughput, which the
-# throughput constant is meant to absorb.
-
-#: Training throughput (tokens/s, forward+backward, bf16 weights, LoRA) of a 1B-parameter
-#: model on one A100-80GB / H100; assumed to scale as 1 / parameter count.
-TOKENS_PER_SECOND_1B = 20_000.0
-#: Tokens of the student's last pass: ``<eot>`` + ``The answer is:`` + the answer + EOS.
-ANSWER_PASS_TOKENS = 12
-#: Training rows of known datasets, keyed by the last part of ``data.dataset`` lowercased
-#: (GSM8k-Aug and GSM8k-Aug-NL: 385,620; the offline GSM8k train sets: 7,473).
-#: ``synthetic`` reads ``data.synthetic.num_train`` instead.
-DATASET_ROWS = {
-    "gsm8k-aug": 385_620,
-    "gsm8k-aug-nl": 385_620,
-    "gsm8k-train-equations": 7_473,
-    "gsm8k-train-nl": 7_473,
-    "gsm8k": 7_473,
-}
-#: Average tokens per training example (question + chain of thought + answer).
-DATASET_AVG_TOKENS = {
-    "gsm8k-aug": 120,
-    "gsm8k-aug-nl": 200,
-    "gsm8k-train-equations": 150,
-    "gsm8k-train-nl": 200,
-    "gsm8k": 200,
-    "synthetic": 60,
-}
-#: Average question tokens (GSM8k-style questions: about 60 tokens).
-DATASET_QUESTION_TOKENS = {"synthetic": 20}
-DEFAULT_QUESTION_TOKENS = 60
-#: Rows of ``data.dataset: synthetic`` when ``data.synthetic.num_train`` is not set.
-DEFAULT_SYNTHETIC_ROWS = 20_000
-DEFAULT_ROWS = 385_620
-DEFAULT_AVG_TOKENS = 150
-DEFAULT_EPOCHS = 10
-DEFAULT_NUM_LATENTS = 24
-DEFAULT_NUM_ITERATIONS = 3
-DEFAULT_GLOBAL_BATCH_SIZE = 128
-#: Model size assumed when none can be read from the config or the model name.
-DEFAULT_PARAMS_B = 1.0
-
-_SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
-
-
-def model_params_b(name: str | None) -> float | None:
-    """Parameters in billions read from a model name: ``"Llama-3.2-1B-Instruct"`` -> 1.0."""
-    if not name:
-        return None
-    found = _SIZE_RE.findall(str(name).split("/")[-1])
-    if not found:
-        return None
-    num, unit = found[-1]
-    value = float(num) / (1000.0 if unit.lower() == "m" else 1.0)
-    return value if value > 0 else None
-
-
-def _dataset_key(name: str | None) -> str:
-    return str(name or "").split("/")[-1].strip().lower().replace("_", "-")
-
-
-def _positive(value: Any, what: str, label: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise KavaError(f"{label}: {what} must be a number, found {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise KavaError(f"{label}: {what} must be positive, found {value!r}")
-    return v
-
-
-def plan_reproduction(configs: Iterable[Any], seeds: Iterable[int] | int) -> list[dict]:
-    """Estimated training GPU hours per config (for ``kava reproduce --dry-run``).
-
-    ``configs``: YAML paths, plain dicts or config objects with ``model_dump()`` (keys
-    read with defaults: ``model.name``, ``model.params_b``, ``data.dataset``,
-    ``data.num_rows``, ``data.max_train_examples``, ``data.synthetic.num_train``,
-    ``data.avg_tokens``, ``train.epochs``, ``train.max_steps``, ``train.global_batch_size``,
-    ``latent.num_latents``,
-    ``latent.num_iterations``). A dict's label is its ``name`` or ``run_name``. ``seeds``: the seeds (or how many). See the formula and
-    constants above; all numbers are rough estimates on one A100/H100.
-    """
-    seed_list = validate_seeds(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) \
-        else validate_seeds(seeds)
-    plan = []
-    for i, c in enumerate(configs):
-        if isinstance(c, (str, os.PathLike)):
-            cfg, _ = load_config(c)
-            label = str(c)
-        else:
-            cfg = _as_dict(c)
-            label = str(cfg.get("name") or cfg.get("run_name") or f"config[{i}]")
-        notes = []
-        model = _get(cfg, "model.name", "?")
-        params = _get(cfg, "model.params_b")
-        if params is not None:
-            params = _positive(params, "model.params_b", label)
-        else:
-            params = model_params_b(model)
-            if params is None:
-                params = DEFAULT_PARAMS_B
-                notes.append(f"model size unknown, assumed {DEFAULT_PARAMS_B:g}B")
-        dataset = _get(cfg, "data.dataset", "?")
-        key = _dataset_key(dataset)
-        rows = _get(cfg, "data.num_rows")
-        if rows is not None:
-            rows = _positive(rows, "data.num_rows", label)
-        else:
-            if key == "synthetic":
-                rows = _positive(_get(cfg, "data.synthetic.num_train", DEFAULT_SYNTHETIC_ROWS),
-                                 "data.synthetic.num_train", label)
-            else:
-                rows = DATASET_ROWS.get(key)
-            if rows is None:
-                rows = DEFAULT_ROWS
-                notes.append(f"dataset size unknown, assumed {DEFAULT_ROWS:,} rows")
-            for cap_key in ("data.max_train_examples", "data.max_train_samples"):
-                cap = _get(cfg, cap_key)
-                if cap is not None:
-                    rows = min(rows, _positive(cap, cap_key, label))
-        avg = _get(cfg, "data.avg_tokens")
-        avg = _positive(avg, "data.avg_tokens", label) if avg is not None else DATASET_AVG_TOKENS.get(key, DEFAULT_AVG_TOKENS)
-        epochs = _positive(_get(cfg, "train.epochs", DEFAULT_EPOCHS), "train.epochs", label)
-        iters = _get(cfg, "latent.num_iterations", DEFAULT_NUM_ITERATIONS)
-        iters = 0 if iters == 0 else int(_positive(iters, "latent.num_iterations", label))
-        latents = int(_positive(_get(cfg, "latent.num_latents", DEFAULT_NUM_LATENTS), "latent.num_latents", label))
-        max_steps = _get(cfg, "train.max_steps")
-        if max_steps is not None:  # optimizer steps override epochs, as in training
-            batch = _positive(_get(cfg, "train.global_batch_size", DEFAULT_GLOBAL_BATCH_SIZE),
-                              "train.global_batch_size", label)
-            examples_seen = _positive(max_steps, "train.max_steps", label) * batch
-        else:
-            examples_seen = epochs * rows
-        question = float(DATASET_QUESTION_TOKENS.get(key, DEFAULT_QUESTION_TOKENS))
-        method = str(_get(cfg, "train.method", "kava"))
-        if method == "cot":
-            per_example = avg
-        elif method == "direct":
-            per_example = question + ANSWER_PASS_TOKENS
-        else:  # the latent block is run T + 1 times in parallel (jacobi), or once, a latent a pass (sequential)
-            blocks = 1 if _get(cfg, "latent.mode", "jacobi") == "sequential" else iters + 1
-            per_example = avg + question + blocks * latents + ANSWER_PASS_TOKENS
-        train_tokens = examples_seen * per_example
-        tokens_per_s = TOKENS_PER_SECOND_1B / params
-        per_seed = train_tokens / tokens_per_s / 3600.0
-        plan.append({
-            "config": label,
-            "model": str(model),
-            "params_b": params,
-            "dataset": str(dataset),
-            "rows": int(rows),
-            "avg_tokens": float(avg),
-            "epochs": epochs,
-            "examples_seen": examples_seen,
-            "num_latents": latents,
-            "num_iterations": iters,
-            "method": method,
-            "tokens_per_example": per_example,
-            "train_tokens": train_tokens,
-            "tokens_per_second": tokens_per_s,
-            "gpu_hours_per_seed": per_seed,
-            "seeds": seed_list,
-            "n_seeds": len(seed_list),
-            "gpu_hours": per_seed * len(seed_list),
-            "notes": notes,
-        })
-    if not plan:
-        raise KavaError("no configs given")
-    return plan
-
-
-def format_plan(plan: list[dict]) -> str:
-    """A readable table of :func:`plan_reproduction`'s output, with the total."""
-    header = ["config", "model", "dataset", "epochs", "T", "GPU h/seed", "seeds", "GPU h"]
-    rows = [header]
-    for p in plan:
-        rows.append([p["config"], p["model"], p["dataset"], f"{p['epochs']:g}", str(p["num_iterations"]),
-                     f"{p['gpu_hours_per_seed']:.1f}", str(p["n_seeds"]), f"{p['gpu_hours']:.1f}"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = []
-    for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    total = sum(p["gpu_hours"] for p in plan)
-    lines.append(f"total: about {total:.0f} GPU hours on one A100/H100 (rough estimate; training only)")
-    for p in plan:
-        for n in p["notes"]:
-            lines.append(f"note ({p['config']}): {n}")
-    return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@
 Questions are left-padded and positions follow the mask, so a batch gives the answers
 of batch size 1. A model call counts once for each example still running in it;
 finished examples are dropped from the batch and the cache instead of being decoded on.
-Generated tokens include the final EOS when the model emits one.
+Generated tokens include the final EOS when the model emits one. Decoding is greedy, or sampled
+(`kava.inference.sampling`): only generated tokens are sampled, never the latent passes.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass, field
 import torch
 
 from kava.data.sequences import SequenceBuilder
+from kava.inference.latent_control import controlled_latents
+from kava.inference.sampling import Sampler, Sampling
 from kava.model.cache import select_batch
 from kava.model.kava_model import KavaModel
 from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
-from kava.inference.latent_control import controlled_latents
 
 MODES = ("latent", "cot", "direct")
 DEFAULT_MAX_NEW_TOKENS = {"latent": 16, "direct": 16, "cot": 256}
@@ -42,21 +44,13 @@ class Generation:
         return len(self.token_ids)
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def _greedy(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    return logits.argmax(-1)
 
 
-def _decode_loop(model, cache, mask, logits, passes, max_new_tokens, eos_ids, temperature, top_p, generator):
-    """Greedy/sampled decoding of every example until EOS or the budget; returns token lists.
+def _decode_loop(model, cache, mask, logits, passes, max_new_tokens, eos_ids, pick):
+    """Decoding of every example until EOS or the budget, `pick(logits, rows)` choosing each
+    running example's next token (greedy, or a `Sampler`); returns token lists.
 
     Per step: one host read of the picked tokens (not one per example), and the next
     position is the previous one + 1 instead of a cumulative sum over the whole mask."""
@@ -64,7 +58,7 @@ def _decode_loop(model, cache, mask, logits, passes, max_new_tokens, eos_ids, te
     tokens: list[list[int]] = [[] for _ in range(B)]
     running = list(range(B))
     position = mask.sum(-1, keepdim=True) - 1  # [B, 1]: the last real token's position
-    nxt = _pick(logits, temperature, top_p, generator)
+    nxt = pick(logits, running)
     while True:
         keep = []
         for j, (b, t) in enumerate(zip(running, nxt.tolist())):
@@ -88,7 +82,7 @@ def _decode_loop(model, cache, mask, logits, passes, max_new_tokens, eos_ids, te
         )
         for b in running:
             passes[b] += 1
-        nxt = _pick(out.logits[:, -1], temperature, top_p, generator)
+        nxt = pick(out.logits[:, -1], running)
 
 
 def stop_token_ids(model: KavaModel, builder: SequenceBuilder) -> set[int]:
@@ -110,9 +104,9 @@ def generate(
     questions: list[str],
     mode: str = "latent",
     max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    sampling: Sampling | None = None,
+    sample_keys: list[int] | None = None,
+    sample: int = 0,
     return_latents: bool = False,
     ignore_eos: bool = False,
     latent_control: str | None = None,
@@ -120,7 +114,11 @@ def generate(
     steps: list[list[str]] | None = None,
     teacher_settings: dict | None = None,
 ) -> list[Generation]:
-    """ignore_eos: decode exactly max_new_tokens (speed benchmarks of untrained models).
+    """Greedy, or with `sampling` (kava.inference.sampling) sampled: each question's stream is
+    seeded by (sampling.seed, `sample`, its `sample_keys` entry; default its position here), so its
+    tokens do not depend on the rest of the batch. Latent passes are never sampled.
+
+    ignore_eos: decode exactly max_new_tokens (speed benchmarks of untrained models).
 
     latent_control (latent mode): answer with latents other than the question's own —
     "shuffled" (`donors`: the question whose latents each one gets), "pass0" (T = 0) or
@@ -176,7 +174,14 @@ def generate(
     for b in range(len(questions)):
         passes[b] += 1
     eos_ids = set() if ignore_eos else stop_token_ids(model, builder)
-    tokens = _decode_loop(model, cache, mask, out.logits[:, -1], passes, max_new, eos_ids, temperature, top_p, generator)
+    if sampling is not None:
+        keys = list(range(len(questions))) if sample_keys is None else list(sample_keys)
+        if len(keys) != len(questions):
+            raise ValueError(f"sample_keys has {len(keys)} entries for {len(questions)} questions")
+        pick = Sampler(sampling, keys, sample)
+    else:
+        pick = _greedy
+    tokens = _decode_loop(model, cache, mask, out.logits[:, -1], passes, max_new, eos_ids, pick)
     tok = builder.tok
     return [
         Generation(

@@ -22,29 +22,18 @@ near 0 when the answer ignores which latents it gets (SPEC.md §2; docs/quality.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from kava.model.cache import KV, cache_from_kv, kv_of, slice_kv
+from kava.data.train_sets import ReasoningExample
 from kava.model.kava_model import KavaModel
-from kava.model.positions import positions_for_new
+from kava.model.latents import LatentState, latent_positions, selections_state, with_latent_kv
 from kava.model.rope import move_keys
-from kava.model.student import LatentState, run_latents
+from kava.model.student import run_latents
+from kava.model.teacher import teacher_forward
 
 CONTROLS = ("shuffled", "pass0", "teacher")
-
-
-def latent_positions(state: LatentState, num_latents: int) -> torch.Tensor:
-    """[B, M] position ids of the latent slots."""
-    return positions_for_new(state.mask, num_latents)
-
-
-def with_latent_kv(model: KavaModel, state: LatentState, latent_kv: KV) -> LatentState:
-    """`state` with its latent keys and values replaced (the question's cache is kept)."""
-    Lq = state.mask.shape[1] - model.num_latents
-    prefix = slice_kv(kv_of(state.cache), 0, Lq)
-    kv = [(torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(prefix, latent_kv)]
-    return LatentState(cache=cache_from_kv(kv, model.config), mask=state.mask, hidden=state.hidden,
-                       latent_kv=latent_kv, passes=state.passes, inputs=state.inputs)
 
 
 def shuffled_state(model: KavaModel, state: LatentState, donor: LatentState) -> LatentState:
@@ -59,11 +48,6 @@ def teacher_state(model: KavaModel, builder, state: LatentState, questions: list
                   steps: list[list[str]], compression: str = "rkv", lam: float = 0.1,
                   move: bool = False) -> LatentState:
     """The teacher's compressed CoT keys/values in place of the latents (see the module docstring)."""
-    import dataclasses
-
-    from kava.data.train_sets import ReasoningExample
-    from kava.model.teacher import teacher_forward
-
     M = model.num_latents
     # Q + C + P: the answer is not given (its tokens are dropped after encoding)
     items = [dataclasses.replace(builder.encode(ReasoningExample(q, tuple(s), "0")), a=[], codi_shift=0)
@@ -73,21 +57,6 @@ def teacher_state(model: KavaModel, builder, state: LatentState, questions: list
     teacher = teacher_forward(model, batch, budget=M, lam=lam, method=compression, with_ce=False,
                               generator=torch.Generator(device=model.device).manual_seed(0))
     return selections_state(model, state, teacher.selections, move)
-
-
-def selections_state(model: KavaModel, state: LatentState, selections, move: bool = False) -> LatentState:
-    """`state` with the teacher's R-KV selections (per layer) in its latent slots (detached); slots
-    a short CoT leaves empty keep the student's own latents. move: keys moved to the latent positions
-    (the teacher's batch is right-padded, so a CoT token's position is its index)."""
-    dst = latent_positions(state, model.num_latents)
-    kv = []
-    for (ks, vs), sel in zip(state.latent_kv, selections, strict=True):
-        keys = sel.keys.detach()
-        if move:
-            keys = move_keys(model.backbone, keys, sel.positions, dst[:, None, :].expand_as(sel.positions))
-        valid = sel.slot_mask[..., None]
-        kv.append((torch.where(valid, keys.to(ks.dtype), ks), torch.where(valid, sel.values.detach().to(vs.dtype), vs)))
-    return with_latent_kv(model, state, kv)
 
 
 def controlled_latents(model: KavaModel, builder, q_ids: torch.Tensor, q_mask: torch.Tensor, control: str | None,

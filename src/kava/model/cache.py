@@ -73,10 +73,6 @@ class LMOutput:
                    attentions=getattr(out, "attentions", None), past_key_values=cache)
 
 
-def new_cache(config) -> DynamicCache:
-    return DynamicCache(config=config)
-
-
 def cache_from_kv(kv: KV, config) -> DynamicCache:
     """A fresh cache holding the given per-layer (keys, values); the tensors are shared, not copied."""
     cache = DynamicCache(config=config)
@@ -125,7 +121,8 @@ def pass_cache(kv: KV | None, config) -> DynamicCache:
     one pass only: continue from `cache_from_kv(kv_of(cache), config)`.
     """
     cache = DynamicCache(config=config)
-    if (kv is not None and len(kv) != len(cache.layers)) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+    if (kv is not None and len(kv) != len(cache.layers)) or any(
+            type(layer) is not DynamicLayer for layer in cache.layers):
         return cache_from_kv(kv, config) if kv is not None else cache  # sliding-window layers: plain cache
     cache.layers = [_PassLayer(*kv[i]) if kv is not None else _PassLayer() for i in range(len(cache.layers))]
     return cache
@@ -139,10 +136,6 @@ def kv_of(cache: DynamicCache) -> KV:
 def slice_kv(kv: KV, start: int, end: int | None = None) -> KV:
     """Positions [start:end) of every layer."""
     return [(k[:, :, start:end], v[:, :, start:end]) for k, v in kv]
-
-
-def seq_length(cache: DynamicCache) -> int:
-    return cache.get_seq_length()
 
 
 def select_batch(cache: DynamicCache, indices: torch.Tensor) -> None:

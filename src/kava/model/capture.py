@@ -1,4 +1,5 @@
-"""Capture the teacher's attention importance without materialising attention maps (SPEC.md §4).
+"""Capture the teacher's attention importance without materialising attention maps
+(docs/algorithm.md §4); keep padding rows finite.
 
 R-KV's importance needs the teacher's attention probabilities from the `P + A` query
 rows to every key. Asking transformers for `output_attentions` forces eager attention
@@ -11,6 +12,22 @@ importance read from the full eager attention map; `tests/test_capture.py` check
 
 Sliding-window attention and logit soft-capping are not modelled here (Llama and Qwen2
 use neither in their standard configurations).
+
+Every kava backbone goes through these wrappers (`kava.model.load.load_backbone` installs
+them), for two more reasons than the capture:
+
+- flash attention 2 is wrapped under its own name: transformers loads its kernels by the
+  name `flash_attention_2`, and takes any other name containing "flash" for a hub kernel
+  to download (`ValueError: Could not find the currently requested flash attention
+  implementation`). The wrapper replaces the registered function for every model of the
+  process; outside a capture it only calls the original.
+- sdpa and eager run under `kava_capture_<name>`, whose mask function unmasks the query
+  rows that may attend to no key (left padding: a padding token sees only padding). Since
+  transformers 5 no longer does it for SDPA, a kernel that returns NaN for such rows
+  (reported with torch 2.13 on recent NVIDIA GPUs; CPU kernels return 0) would put NaN in
+  the padding's keys and values, and `0 · NaN` in the attention of every real token of
+  the example. Unmasked, the padding rows attend to everything: finite values that no real
+  token reads. Flash attention needs nothing: it drops padding rows before its kernel.
 """
 
 from __future__ import annotations
@@ -46,9 +63,12 @@ def _base_function(base: str, module):
     return AttentionInterface._global_mapping[base]
 
 
-def _make_wrapper(base: str):
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        out = _base_function(base, module)(module, query, key, value, attention_mask, **kwargs)
+def _capturing(attention):
+    """`attention(module, query, key, value, attention_mask, **kwargs)` that also records the
+    importance while a capture is active."""
+
+    def wrapper(module, query, key, value, attention_mask, **kwargs):
+        out = attention(module, query, key, value, attention_mask, **kwargs)
         cap = _ACTIVE.get()
         if cap is not None:
             with torch.no_grad():
@@ -57,7 +77,24 @@ def _make_wrapper(base: str):
                 )
         return out
 
-    return attention
+    return wrapper
+
+
+def _make_wrapper(base: str):
+    """sdpa / eager: the function registered under `base` when called (tests may swap it)."""
+    return _capturing(lambda module, *args, **kwargs: _base_function(base, module)(module, *args, **kwargs))
+
+
+def _unmasking(mask_function):
+    """`mask_function` with the boolean masks' fully masked query rows allowed to attend to every key."""
+
+    def mask(*args, **kwargs):
+        out = mask_function(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.dtype == torch.bool:
+            out = out | ~out.any(dim=-1, keepdim=True)
+        return out
+
+    return mask
 
 
 def _row_importance(query: torch.Tensor, key: torch.Tensor, scaling: float, cap: _Capture) -> torch.Tensor:
@@ -76,17 +113,25 @@ def _row_importance(query: torch.Tensor, key: torch.Tensor, scaling: float, cap:
 
 
 def enable_capture(model) -> None:
-    """Route `model`'s attention through the capturing wrapper (numerically identical)."""
+    """Route `model`'s attention through kava's wrappers (numerically identical for every real
+    token; idempotent): the capture, and for sdpa / eager the unmasking of fully masked rows."""
     config = model.config
     base = config._attn_implementation
     if base.startswith(_PREFIX):
         return
     if base not in ("sdpa", "eager", "flash_attention_2"):
         raise ValueError(f"attention implementation {base!r} is not supported by the importance capture")
+    if base == "flash_attention_2":
+        registered = AttentionInterface._global_mapping[base]
+        if not getattr(registered, "_kava_capture", False):
+            wrapper = _capturing(registered)
+            wrapper._kava_capture = True
+            AttentionInterface.register(base, wrapper)
+        return
     name = _PREFIX + base
     if name not in AttentionInterface._global_mapping:
         AttentionInterface.register(name, _make_wrapper(base))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+        AttentionMaskInterface.register(name, _unmasking(ALL_MASK_ATTENTION_FUNCTIONS[base]))
     model.set_attn_implementation(name)
 
 

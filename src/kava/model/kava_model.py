@@ -13,8 +13,9 @@ import functools
 import torch
 from torch import nn
 
-from kava.config import KavaConfig
+from kava.config import KavaConfig, uses_projection
 from kava.data.sequences import SPECIAL_TOKENS, SequenceBuilder, SpecialIds
+from kava.errors import KavaError
 from kava.model.cache import LMOutput, backbone_kwargs
 from kava.model.load import load_backbone
 
@@ -142,7 +143,7 @@ class KavaModel(nn.Module):
     def from_config(cls, backbone, special: SpecialIds, cfg: KavaConfig) -> KavaModel:
         lat = cfg.latent
         gain = embedding_rms(backbone) if lat.projection_scale == "embedding_rms" else 1.0
-        return cls(backbone, special, lat.num_latents, lat.num_iterations, lat.projection,
+        return cls(backbone, special, lat.num_latents, lat.num_iterations, uses_projection(cfg),
                    first_input=lat.first_input, projection_gain=gain, latent_mode=lat.mode)
 
     @property
@@ -165,7 +166,17 @@ class KavaModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.get_input_embeddings().weight.device
+        # (not the input embedding's `.weight`: under peft's trainable tokens that property
+        # builds the merged [vocabulary, d] matrix, 525 MB for Llama-3.2-1B, at every call)
+        return next(self.backbone.parameters()).device
+
+    def merge_lora(self) -> None:
+        """For inference: fold the LoRA adapters (and the trained token rows) into the base
+        weights (peft's `merge_and_unload`), so each projection is one matrix product again
+        instead of three; no-op without LoRA. The model can no longer be trained or saved as
+        an adapter."""
+        if hasattr(self.backbone, "merge_and_unload"):
+            self.backbone = self.backbone.merge_and_unload()
 
     def lm(self, **kwargs) -> LMOutput:
         """One call of the backbone: the single entry point for counting, hooks and the
@@ -205,8 +216,6 @@ def apply_lora(model, cfg: KavaConfig, special: SpecialIds):
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in lcfg.target_modules if t in present]
     if not targets:
-        from kava.errors import KavaError
-
         raise KavaError(
             f"lora.target_modules {lcfg.target_modules} match no module of {type(model).__name__}; "
             "list its linear layers' names (e.g. q_proj, v_proj)"

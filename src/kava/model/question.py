@@ -27,6 +27,7 @@ import torch
 
 from kava.model.cache import KV, kv_of, pass_cache, replays_layers
 from kava.model.kava_model import KavaModel
+from kava.model.lm import no_logits
 from kava.model.positions import position_ids_from_mask
 
 
@@ -52,7 +53,8 @@ class Question:
         if not torch.is_grad_enabled() or self.kv is None:
             return self
         kv = [(_leaf(k), _leaf(v)) for k, v in self.kv]
-        return Question(self.ids, self.mask, kv, _leaf(self.logits) if self.logits is not None else None, leaves_of=self)
+        logits = _leaf(self.logits) if self.logits is not None else None
+        return Question(self.ids, self.mask, kv, logits, leaves_of=self)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -61,8 +63,6 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
 
 def question_pass(model: KavaModel, question: Question, with_logits: bool) -> Question:
     """Run the question; with_logits: also its last column's logits (the teacher's first label)."""
-    from kava.model.student import no_logits
-
     cache = pass_cache(None, model.config) if replays_layers(model) else None
     out = model.lm(
         input_ids=question.ids,

@@ -24,14 +24,14 @@ import torch
 
 from kava.model.cache import cache_from_kv, kv_of, pass_cache, replays_layers, slice_kv
 from kava.model.kava_model import KavaModel
+from kava.model.latents import LatentState
+from kava.model.lm import no_logits
 from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
 
 
 def run_sequential_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor,
-                           latent_mask: torch.Tensor | None = None):
-    """Pass 0 over Q + <bot> (left-padded, [B, Lq]) and one pass per latent; a `LatentState`."""
-    from kava.model.student import LatentState, no_logits
-
+                           latent_mask: torch.Tensor | None = None) -> LatentState:
+    """Pass 0 over Q + <bot> (left-padded, [B, Lq]) and one pass per latent."""
     B, Lq = q_ids.shape
     M = model.num_latents if latent_mask is None else latent_mask.shape[1]
     if latent_mask is None:

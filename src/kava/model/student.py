@@ -7,7 +7,8 @@
 
 The question's keys and values are computed once, in pass 0, and reused by every
 iteration (never recomputed); in training they come from the question's pass that the
-teacher continues too (`kava.model.question`), and pass 0 runs `<bot>` + latents over them. Gradients flow through all T iterations (no detach).
+teacher continues too (`kava.model.question`), and pass 0 runs `<bot>` + latents over them.
+Gradients flow through all T iterations (no detach).
 Questions are left-padded so the latent blocks line up; positions follow the mask.
 The first slot's input is the projected pass-0 hidden state at <bot>, the same in every
 iteration, as in the official PCCoT and CODI code (`latent.first_input: latent_embedding`
@@ -22,21 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from kava.model.cache import KV, cache_from_kv, kv_of, pass_cache, replays_layers, slice_kv
 from kava.model.kava_model import KavaModel
-from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
-
-
-@dataclass
-class LatentState:
-    cache: object  # DynamicCache over Q + <bot> + M latents (the final iteration's)
-    mask: torch.Tensor  # [B, Lq + M]
-    hidden: torch.Tensor  # [B, M, d] last-layer hidden states of the final iteration
-    latent_kv: KV  # per layer ([B, H_kv, M, D], [B, H_kv, M, D])
-    passes: int  # model calls made (1 + T; sequential: 1 + M)
-    inputs: torch.Tensor | None = None  # [B, M, d] the latent inputs of the final pass
+from kava.model.latents import LatentState
+from kava.model.lm import causal_ce, no_logits
+from kava.model.positions import extend_mask, positions_for_new
+from kava.model.sequential import run_sequential_latents
 
 
 def first_latent_input(model: KavaModel, bot_hidden: torch.Tensor) -> torch.Tensor:
@@ -63,10 +56,9 @@ def run_latents(model: KavaModel, q_ids: torch.Tensor, q_mask: torch.Tensor, num
     given: then this Jacobi computation runs (0, the pass0 control: every latent input
     e(<latent>), no hidden state fed back)."""
     if model.latent_mode == "sequential" and num_iterations is None:
-        from kava.model.sequential import run_sequential_latents
-
         if question is not None:
-            raise ValueError("sequential latents read their own question pass: build the batch with shared_question=False")
+            raise ValueError("sequential latents read their own question pass: "
+                             "build the batch with shared_question=False")
         return run_sequential_latents(model, q_ids, q_mask, latent_mask)
     T = model.num_iterations if num_iterations is None else num_iterations
     M = model.num_latents if latent_mask is None else latent_mask.shape[1]
@@ -123,7 +115,8 @@ class StudentOutput:
     logits: torch.Tensor
 
 
-def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=None, latent_override=None) -> StudentOutput:
+def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=None,
+                    latent_override=None) -> StudentOutput:
     """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A (with a curriculum,
     the suffix is <eot> + the remaining CoT + P + A, CE on all but <eot>).
 
@@ -148,54 +141,3 @@ def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=N
     rows = torch.arange(idx.shape[0], device=idx.device)
     codi = [h[rows, idx] for h in out.hidden_states[1:]]
     return StudentOutput(ce=ce, latent_kv=state.latent_kv, codi_hidden=codi, logits=out.logits)
-
-
-# Architectures whose causal-LM forward slices `logits_to_keep` with transformers'
-# `slice_logits_to_keep` (a bool [B, S] mask: packed rows; an empty index: no rows).
-_SLICING_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-
-
-def _slices_logits(model: KavaModel) -> bool:
-    return getattr(model.config.get_text_config(), "model_type", None) in _SLICING_TYPES
-
-
-def no_logits(model: KavaModel, device) -> torch.Tensor | int:
-    """`logits_to_keep` for a pass whose logits are not used (the latent passes): no vocabulary
-    projection at all where the architecture allows it, else the last position only."""
-    return torch.zeros(0, dtype=torch.long, device=device) if _slices_logits(model) else 1
-
-
-def lm_with_ce(model: KavaModel, labels: torch.Tensor, lead_logits: torch.Tensor | None = None, **kwargs):
-    """(output of model.lm(**kwargs), mean next-token CE on `labels`).
-
-    Equal to `causal_ce(model.lm(**kwargs).logits, labels)`, but the vocabulary projection
-    is computed only at the positions whose next token is labelled (the CoT, P and A of a
-    teacher sequence: not the question, not the padding): `out.logits` is then [N, V] over
-    those positions in order. This saves the head's FLOPs and the [B, S, V] logits (and
-    their float32 copy and gradient) on every unlabelled position.
-
-    lead_logits [B, V]: the logits of the position before the sequence (the question's last
-    one, when the sequence continues a question's cache): they predict `labels[:, 0]`, and
-    the mean runs over those labels too.
-    """
-    if _slices_logits(model):
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != -100
-        out = model.lm(**kwargs, logits_to_keep=keep)
-        if out.logits.dim() == 2:
-            logits, targets = out.logits, labels[:, 1:][keep[:, :-1]]
-        else:  # pragma: no cover - a model that ignored the mask
-            logits, targets = out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
-    else:
-        out = model.lm(**kwargs)
-        logits, targets = out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
-    if lead_logits is not None:
-        logits, targets = torch.cat([lead_logits, logits]), torch.cat([labels[:, 0], targets])
-    return out, F.cross_entropy(logits.float(), targets, ignore_index=-100)
-
-
-def causal_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens (labels aligned with inputs)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100)

@@ -13,7 +13,6 @@ the continuation's own positions.
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +21,9 @@ from kava.compression import RKVSelection, rkv_select
 from kava.model.cache import kv_of, pass_cache, replays_layers
 from kava.model.capture import capture_importance, enable_capture
 from kava.model.kava_model import KavaModel
+from kava.model.lm import lm_with_ce, no_logits
 from kava.model.positions import position_ids_from_mask
 from kava.model.question import Question, question_pass
-from kava.model.student import lm_with_ce, no_logits
 
 
 @dataclass

@@ -28,14 +28,19 @@ import shutil
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
 
 from kava import __version__
-from kava.config import KavaConfig, config_to_dict
+from kava.config import KavaConfig, config_from_dict, config_to_dict, uses_projection
+from kava.data.sequences import SequenceBuilder
 from kava.errors import KavaError
 from kava.failpoints import failpoint
-from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace
-from kava.training.state import STATE_JSON, STATE_TENSORS, load_training_state, save_training_state
+from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace, give_umask_mode
+from kava.model.kava_model import KavaModel, add_special_tokens
+from kava.model.load import load_backbone
+from kava.training.state import STATE_JSON, load_training_state, save_training_state
 
 FORMAT = 2
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -70,6 +75,7 @@ def save_checkpoint(path: str | Path, model, tokenizer, cfg: KavaConfig, state: 
         if optimizer is not None:
             save_training_state(tmp, optimizer, scheduler)
         failpoint("checkpoint.state")
+        give_umask_mode(tmp)  # safetensors writes 0600
         atomic_replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk: do not leave it fuller
@@ -109,17 +115,13 @@ def recover_output_dir(output_dir: str | Path) -> None:
 def read_checkpoint_config(path: str | Path) -> KavaConfig:
     """The checkpoint's config, after checking that every file it needs is there (cheap:
     no weights are read). A config this kava cannot read names both versions."""
-    from kava.config import config_from_dict
-
     path = Path(path)
     cfg_file = path / "kava_config.yaml"
     if not path.is_dir():
         raise KavaError(f"checkpoint not found: {path}")
     if not cfg_file.is_file():
         raise KavaError(f"{path} is not a kava checkpoint (no kava_config.yaml); point to a checkpoint-* folder")
-    import yaml
-
-    meta = _trainer_state(path)
+    meta = read_trainer_state(path)
     written = meta.get("kava_version")
     try:
         raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))
@@ -146,7 +148,7 @@ def read_checkpoint_config(path: str | Path) -> KavaConfig:
     return cfg
 
 
-def _trainer_state(path: Path) -> dict:
+def read_trainer_state(path: Path) -> dict:
     f = path / "trainer_state.json"
     if not f.is_file():
         raise KavaError(f"checkpoint {path} is incomplete: trainer_state.json is missing; copy the whole checkpoint "
@@ -166,7 +168,7 @@ def _required_files(cfg: KavaConfig) -> list[str]:
         files += ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
     else:
         files += ["model/config.json"]
-    if cfg.latent.projection:
+    if uses_projection(cfg):
         files.append("projection.safetensors")
     return files
 
@@ -257,7 +259,7 @@ def load_resume_state(path: str | Path, optimizer, scheduler) -> dict:
             f"evaluate its weights with kava evaluate --checkpoint {path}"
         )
     load_training_state(path, optimizer, scheduler)
-    return _trainer_state(path)
+    return read_trainer_state(path)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype: str | None = None,
@@ -266,12 +268,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype:
 
     A checkpoint whose config sets `model.trust_remote_code` loads only with
     `trust_remote_code=True`: whoever hands you a checkpoint cannot grant their code that."""
-    from transformers import AutoTokenizer
-
-    from kava.data.sequences import SequenceBuilder
-    from kava.model.kava_model import KavaModel, add_special_tokens
-    from kava.model.load import load_backbone
-
     path = Path(path)
     cfg = read_checkpoint_config(path)
     if dtype is not None:

@@ -14,6 +14,8 @@ The final stage is what `generate` runs (M = S·c latents, then `<eot>` + P).
 
 - The stage of optimizer step s is `start_stage + s // steps_per_stage`, capped at S + 1
   (Coconut: `epoch // epochs_per_stage`; `curriculum.epochs_per_stage` converts epochs to steps).
+  `curriculum.stage0_epochs` gives stage 0 its own length; the stages after it follow at
+  `steps_per_stage` (CODI's Coconut run on Llama-1B: 5 epochs of CoT, then 5 with thoughts).
 - `mix_prob` (Coconut's `uniform_prob`): each example, with this probability, is trained
   at a stage drawn uniformly from 0..(its number of steps) instead — earlier or later, as in
   Coconut's code. The draw is a function of (seed, epoch, example index), so a resumed or
@@ -29,10 +31,12 @@ The final stage is what `generate` runs (M = S·c latents, then `<eot>` + P).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from kava.config import KavaConfig
 from kava.data.sequences import Encoded, SequenceBuilder
 from kava.errors import KavaError
+from kava.training.icot import IcotSchedule
 
 
 class Curriculum:
@@ -44,7 +48,10 @@ class Curriculum:
         self.steps_per_epoch = steps_per_epoch
         self.final_stage = c.stages + 1
         self.steps_per_stage = c.steps_per_stage or max(1, round(c.epochs_per_stage * steps_per_epoch))
-        final_at = (self.final_stage - c.start_stage) * self.steps_per_stage
+        # stage 0's length (stage0_epochs needs start_stage 0); the later stages start after it
+        self.stage0_steps = (max(1, round(c.stage0_epochs * steps_per_epoch)) if c.stage0_epochs is not None
+                             else self.steps_per_stage)
+        final_at = self._start_of(self.final_stage)
         if final_at >= total_steps:
             raise KavaError(
                 f"the curriculum reaches its final stage ({self.final_stage}) at step {final_at}, but training "
@@ -52,9 +59,21 @@ class Curriculum:
                 "curriculum.steps_per_stage (or epochs_per_stage), raise curriculum.start_stage or train longer"
             )
 
+    def _start_of(self, stage: int) -> int:
+        """The first optimizer step of `stage` (≥ start_stage)."""
+        start = self.cfg.start_stage
+        if start == 0 and stage > 0:
+            return self.stage0_steps + (stage - 1) * self.steps_per_stage
+        return (stage - start) * self.steps_per_stage
+
     def stage(self, step: int) -> int:
         """The scheduled stage of optimizer step `step` (0-based)."""
-        return min(self.cfg.start_stage + step // self.steps_per_stage, self.final_stage)
+        start = self.cfg.start_stage
+        if start == 0 and step >= self.stage0_steps:
+            return min(1 + (step - self.stage0_steps) // self.steps_per_stage, self.final_stage)
+        if start == 0:
+            return 0
+        return min(start + step // self.steps_per_stage, self.final_stage)
 
     def resets_optimizer(self, step: int) -> bool:
         """Whether the optimizer's state is cleared before step `step`."""
@@ -94,6 +113,19 @@ class Curriculum:
         stages = [self.example_stage(step, i, len(e.steps)) for e, i in zip(items, indices, strict=True)]
         return self.student_inputs(builder, items, stages)
 
+    def batch(self, builder: SequenceBuilder, items: list[Encoded], step: int, indices: list[int]):
+        """(items, the student's inputs) of one training micro-batch (the schedule interface shared
+        with `kava.training.icot.IcotSchedule`)."""
+        return items, self.batch_inputs(builder, items, step, indices)
+
+    def validation_batch(self, builder: SequenceBuilder, items: list[Encoded], step: int):
+        """(items, the student's inputs) at step `step`'s stage for every example (no mixing)."""
+        return items, self.student_inputs(builder, items, [self.stage(step)] * len(items))
+
+    def record(self, step: int) -> dict:
+        """What the log and the checkpoint record of step `step`."""
+        return {"curriculum_stage": self.stage(step)}
+
     def check_resume(self, state: dict) -> None:
         """A checkpoint's recorded stage must be the one this config gives its step."""
         step, recorded = state.get("step", 0), state.get("curriculum_stage")
@@ -102,6 +134,15 @@ class Curriculum:
                 f"the checkpoint at step {step} was trained at curriculum stage {recorded}, but this config puts "
                 f"that step at stage {self.stage(step - 1)}; resume with the curriculum settings the run started with"
             )
+
+
+def training_schedule(cfg: KavaConfig, steps_per_epoch: int, total_steps: int, data: list[Encoded],
+                      batch_indices: Callable[[int], list[int]]):
+    """The config's schedule: a `Curriculum`, an `IcotSchedule` (`train.method: icot`), or None.
+    batch_indices(step): the dataset indices of step `step`'s whole batch."""
+    if cfg.train.method == "icot":
+        return IcotSchedule(cfg, steps_per_epoch, total_steps, [len(e.c) for e in data], batch_indices)
+    return Curriculum(cfg, steps_per_epoch, total_steps) if cfg.curriculum.enabled else None
 
 
 def reset_optimizer_state(optimizer) -> None:

@@ -11,6 +11,11 @@ steps (no checkpoint is written while steps are being skipped).
 
 The counters and the window are part of `trainer_state.json`, so a resumed run decides
 exactly as the uninterrupted one would.
+
+Under fp16 (`train.mixed_precision: fp16`) an overflow is such a step: its gradients are
+not finite. The GradScaler unscaled them for the clip, and only `optimizer.step()` would
+have updated it; `release_skipped_step` does that update instead (the overflow halves the
+loss scale), or the next step's clip fails with "unscale_() has already been called".
 """
 
 from __future__ import annotations
@@ -63,3 +68,11 @@ class StepGuard:
     def state_dict(self) -> dict:
         return {"skipped_steps": self.skipped, "skipped_in_a_row": self.in_a_row,
                 "first_skipped_in_a_row": self.first_of_streak, "recent_losses": list(self.recent)}
+
+
+def release_skipped_step(optimizer) -> None:
+    """After a skipped step: update fp16's GradScaler (accelerate's optimizer holds it), as the
+    skipped `optimizer.step()` would have; nothing without one."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is not None and scaler.is_enabled():
+        scaler.update()

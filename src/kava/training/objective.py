@@ -1,7 +1,7 @@
 """The training objective as one module, so DDP/FSDP wrap a single forward (SPEC.md §5).
 
 `method: kava` — L = CE_student + CE_teacher + α₁·L_CODI + α₂·L_KV (α₂ = 0 is PCCoT);
-`method: cot` — the teacher's CE alone (CoT fine-tuning baseline);
+`method: cot` — the teacher's CE alone (CoT fine-tuning baseline; `icot` the same on cut CoTs);
 `method: direct` — CE on Q + P + A (No-CoT fine-tuning baseline).
 """
 
@@ -15,8 +15,12 @@ from torch import nn
 from kava.config import KavaConfig, shares_question
 from kava.losses import codi_loss, kv_loss
 from kava.model.kava_model import KavaModel
+from kava.model.latents import selections_state
+from kava.model.lm import lm_with_ce
+from kava.model.positions import position_ids_from_mask
 from kava.model.question import Question, question_gradient, question_pass
-from kava.model.student import lm_with_ce, student_forward
+from kava.model.rope import unrotate_keys
+from kava.model.student import student_forward
 from kava.model.teacher import teacher_forward
 
 
@@ -40,7 +44,7 @@ class KavaObjective(nn.Module):
         CE as `loss` (when trained) and its detached targets as `teacher`. phase "student": the
         student's CE and the distillation terms toward `teacher` (the teacher's CE excluded)."""
         method = self.cfg.train.method
-        if method == "cot":
+        if method in ("cot", "icot"):  # iCoT: the teacher's sequence with its CoT cut (kava.training.icot)
             t = batch["teacher"]
             _, ce = lm_with_ce(self.model, t["labels"], **_lm_args(t))
             return {"loss": ce, "ce_teacher": ce.detach()}
@@ -79,8 +83,6 @@ class KavaObjective(nn.Module):
             raise ValueError(f"phase must be None, 'teacher' or 'student' (with teacher=), got {phase!r}")
         override = None
         if reads_teacher:
-            from kava.inference.latent_control import selections_state
-
             def override(state):
                 return selections_state(self.model, state, teacher.selections, move=k.kv_keys == "pre_rope")
 
@@ -93,7 +95,7 @@ class KavaObjective(nn.Module):
             loss = loss + teacher.ce
             out["ce_teacher"] = teacher.ce.detach()
         if k.alpha_codi > 0:
-            lc = codi_loss(student.codi_hidden, teacher.codi_hidden)
+            lc = codi_loss(student.codi_hidden, teacher.codi_hidden, k.codi_layer_std)
             loss = loss + k.alpha_codi * lc
             out["codi"] = lc.detach()
         if k.alpha_kv > 0:
@@ -154,9 +156,6 @@ class FrozenWeights:
 
 def _unrotated(model: KavaModel, batch, student_kv, selections):
     """RoPE undone on the student's latent keys and the teacher's kept keys (`kava.kv_keys: pre_rope`)."""
-    from kava.model.positions import position_ids_from_mask
-    from kava.model.rope import unrotate_keys
-
     M = student_kv[0][0].shape[2]
     q_mask = batch["student"]["q_mask"]
     # latent slot i follows the real tokens of Q + <bot>: its position is their count + i
@@ -173,6 +172,4 @@ def _unrotated(model: KavaModel, batch, student_kv, selections):
 
 
 def _lm_args(t: dict[str, torch.Tensor]) -> dict:
-    from kava.model.positions import position_ids_from_mask
-
     return dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=position_ids_from_mask(t["attention_mask"]))

@@ -7,14 +7,17 @@ run any code while it loads: a checkpoint someone hands you could run a shell co
     training_state.safetensors   every tensor: AdamW's moments and step counts, the torch
                                  (and CUDA) RNG states, named t0, t1, ...
     training_state.json          the structure around them: param groups, the scheduler's
-                                 state, the Python and NumPy RNG states; a tensor appears as
+                                 state, fp16's loss scale (`train.mixed_precision: fp16`), the
+                                 Python and NumPy RNG states; a tensor appears as
                                  {"__tensor__": "t3"}, a tuple as {"__tuple__": [...]}, a
                                  dict as {"__dict__": [[key, value], ...]} (keys keep their type),
                                  a NumPy array as {"__ndarray__": [...], "dtype": "uint32"}
 
 Floats go through JSON as `repr` (exact) and tensors keep their bytes, so a resumed run
 continues bit for bit. A file that is missing, truncated or does not fit the optimizer
-being resumed is a `KavaError` naming the file.
+being resumed is a `KavaError` naming the file. A run saved with more CUDA devices than the
+resumed one sees (a requeued job with one visible GPU) restores the states of the devices
+there are.
 """
 
 from __future__ import annotations
@@ -80,12 +83,27 @@ def _rng_state() -> dict:
     }
 
 
+def _set_cuda_rng_state(states: list[torch.Tensor]) -> None:
+    """Each visible device's state from the saved list; a device the saving run had and this one
+    does not (fewer visible GPUs) is skipped, a device it did not have keeps its own."""
+    for device, state in enumerate(states[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, device)
+
+
+def _scaler(optimizer):
+    """fp16's GradScaler (accelerate's AcceleratedOptimizer holds it), or None."""
+    scaler = getattr(optimizer, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
 def save_training_state(folder: str | Path, optimizer, scheduler) -> None:
     folder = Path(folder)
     tensors: dict[str, torch.Tensor] = {}
+    scaler = _scaler(optimizer)
     blob = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": _rng_state(),
     }
     encoded = encode(blob, tensors)
@@ -132,11 +150,14 @@ def load_training_state(folder: str | Path, optimizer, scheduler) -> None:
         optimizer.load_state_dict(opt_state)
         if scheduler is not None and sched_state is not None:
             scheduler.load_state_dict(sched_state)
+        scaler = _scaler(optimizer)
+        if scaler is not None and blob.get("scaler"):
+            scaler.load_state_dict(blob["scaler"])
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+            _set_cuda_rng_state(rng["cuda"])
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise KavaError(f"{where} does not fit this run ({_reason(err)}); resume from another checkpoint") from None
 

@@ -14,6 +14,7 @@ holds each step once). A stop signal ends the run at a step boundary with a chec
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import random
@@ -27,25 +28,50 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
-from kava.config import KavaConfig, config_to_dict, shares_question
+from kava.config import KavaConfig, check_distillation_start, config_to_dict, shares_question
 from kava.data.sequences import Encoded, SequenceBuilder
+from kava.data.synthetic import synthetic_vocabulary, task_config
 from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
 from kava.failpoints import failpoint
 from kava.io import append_jsonl, atomic_write_text, atomic_write_yaml, read_jsonl
 from kava.locking import FolderLock
-from kava.training.latent_warmup import keep_latent_gradients
+from kava.model.capture import enable_capture
+from kava.model.kava_model import build_kava_model, trainable_parameters
 from kava.training.checkpoint import (
     load_resume_state,
     load_trainable_state,
     prune_checkpoints,
     recover_output_dir,
     save_checkpoint,
-    step_checkpoints,
 )
-from kava.training.guard import StepGuard
+from kava.training.curriculum import reset_optimizer_state, training_schedule
+from kava.training.guard import StepGuard, release_skipped_step
+from kava.training.hardware import check_trainable_precision, make_accelerator
+from kava.training.latent_warmup import keep_latent_gradients
+from kava.training.objective import KavaObjective
+from kava.training.plots import plot_training_losses
+from kava.training.report import batch_token_count, run_header, run_summary
+from kava.training.resume import (
+    Resume,
+    check_length,
+    describe,
+    find_resume_point,
+    no_checkpoint,
+    restore_schedule,
+    resume_record,
+)
 from kava.training.signals import PREEMPTION_SIGNALS, Preempted, graceful_stop
+from kava.training.validation import (
+    BestCheckpoint,
+    check_validation_split,
+    remove_stale_best,
+    validation_accuracy,
+    validation_examples,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -58,13 +84,7 @@ def word_vocabulary_for(cfg: KavaConfig) -> list[str] | None:
     """Words of the synthetic task, for the tiny word-level tokenizer."""
     if cfg.model.tiny.tokenizer != "word":
         return None
-    from kava.data.synthetic import SyntheticTaskConfig, synthetic_vocabulary
-
-    s = cfg.data.synthetic
-    return synthetic_vocabulary(
-        SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, operations=tuple(s.operations), seed=s.seed),
-        s.cot_format,
-    )
+    return synthetic_vocabulary(task_config(cfg.data.synthetic), cfg.data.synthetic.cot_format)
 
 
 def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple[list[Encoded], int]:
@@ -87,7 +107,7 @@ def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, devi
     arguments of `builder.student_batch` (a curriculum's latents and kept CoT)."""
     if method == "direct":
         parts = {"direct": builder.teacher_batch(items, with_cot=False)}
-    elif method == "cot":
+    elif method in ("cot", "icot"):  # iCoT: the CoT teacher's sequence with its CoT cut (kava.training.icot)
         parts = {"teacher": builder.teacher_batch(items)}
     else:
         teacher = builder.continuation_batch(items) if shared_question else builder.teacher_batch(items)
@@ -157,8 +177,6 @@ def forward_backward(objective, batch: dict, backward, no_sync=None) -> dict:
 
 
 def _make_scheduler(optimizer, cfg: KavaConfig, total: int):
-    from transformers import get_scheduler
-
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.train.lr_scheduler]
     return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total), num_training_steps=total)
 
@@ -167,8 +185,6 @@ def _trackers(cfg: KavaConfig):
     names = [x for x in cfg.train.loggers if x != "jsonl"]
     for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if name in names:
-            import importlib.util
-
             if importlib.util.find_spec(module) is None:
                 raise KavaError(f"train.loggers asks for {name} but it is not installed: pip install {module}")
     return names
@@ -204,45 +220,42 @@ def tracker_config(cfg: KavaConfig) -> dict:
 
 def _truncate_log(log_path: Path, step: int) -> None:
     """Keep the records of steps up to `step`: the resumed run writes the later ones again."""
-    try:
-        kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= step]
+    try:  # (a resume event at `step` is this resume's to write again)
+        kept = [r for r in read_jsonl(log_path) if r.get("step", 0) < step
+                or (r.get("step", 0) == step and r.get("event") != "resume")]
     except (ValueError, UnicodeDecodeError) as err:
         raise KavaError(f"{log_path} is corrupt ({type(err).__name__}); move it away and resume again") from None
     atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def train(cfg: KavaConfig, resume: bool = False, show_progress: bool = True,
+def train(cfg: KavaConfig, resume: Resume = False, show_progress: bool = True,
           stop_signals: Sequence[str | int] = PREEMPTION_SIGNALS) -> Path:
     """Train; returns the path of checkpoint-final.
 
     The run holds its output folder's lock (`kava.locking`) until it returns. A signal in
     `stop_signals` ends it at the next step boundary: it writes `checkpoint-<step>` and
     raises `Preempted` (`kava.training.signals`); `resume=True` continues from there.
+    resume: True continues the run in cfg.output_dir from its latest checkpoint (an error if it
+    has none), "auto" does so when there is one and starts a new run otherwise
+    (`kava.training.resume` says what a resume may change).
     """
-    from accelerate import Accelerator
-
+    if resume not in (False, True, "auto"):
+        raise ValueError(f"resume must be False, True or 'auto', not {resume!r}")
+    check_distillation_start(cfg)
+    if resume is True and (err := no_checkpoint(Path(cfg.output_dir))):
+        raise err  # before the data loads and the lock creates the folder
     trackers = _trackers(cfg)
     seed_everything(cfg.seed)
     train_rows, val_rows = load_training_examples(cfg.data)
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        log_with=trackers or None,
-        project_dir=str(cfg.output_dir),
-    )
+    accelerator = make_accelerator(cfg, log_with=trackers or None, project_dir=str(cfg.output_dir))
     lock = FolderLock(cfg.output_dir, "kava train") if accelerator.is_main_process else contextlib.nullcontext()
     with lock, graceful_stop(stop_signals) as stop:
         return _train(cfg, accelerator, trackers, train_rows, val_rows, resume, show_progress, stop)
 
 
-def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume: bool, show_progress: bool,
+def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume: Resume, show_progress: bool,
            stop) -> Path:
-    from tqdm.auto import tqdm
-
-    from kava.model.capture import enable_capture
-    from kava.model.kava_model import build_kava_model, trainable_parameters
-    from kava.training.curriculum import Curriculum, reset_optimizer_state
-    from kava.training.objective import KavaObjective
-
+    check_validation_split(cfg, val_rows)
     is_main = accelerator.is_main_process
     log = (lambda *a: print(*a, file=sys.stderr)) if is_main else (lambda *a: None)
     out_dir = Path(cfg.output_dir)
@@ -250,49 +263,56 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
     if is_main:
         recover_output_dir(out_dir)
     accelerator.wait_for_everyone()
-    existing = step_checkpoints(out_dir)
-    if final.is_dir():
-        if resume:
-            print(f"kava: {final} exists; the run is complete, nothing to resume", file=sys.stderr)
-            return final
-        raise KavaError(f"{out_dir} already holds a finished run; choose another --output-dir")
-    if existing and not resume:
-        raise KavaError(f"{out_dir} holds checkpoints of an earlier run; pass --resume to continue it or choose another --output-dir")
+    point = find_resume_point(out_dir, cfg, resume)
+    if point is not None and point.complete:
+        log(f"kava: {final} exists; the run is complete, nothing to resume")
+        return final
 
     model, tok, builder = build_kava_model(cfg, accelerator.device, word_vocabulary=word_vocabulary_for(cfg))
     data, dropped = encode_dataset(train_rows, builder, cfg)
     log(f"kava: {len(data)} training examples ({dropped} dropped as longer than data.max_length={cfg.data.max_length})")
     val_data = encode_dataset(val_rows, builder, cfg)[0][: cfg.train.eval_max_examples] if cfg.train.eval_every else []
+    val_examples = validation_examples(val_rows, cfg.train.eval_max_examples) if cfg.train.eval_every else []
     if not data:
         raise KavaError(f"every training example is longer than data.max_length={cfg.data.max_length}; raise it")
     if cfg.train.method == "kava" and cfg.kava.compression in ("rkv", "attention"):
         enable_capture(model.backbone)
     sched = plan_schedule(cfg, len(data), accelerator.num_processes)
-    curriculum = Curriculum(cfg, sched.steps_per_epoch, sched.total_steps) if cfg.curriculum.enabled else None
+    if point is not None:
+        check_length(point, sched.total_steps)
+    curriculum = training_schedule(cfg, sched.steps_per_epoch, sched.total_steps, data,  # a curriculum or iCoT
+                                   lambda s: step_indices(s, len(data), cfg, sched.steps_per_epoch))
 
     objective = KavaObjective(model, cfg)
     params = trainable_parameters(model)
+    check_trainable_precision(params, cfg)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=cfg.train.weight_decay)
-    scheduler = _make_scheduler(optimizer, cfg, sched.total_steps)
+    scheduler = _make_scheduler(optimizer, cfg, sched.total_steps - int(point.state.get("schedule_start", 0) if point else 0))
     objective, optimizer = accelerator.prepare(objective, optimizer)
 
     start = 0
     saved: dict = {}
     log_path = out_dir / "train_log.jsonl"
-    if resume and existing:
-        step, ckpt = existing[-1]
-        load_trainable_state(model, ckpt)
-        saved = load_resume_state(ckpt, optimizer, scheduler)
+    if point is not None:
+        load_trainable_state(model, point.path)
+        saved = load_resume_state(point.path, optimizer, scheduler)
         if curriculum is not None:
             curriculum.check_resume(saved)
         start = saved["step"]
+        scheduler = restore_schedule(optimizer, scheduler, cfg, point, sched.total_steps, _make_scheduler)
         if is_main and log_path.is_file():
             _truncate_log(log_path, start)
-        log(f"kava: resuming from {ckpt} (step {start}/{sched.total_steps})")
+        changed = f"; changed: {describe(point, cfg, sched.total_steps)}" if point.changed else ""
+        log(f"kava: resuming from {point.path} (step {start}/{sched.total_steps}){changed}")
+        if point.changed:
+            saved["resumes"] = [*saved.get("resumes", []), resume_record(point, cfg, sched.total_steps)]
+            if is_main:
+                append_jsonl(log_path, {"step": start, "event": "resume", **saved["resumes"][-1]})
     elif is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if log_path.exists():
             log_path.unlink()
+        remove_stale_best(out_dir, log)
     if is_main:
         atomic_write_yaml(out_dir / "config.yaml", config_to_dict(cfg))
     wandb_id = saved.get("wandb_run_id") or uuid.uuid4().hex[:12]
@@ -300,15 +320,23 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
         accelerator.init_trackers(cfg.run_name, config=tracker_config(cfg),
                                   init_kwargs=tracker_init_kwargs(trackers, start, wandb_id))
 
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     micro = cfg.train.micro_batch_size
     per_rank = micro * sched.accumulation
     t = cfg.train
     guard = StepGuard(t.max_skipped_in_a_row, t.loss_spike_factor, t.loss_spike_window, saved)
     state = {"step": start, "total_steps": sched.total_steps, "steps_per_epoch": sched.steps_per_epoch,
-             "wandb_run_id": wandb_id, **guard.state_dict()}
-    last_good = existing[-1][1] if resume and existing else None
+             "wandb_run_id": wandb_id, "schedule_start": point.schedule_start if point else 0,
+             "resumes": saved.get("resumes", []), **guard.state_dict()}
+    last_good = point.path if point is not None else None
+    if is_main:
+        tokens = _step_tokens(builder, data, cfg, sched, start, curriculum) if start < sched.total_steps else 0
+        for line in run_header(model, cfg, sched.total_steps, start, sched.accumulation, accelerator.num_processes, tokens, accelerator.device):
+            log(line)
+    began = time.perf_counter()
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", disable=not (is_main and show_progress), dynamic_ncols=True)
+    postfix: dict[str, str] = {}
+    best = BestCheckpoint(out_dir)
     objective.train()
     try:
         for step in range(start, sched.total_steps):
@@ -316,41 +344,39 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
             if curriculum is not None and curriculum.resets_optimizer(step):
                 reset_optimizer_state(optimizer)
             idx = step_indices(step, len(data), cfg, sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
-            sums: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}
             tokens = 0
             for a in range(sched.accumulation):
                 chunk = idx[a * micro : (a + 1) * micro]
                 items = [data[i] for i in chunk]
-                student = curriculum.batch_inputs(builder, items, step, chunk) if curriculum is not None else None
+                items, student = curriculum.batch(builder, items, step, chunk) if curriculum is not None else (items, None)
                 batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
-                tokens += sum(int(p["attention_mask"].sum()) if "attention_mask" in p else int(p["q_mask"].sum() + p["suffix_mask"].sum()) for p in batch.values())
+                tokens += batch_token_count(batch)
                 sync = a == sched.accumulation - 1
                 ctx = accelerator.no_sync(objective) if not sync else _null()
                 with ctx:
                     losses = forward_backward(objective, batch, lambda loss: accelerator.backward(loss / sched.accumulation),
                                               no_sync=lambda: accelerator.no_sync(objective))
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / sched.accumulation
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / sched.accumulation
             failpoint("train.step")
             if step < cfg.train.latent_warmup_steps and cfg.train.method == "kava":
                 keep_latent_gradients(model, params)  # kava.training.latent_warmup: backbone frozen
             grad_norm = float(accelerator.clip_grad_norm_(params, cfg.train.grad_clip))
-            if world > 1:
-                r = torch.tensor([sums[k] for k in sorted(sums)], device=accelerator.device)
-                r = accelerator.reduce(r, reduction="mean")
-                sums = dict(zip(sorted(sums), r.tolist()))
-                tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), reduction="sum").item())
+            sums, tokens = step_totals(sums, tokens, accelerator)
             skip = guard.reason_to_skip(sums["loss"], grad_norm)
             if skip is None:
                 optimizer.step()
                 guard.applied(sums["loss"])
+            else:
+                release_skipped_step(optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             must_stop = skip is not None and guard.skipped_step(step + 1)
             state.update(guard.state_dict())
             state["step"] = step + 1
             state["epoch"] = (step + 1) / sched.steps_per_epoch
-            stage = {"curriculum_stage": curriculum.stage(step)} if curriculum is not None else {}
+            stage = curriculum.record(step) if curriculum is not None else {}
             state.update(stage)
             record = {"step": step + 1, "epoch": round(state["epoch"], 4), **stage, **{k: round(v, 6) for k, v in sums.items()},
                       "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "seconds": round(time.perf_counter() - t0, 4),
@@ -366,21 +392,27 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
                         accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=step + 1)
                 if skip is not None:
                     log(f"kava: step {step + 1} skipped ({skip}); {guard.in_a_row} in a row, {guard.skipped} in all")
-                bar.set_postfix(loss=f"{sums['loss']:.4f}")
+                postfix["loss"] = f"{sums['loss']:.4f}"
+                bar.set_postfix(postfix)
                 bar.update(1)
             if must_stop:
-                kept = f"the last good checkpoint, {last_good}, is untouched" if last_good else "no checkpoint was written"
+                kept = (f"the last good checkpoint, {last_good}, is untouched. Resume it with --resume and a lower "
+                        "train.lr (a new schedule starts at the checkpoint) or train.grad_clip" if last_good else
+                        "no checkpoint was written. Start again with a lower train.lr or train.grad_clip")
                 raise KavaError(
                     f"{guard.in_a_row} steps in a row were skipped (steps {guard.first_of_streak}-{step + 1}, the last "
-                    f"because the {skip}); the run stopped and {kept}. Lower train.lr or train.grad_clip and resume, "
-                    "or raise train.max_skipped_in_a_row"
+                    f"because the {skip}); the run stopped and {kept}, or raise train.max_skipped_in_a_row"
                 )
-            if val_data and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
-                val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step)
+            if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
+                val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step) if val_data else {}
+                val.update(validation_accuracy(model, builder, val_examples, cfg, accelerator))
                 if is_main:
-                    append_jsonl(log_path, {"step": step + 1, "split": "validation", **val})
+                    val["best"] = best.offer(val, model, tok, cfg, state)
+                    append_jsonl(log_path, {"step": step + 1, "split": "validation", **val, **best.fields()})
                     if trackers:
-                        accelerator.log({f"val_{k}": v for k, v in val.items()}, step=step + 1)
+                        accelerator.log({f"val_{k}": v for k, v in val.items() if type(v) in (int, float)}, step=step + 1)
+                    postfix["val_acc"] = f"{val['accuracy']:.1f}%"
+                    bar.set_postfix(postfix)
             last = step + 1 == sched.total_steps
             due = cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and not last and not guard.in_streak
             stopping = _stop_requested(stop, accelerator) and not last
@@ -402,9 +434,27 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
             accelerator.end_training()
     accelerator.wait_for_everyone()
     if is_main:
-        save_checkpoint(final, model, tok, cfg, state)
-        log(f"kava: wrote {final}")
+        save_checkpoint(final, model, tok, cfg, state, optimizer, scheduler)  # with its optimizer: it can be extended
+        records = read_jsonl(log_path) if log_path.is_file() else []
+        plot = plot_training_losses(records, out_dir / "training_losses.png",
+                                    title=f"{cfg.run_name}: {cfg.model.name}, method {cfg.train.method}")
+        for line in run_summary(records, start, time.perf_counter() - began, final, plot,
+                                best if cfg.train.eval_every else None):
+            log(line)
     return final
+
+
+def _step_tokens(builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, sched: Schedule, step: int,
+                 curriculum=None) -> int:
+    """Tokens of optimizer step `step`, all processes together (for the run header)."""
+    idx, micro, total = step_indices(step, len(data), cfg, sched.steps_per_epoch), cfg.train.micro_batch_size, 0
+    for a in range(0, len(idx), micro):
+        chunk = idx[a : a + micro]
+        items = [data[i] for i in chunk]
+        items, student = curriculum.batch(builder, items, step, chunk) if curriculum is not None else (items, None)
+        total = total + batch_token_count(make_batch(builder, items, cfg.train.method, "cpu", shares_question(cfg),
+                                                     student))
+    return int(total)  # one host read for the header
 
 
 def _stop_requested(stop, accelerator) -> bool:
@@ -420,7 +470,7 @@ def _stop_requested(stop, accelerator) -> bool:
 def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, accelerator,
                       curriculum=None, step: int = 0) -> dict:
     """Mean of each loss term over the validation examples (eval mode, sharded over processes);
-    under a curriculum, at step `step`'s stage for every example (no mixing)."""
+    under a curriculum (or iCoT), at step `step`'s stage for every example (no mixing, no offsets)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = data[rank::world]
     micro = cfg.train.micro_batch_size
@@ -430,8 +480,7 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
     try:
         for start in range(0, len(mine), micro):
             items = mine[start : start + micro]
-            student = (curriculum.student_inputs(builder, items, [curriculum.stage(step)] * len(items))
-                       if curriculum is not None else None)
+            items, student = curriculum.validation_batch(builder, items, step) if curriculum is not None else (items, None)
             losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(items)
@@ -443,6 +492,19 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
         t = accelerator.reduce(t, reduction="sum")
     count = max(float(t[-1]), 1.0)
     return {k: round(float(v) / count, 6) for k, v in zip(keys, t[:-1].tolist())}
+
+
+def step_totals(sums: dict[str, torch.Tensor], tokens: torch.Tensor, accelerator) -> tuple[dict[str, float], int]:
+    """A step's mean loss terms (averaged over processes) and its tokens (summed), read from the
+    device in one transfer: the micro-batches accumulate them as tensors, so the GPU does not
+    wait for the host after each one."""
+    keys = sorted(sums)
+    values = torch.stack([sums[k] for k in keys])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, reduction="mean")
+        tokens = accelerator.reduce(tokens.reshape(1), reduction="sum")
+    *means, total = torch.cat([values, tokens.reshape(1).to(values)]).tolist()
+    return dict(zip(keys, means)), int(total)
 
 
 class _null:

@@ -19,7 +19,8 @@ from kava.data.train_sets import ReasoningExample
 from kava.inference import generate
 from kava.model.capture import enable_capture
 from kava.model.kava_model import build_kava_model
-from kava.model.student import causal_ce, run_latents, student_forward
+from kava.model.lm import causal_ce
+from kava.model.student import run_latents, student_forward
 from kava.model.teacher import teacher_forward
 from kava.training.objective import KavaObjective
 from kava.training.trainer import make_batch
@@ -142,6 +143,16 @@ def test_kv_loss_layer_std_changes_the_kv_term():
     base = KavaObjective(model, cfg)(_batch(cfg, builder))["kv"]
     cfg.kava.kv_loss_layer_std = True
     assert not torch.isclose(base, KavaObjective(model, cfg)(_batch(cfg, builder))["kv"])
+
+
+def test_codi_layer_std_switch_reaches_the_codi_term(monkeypatch):
+    """kava.codi_layer_std (KaVa Table 6's "layer-wise std", PCCoT's use_layerwise_std)."""
+    cfg, model, builder = _setup()
+    calls = _spy(monkeypatch, objective_module, "codi_loss")
+    base = KavaObjective(model, cfg)(_batch(cfg, builder))["codi"]
+    cfg.kava.codi_layer_std = False
+    other = KavaObjective(model, cfg)(_batch(cfg, builder))["codi"]
+    assert [c[0][2] for c in calls] == [True, False] and not torch.isclose(base, other)
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -424,11 +435,9 @@ def test_codi_position_switch(monkeypatch, position, next_text):
 
 def test_student_latents_teacher_reads_the_teachers_kv(monkeypatch):
     """kava.student_latents=teacher: the answer pass attends to the teacher's kept CoT keys/values."""
-    from kava.inference import latent_control
-
     cfg, model, builder = _setup(kava__student_latents="teacher", kava__alpha_kv=0)
     batch = _batch(cfg, builder)
-    seen = _spy(monkeypatch, latent_control, "selections_state")
+    seen = _spy(monkeypatch, objective_module, "selections_state")
     out = KavaObjective(model, cfg)(batch)
     assert len(seen) == 1 and torch.isfinite(out["loss"])
     # the answer pass's CE differs from the student's own-latent CE (the latents it reads changed)
