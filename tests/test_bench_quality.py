@@ -40,6 +40,7 @@ def test_default_config_and_every_run_validate(tmp_path):
     codi = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["codi"], 0, tmp_path, [])
     expected = pccot.model_dump(exclude={"output_dir", "run_name"})
     expected["latent"]["mode"], expected["kava"]["codi_position"] = "sequential", "answer_start"
+    expected["latent"]["num_latents"] = 6  # CODI's own 6 latents
     assert codi.model_dump(exclude={"output_dir", "run_name"}) == expected
     # Coconut's curriculum: stages 1, 2, 3 of 1/6 of the steps each, then the final stage
     from kava.training.curriculum import Curriculum
@@ -51,7 +52,7 @@ def test_default_config_and_every_run_validate(tmp_path):
     k = cur.steps_per_stage
     assert k == round(steps / 6) and [cur.stage(s) for s in (0, k - 1, k, 2 * k, 3 * k, steps - 1)] == [1, 1, 2, 3, 4, 4]
     assert coconut.latent.mode == "sequential" and not coconut.latent.projection and not coconut.kava.teacher_ce
-    assert coconut.curriculum.thoughts_per_step == coconut.latent.num_latents // 3  # M shared out over the 3 stages
+    assert coconut.curriculum.thoughts_per_step == coconut.latent.num_latents // 3 == 2  # Coconut's 2 a stage, 3 stages
 
 
 def test_same_budget_for_every_method(tmp_path):
