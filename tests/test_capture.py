@@ -1,4 +1,4 @@
-"""The captured R-KV importance equals the one read from full eager attention maps (SPEC.md §4)."""
+"""The captured R-KV importance equals the one read from full eager attention maps (docs/algorithm.md §4)."""
 
 from __future__ import annotations
 

@@ -29,3 +29,14 @@ def test_readme_links_exist():
     text = (ROOT / "README.md").read_text()
     for link in re.findall(r"\]\(((?:docs|configs)/[^)]+)\)", text):
         assert (ROOT / link).exists(), link
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+    """docs/algorithm.md is the reference for the algorithm; no code, doc, test or config points
+    to the specification file the project was started from (it is not in the repository)."""
+    outside = "SPEC" + ".md"
+    files = [ROOT / "README.md", ROOT / "Makefile", ROOT / "pyproject.toml"]
+    for folder in ("src", "docs", "tests", "examples"):
+        files += [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".txt")]
+    cited = [str(p.relative_to(ROOT)) for p in files if outside in p.read_text(encoding="utf-8", errors="replace")]
+    assert not cited, f"{outside} is cited in {cited}; cite docs/algorithm.md"

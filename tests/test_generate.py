@@ -1,5 +1,5 @@
 """Batched generation (kava.inference.generate): batch == batch size 1 in every mode, exact
-forward-pass counts (SPEC.md §2), finished examples dropped (sampling: tests/test_sampling.py).
+forward-pass counts (docs/algorithm.md §2), finished examples dropped (sampling: tests/test_sampling.py).
 
 Tiny random models repeat one token forever, so in most tests every example runs to the
 budget. To make examples finish at different steps, `eos_at_positions` wraps `model.lm`

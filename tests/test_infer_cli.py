@@ -224,3 +224,88 @@ def test_inference_loads_merge_lora_into_the_weights(tiny_checkpoint):
     b = generate(unmerged, builder, qs, mode="latent", max_new_tokens=4, return_latents=True)
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
     torch.testing.assert_close(a[0].latent_hidden, b[0].latent_hidden, atol=1e-4, rtol=1e-4)
+
+
+def test_api_evaluate_follows_hf_hub_offline(tiny_pipeline, monkeypatch):
+    """`pipe.evaluate(dataset)` chooses its source as `kava evaluate` does: the offline copies
+    when HF_HUB_OFFLINE=1 is set (it asked the hub before), the hub otherwise; a given source wins."""
+    from huggingface_hub import constants
+
+    real, asked = kava.api.load_eval_dataset, []
+
+    def recording(name, source="hub", limit=None):
+        asked.append(source)
+        return real(name, source="offline", limit=limit)
+
+    monkeypatch.setattr(kava.api, "load_eval_dataset", recording)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert tiny_pipeline.evaluate("gsm8k", limit=2, max_new_tokens=2)["n"] == 2
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    tiny_pipeline.evaluate("gsm8k", limit=1, max_new_tokens=2)
+    tiny_pipeline.evaluate("gsm8k", source="offline", limit=1, max_new_tokens=2)
+    assert asked == ["offline", "hub", "offline"]
+
+
+def _read_until(fd, marker: bytes, seen: bytearray, start: int, timeout: float = 300) -> int:
+    """Read the terminal into `seen` until `marker` appears after offset `start`; the offset after it."""
+    import os
+    import select
+    import time
+
+    end = time.monotonic() + timeout
+    while (at := seen.find(marker, start)) < 0:
+        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {marker!r} in {bytes(seen[start:][-2000:])!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            chunk = b""
+        if not chunk:
+            raise AssertionError(f"the terminal closed before {marker!r}: {bytes(seen[start:][-2000:])!r}")
+        seen += chunk
+    return at + len(marker)
+
+
+def test_interactive_terminal_has_history_and_quits_on_ctrl_c(tiny_checkpoint, tmp_path):
+    """At a terminal (a pseudo-terminal here), `kava infer` edits lines with readline: the up
+    arrow recalls the last question, the history is saved in $KAVA_CACHE_DIR; Ctrl-C quits with
+    exit code 0 and no "run the same command again" (nothing was interrupted that could resume)."""
+    import os
+    import pty
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**os.environ, "KAVA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+           "OMP_NUM_THREADS": "1", "TERM": "xterm"}
+    argv = [sys.executable, "-m", "kava", "infer", "--checkpoint", str(tiny_checkpoint), "--max-new-tokens", "3"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: kava at a terminal
+        os.execve(sys.executable, argv, env)
+    seen, status = bytearray(), None
+    try:
+        at = _read_until(fd, b"> ", seen, 0)
+        os.write(fd, b"What is 2 plus 3?\r")
+        at = _read_until(fd, b"> ", seen, _read_until(fd, b"answer: ", seen, at))
+        os.write(fd, b"\x1b[A")  # up arrow: the question again, from the history
+        at = _read_until(fd, b"What is 2 plus 3?", seen, at)
+        os.write(fd, b"\r")
+        at = _read_until(fd, b"> ", seen, _read_until(fd, b"answer: ", seen, at))
+        os.write(fd, b"\x03")  # Ctrl-C
+        deadline = time.monotonic() + 60
+        while status is None and time.monotonic() < deadline:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            status = code if done else None
+            time.sleep(0.1)
+    finally:
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    text = seen.decode(errors="replace")
+    assert status is not None and os.waitstatus_to_exitcode(status) == 0, text
+    assert text.count("answer: ") == 2
+    assert "run the same command again" not in text and "Traceback" not in text
+    assert (tmp_path / "infer_history").read_text().splitlines()[-1] == "What is 2 plus 3?"

@@ -1,4 +1,4 @@
-"""Every ablation switch of the config changes what it claims to (issue 7, SPEC.md §7).
+"""Every ablation switch of the config changes what it claims to (issue 7, docs/algorithm.md §8).
 
 Each test builds a tiny model from a config (as the trainer does), flips one switch and
 checks the one thing the switch is about: the loss terms the objective computes, the

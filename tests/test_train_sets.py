@@ -1,4 +1,4 @@
-"""Training sets (SPEC.md §1): GSM8k solution parsing on real rows, answers, loaders and their errors."""
+"""Training sets (docs/algorithm.md §1): GSM8k solution parsing on real rows, answers, loaders and their errors."""
 
 from __future__ import annotations
 

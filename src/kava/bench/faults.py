@@ -447,7 +447,8 @@ def register(sub) -> None:
         "appends, or timed), resume it, and check the result equals an uninterrupted run's.",
         epilog="example: kava bench faults --kills 100 --seed 0",
     )
-    p.add_argument("--commands", nargs="+", choices=("train", "evaluate", "sweep"), default=["train", "evaluate", "sweep"])
+    p.add_argument("--commands", nargs="+", choices=("train", "evaluate", "sweep"), default=["train", "evaluate", "sweep"],
+                   help="the commands to kill and resume (default: train evaluate sweep)")
     p.add_argument("--kills", type=int, default=30, help="kills per command (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     p.add_argument("--spawn", action="store_true", help="start every process as a fresh `python -m kava` (slower)")

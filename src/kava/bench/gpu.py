@@ -78,7 +78,8 @@ def register(sub) -> None:
                     "by part, writing gpu.json and gpu.md as each part finishes. --device cpu: a tiny dry run.",
         epilog="example: kava bench gpu --output-dir runs/bench_gpu",
     )
-    p.add_argument("--config", default=None, help="the config to check (default: configs/llama1b_aug.yaml)")
+    p.add_argument("--config", default=None,
+                   help="the config to check: a file or a shipped config's name (default: llama1b_aug)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a tiny dry run)")
     p.add_argument("--micro-batch-sizes", nargs="+", type=int, help="memory at these sizes (default: 16 32 64 on a GPU)")
     p.add_argument("--steps", type=int, help="timed optimizer steps per run, and steps of each config in `losses` "
@@ -301,13 +302,14 @@ def _one_line(err: BaseException) -> str:
 def run_gpu(args, on_part=None) -> dict:
     import torch
 
+    from kava.config import resolve_config_path
     from kava.training.hardware import set_tf32
 
     device = _check_device(args.device)
     sizes, infer_batches, questions, steps = DEFAULTS[device.type]
     sizes = args.micro_batch_sizes or sizes
     steps = args.steps or steps
-    path = Path(args.config or Path(__file__).resolve().parents[3] / "configs" / "llama1b_aug.yaml")
+    path = resolve_config_path(args.config or "llama1b_aug")
     cfg = _config(path, device, args.overrides, args.layers)
     set_tf32(cfg.train.tf32, device)
     r = {"config": str(path), "model": cfg.model.name, "device": str(device), "device_name": device_name(device),

@@ -45,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--dataset", default="gsm8k", help="evaluation set (default: %(default)s)")
     p.add_argument("--source", default="offline", choices=("offline", "hub"), help="dataset source (default: %(default)s)")
     p.add_argument("--limit", type=int, default=16, help="questions (default: %(default)s)")
-    p.add_argument("--modes", nargs="+", default=["latent", "cot", "direct"], choices=("latent", "cot", "direct"))
+    p.add_argument("--modes", nargs="+", default=["latent", "cot", "direct"], choices=("latent", "cot", "direct"),
+                   help="generation modes to time side by side (default: latent cot direct)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16], help="default: 1 16")
     p.add_argument("--lengths", choices=("natural", "fixed"), help="stop at EOS (natural) or decode fixed lengths "
                    "(default: natural for --checkpoint, fixed for --model)")
@@ -56,10 +57,13 @@ def register(sub) -> None:
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default: %(default)s)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bf16", "bfloat16", "fp16", "float16"), default="auto")
-    p.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa")
+    p.add_argument("--dtype", choices=("auto", "float32", "bf16", "bfloat16", "fp16", "float16"), default="auto",
+                   help="weights dtype (default: auto = bf16 on a GPU, fp32 on a CPU)")
+    p.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa",
+                   help="attention implementation (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch intra-op threads on a CPU (default: torch's)")
     p.add_argument("--output", help="JSON file for the results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_infer)
 
 
@@ -90,7 +94,7 @@ def _cmd_infer(args) -> int:
     result = measure_inference(
         model, builder, examples, modes=args.modes, batch_sizes=args.batch_sizes, reps=args.reps,
         warmup=args.warmup, lengths=lengths, cot_tokens=cot_tokens, answer_tokens=args.answer_tokens,
-        cot_max_new_tokens=args.cot_max_new_tokens,
+        cot_max_new_tokens=args.cot_max_new_tokens, progress=not args.no_progress,
     )
     result.update(model=name, trained=trained, dataset=args.dataset, device=str(device),
                   dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -131,8 +135,12 @@ def measure_inference(
     cot_tokens: int | None = None,
     answer_tokens: int = 3,
     cot_max_new_tokens: int = 256,
+    progress: bool = False,
 ) -> dict:
-    """Seconds and forward passes per question for every mode × batch size, interleaved."""
+    """Seconds and forward passes per question for every mode × batch size, interleaved
+    (`progress`: a bar over the runs on stderr)."""
+    from tqdm.auto import tqdm
+
     from kava.evaluation.answer import is_correct
     from kava.evaluation.evaluate import extract_prediction
     from kava.inference.generate import generate
@@ -154,6 +162,9 @@ def measure_inference(
     device = model.device
     times: dict[tuple[str, int], list[float]] = {(m, b): [] for m in modes for b in batch_sizes}
     first: dict[tuple[str, int], list] = {}
+    bar = tqdm(total=(warmup + reps) * len(batch_sizes) * len(modes), unit="run", disable=not progress,
+               desc=f"inference ({', '.join(modes)} x batch {', '.join(map(str, batch_sizes))}, {warmup} warm-up)",
+               file=sys.stderr, dynamic_ncols=True)
     for rep in range(warmup + reps):
         for bs in batch_sizes:
             for mode in modes:
@@ -165,9 +176,11 @@ def measure_inference(
                                      max_new_tokens=budget[mode], ignore_eos=lengths == "fixed")
                 sync(device)
                 dt = time.perf_counter() - t0
+                bar.update()
                 if rep >= warmup:
                     times[(mode, bs)].append(dt)
                 first.setdefault((mode, bs), gens)
+    bar.close()
     prefix = builder.prompt.answer_prefix
     cost = pass_cost(model)
     rows = []

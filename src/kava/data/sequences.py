@@ -1,4 +1,4 @@
-"""Teacher and student sequences, and their padded batches (SPEC.md §1, §2).
+"""Teacher and student sequences, and their padded batches (docs/algorithm.md §1, §2).
 
 Each piece is tokenised on its own and the ids are concatenated, so segment
 boundaries are exact whatever the tokenizer does with spaces:

@@ -1,4 +1,4 @@
-"""Synthetic multi-step arithmetic word problems in GSM8k-AUG's format (SPEC.md §1).
+"""Synthetic multi-step arithmetic word problems in GSM8k-AUG's format (docs/algorithm.md §1).
 
 An offline task that can be generated in any amount, for CPU-scale benchmarks: a tiny
 model trained from scratch can solve it with a chain of thought, but hardly without one,

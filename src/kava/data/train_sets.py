@@ -1,4 +1,4 @@
-"""Training sets for KaVa (SPEC.md §1).
+"""Training sets for KaVa (docs/algorithm.md §1).
 
 An example is a `question`, a list of CoT `steps` and an `answer` (a number as text).
 Sources:

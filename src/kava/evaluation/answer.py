@@ -1,4 +1,4 @@
-"""Reading a number out of a model's answer, and deciding whether it is right (SPEC.md §1, §2 step 3).
+"""Reading a number out of a model's answer, and deciding whether it is right (docs/algorithm.md §1, §2 step 3).
 
 The student decodes `<eot> + P + A` with P the answer prefix `The answer is:`; the number
 that follows the prefix is the prediction. Gold answers are floats (GSM8k's `#### 2,125`,

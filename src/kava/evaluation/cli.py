@@ -46,7 +46,7 @@ stderr with its line number, the other lines are answered, and the exit code is 
 
 
 def _add_model_options(p) -> None:
-    from kava.api import DTYPES
+    from kava.config import DTYPES
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="DIR|REPO_ID",
@@ -113,18 +113,15 @@ def _early_checks(args) -> None:
     resolve_device(args.device)
 
 
-def default_source(source: str | None) -> str:
-    """``--source`` when given; else ``hub``, or ``offline`` (said in one line) when the hub's
-    own switch HF_HUB_OFFLINE=1 is set. The offline copies are the same sets (a set without
-    one fails to load; nothing else is put in its place)."""
-    if source is not None:
-        return source
-    from huggingface_hub import constants
+def announce_source(source: str | None) -> str:
+    """``--source`` when given; else `kava.data.eval_sets.default_source`, saying in one line
+    when HF_HUB_OFFLINE=1 made it ``offline``."""
+    from kava.data.eval_sets import default_source
 
-    if constants.HF_HUB_OFFLINE:
+    resolved = default_source(source)
+    if source is None and resolved == "offline":
         print("kava: HF_HUB_OFFLINE=1: evaluation sets from their offline copies (--source offline)", file=sys.stderr)
-        return "offline"
-    return "hub"
+    return resolved
 
 
 def _load_pipeline(args):
@@ -227,7 +224,7 @@ def _cmd_evaluate(args) -> int:
     _early_checks(args)
     if args.harness:
         return _cmd_harness(args, sampling)
-    args.source = default_source(args.source)
+    args.source = announce_source(args.source)
     # Data first (cheap, and a wrong name fails before the model loads).
     data = {name: _load_dataset(name, args) for name in names}
     pipe = _load_pipeline(args)
@@ -511,27 +508,72 @@ def _cmd_infer(args) -> int:
     return _interactive(pipe, gen, args.show_latents)
 
 
+def _line_editing() -> Path | None:
+    """Line editing and history for the interactive prompt (stdlib readline, where the platform
+    has it); the history file is `$KAVA_CACHE_DIR/infer_history` (default ~/.cache/kava). Returns
+    the history file, None without readline."""
+    try:
+        import readline
+    except ImportError:  # (no readline on this platform: plain input)
+        return None
+    from kava.model.load import kava_cache_dir
+
+    history = kava_cache_dir() / "infer_history"
+    readline.set_history_length(1000)
+    with contextlib.suppress(OSError):  # (none yet, or unreadable: start a new one)
+        readline.read_history_file(history)
+    return history
+
+
+def _save_history(history: Path) -> None:
+    import readline
+
+    try:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(history)
+    except OSError as err:
+        print(f"kava: could not save the question history to {history}: {err.strerror}", file=sys.stderr)
+
+
+def _read_question(terminal: bool) -> str | None:
+    """The next line typed (None at end of input): through input() at a terminal, so that
+    readline edits it and keeps it in the history, else read as it comes (with the prompt
+    on stderr when only stdin is a terminal: stdout holds the answers)."""
+    if terminal:
+        try:
+            return input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return None
+    if sys.stdin.isatty():
+        print("> ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline() or None
+
+
 def _interactive(pipe, gen: dict, show_latents: bool) -> int:
-    tty = sys.stdin.isatty()
-    if tty:
-        print(f"kava infer ({pipe.name}, {gen['mode']} mode): type a question; 'exit' or Ctrl-D quits.",
-              file=sys.stderr)
-    while True:
-        if tty:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            break
-        q = line.strip()
-        if q.lower() in ("exit", "quit"):
-            break
-        if not q:
-            continue
-        t0 = time.perf_counter()
-        (a,) = pipe.answer([q], **gen)
-        a.seconds = time.perf_counter() - t0
-        _print_answer(pipe, a, show_latents, with_question=not tty)
-        print(flush=True)
+    """Questions typed one a line until 'exit', end of input (Ctrl-D) or Ctrl-C."""
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    history = _line_editing() if terminal else None
+    if sys.stdin.isatty():
+        print(f"kava infer ({pipe.name}, {gen['mode']} mode): type a question; 'exit', Ctrl-D or Ctrl-C quits; "
+              "arrow keys edit and recall earlier questions.", file=sys.stderr)
+    try:
+        while (line := _read_question(terminal)) is not None:
+            q = line.strip()
+            if q.lower() in ("exit", "quit"):
+                break
+            if not q:
+                continue
+            t0 = time.perf_counter()
+            (a,) = pipe.answer([q], **gen)
+            a.seconds = time.perf_counter() - t0
+            _print_answer(pipe, a, show_latents, with_question=not sys.stdin.isatty())
+            print(flush=True)
+    except KeyboardInterrupt:  # Ctrl-C quits the prompt: nothing is lost, nothing to resume
+        print(file=sys.stderr)
+    finally:
+        if history is not None:
+            _save_history(history)
     return 0
 
 

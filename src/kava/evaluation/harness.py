@@ -19,7 +19,7 @@ mode the prompt ends with the answer prefix (``The answer is:``), so the returne
 that prefix and what the model wrote after it; in cot mode the model writes the prefix
 itself. Either way the answer is the number after the last prefix, which
 :func:`process_results` reads with kava's own parser, so a harness task using it scores
-exactly as ``kava evaluate`` does. Forward passes (SPEC.md §2) are counted per request and
+exactly as ``kava evaluate`` does. Forward passes (docs/algorithm.md §2) are counted per request and
 reported with the harness's metrics. Log-likelihood requests are not supported: a KaVa
 student is trained to answer after its latents, not to score continuations.
 """
@@ -40,6 +40,7 @@ try:
 except ImportError:  # pragma: no cover - the optional extra is missing
     raise KavaError("lm-evaluation-harness is not installed: pip install 'kava[harness]'") from None
 
+from huggingface_hub import constants
 from tqdm.auto import tqdm
 
 import kava.api
@@ -165,9 +166,7 @@ def run_harness(pipe, tasks: Iterable[str], mode: str | None = None, limit: int 
     decoding) with ``kava`` added: mode, forward passes (over every decoding), ``protocol``, and
     with `sampling`, ``sampled``: per task and metric, the mean, sample std and values over the
     `samples` sampled decodings (the harness run once per decoding)."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
+    tasks = list(tasks)
     if sampling is None and samples != 1:
         raise KavaError(f"{samples} samples need sampled decoding: greedy decoding gives the same answers every time")
     options = {} if sampling is None else {"sampling": True, **dataclasses.asdict(sampling)}
@@ -175,12 +174,7 @@ def run_harness(pipe, tasks: Iterable[str], mode: str | None = None, limit: int 
     for sample in range(samples):
         lm = KavaLM(pipeline=pipe, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, sample=sample,
                     **options)
-        try:
-            manager = TaskManager(include_path=include_path)
-            runs.append(lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
-                                                task_manager=manager, log_samples=True))
-        except (KeyError, ValueError) as e:  # an unknown task name, ...
-            raise KavaError(f"lm-evaluation-harness: {str(e).strip().splitlines()[0]}") from None
+        runs.append(_simple_evaluate(lm, tasks, limit, num_fewshot, include_path))
         passes += lm.forward_passes
     res = runs[0]
     res["kava"] = {"mode": lm.mode, **forward_pass_summary(passes),
@@ -188,6 +182,31 @@ def run_harness(pipe, tasks: Iterable[str], mode: str | None = None, limit: int 
     if sampling is not None:
         res["kava"]["sampled"] = _over_samples([r["results"] for r in runs])
     return res
+
+
+def _simple_evaluate(lm, tasks: list[str], limit, num_fewshot, include_path) -> dict:
+    """One ``lm_eval.simple_evaluate`` run; what goes wrong with the tasks or their data is one line."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    try:
+        manager = TaskManager(include_path=include_path)
+        return lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot,
+                                       task_manager=manager, log_samples=True)
+    except (KeyError, ValueError) as e:  # an unknown task name, ...
+        raise KavaError(f"lm-evaluation-harness: {_first_line(e)}") from None
+    except ConnectionError as e:  # a task whose data set is on the hub, which is not reachable
+        why = ("HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE
+               else "check the network (or set HF_HUB_OFFLINE=1 to fail at once)")
+        raise KavaError(f"lm-evaluation-harness cannot load the data of {', '.join(tasks)}: {_first_line(e)}; {why}; "
+                        "or give a task YAML with local data_files (--harness-include DIR, docs/inference.md)") from None
+    except FileNotFoundError as e:  # a task YAML's data_files, or a data set name, that does not exist
+        raise KavaError(f"lm-evaluation-harness cannot load the data of {', '.join(tasks)}: {_first_line(e)} "
+                        "(check the task's dataset_path and data_files)") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _over_samples(results: list[dict]) -> dict:

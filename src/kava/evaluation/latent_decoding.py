@@ -3,7 +3,7 @@
 Each latent's final last-layer hidden state (after the final norm, as fed back to the next
 slot) is decoded through the LM head; its top-k tokens are compared with the intermediate
 results of the problem's chain of thought — the results of the CoT steps the teacher reads
-(`steps[:-1]` with drop-last, SPEC.md §1). A result is *found* when some latent's top-k holds a
+(`steps[:-1]` with drop-last, docs/algorithm.md §1). A result is *found* when some latent's top-k holds a
 token that is exactly that number. With many latents and few distinct numbers a result can be
 found by chance, so the same count is made with the next problem's latents (`found_other`, as
 the shuffled control pairs them): only `found` well above `found_other` says the latents hold

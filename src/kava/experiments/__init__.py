@@ -14,27 +14,22 @@ The commands themselves (``kava sweep``, ``aggregate``, ``compare``, ``reproduce
 :mod:`kava.experiments.cli`; docs/experiments.md and docs/reproducing.md are the guides.
 """
 
-from kava.experiments.aggregate import aggregate, load_run, read_results_file, write_run_summary
-from kava.experiments.compare import compare_runs, format_comparison
-from kava.experiments.launch import format_status, run_status, subprocess_runner
-from kava.experiments.plan import format_plan, plan_reproduction
-from kava.experiments.stats import format_mean_std, summarize, summarize_seeds
-from kava.experiments.sweep import run_sweep
+import importlib
 
-__all__ = [
-    "aggregate",
-    "compare_runs",
-    "format_comparison",
-    "format_mean_std",
-    "format_plan",
-    "format_status",
-    "load_run",
-    "plan_reproduction",
-    "read_results_file",
-    "run_status",
-    "run_sweep",
-    "subprocess_runner",
-    "summarize",
-    "summarize_seeds",
-    "write_run_summary",
-]
+# The names are imported on first use (PEP 562), so that `kava --help`, which imports
+# kava.experiments.cli, does not import submitit and the config schema.
+_EXPORTS = {
+    "aggregate": "aggregate", "load_run": "aggregate", "read_results_file": "aggregate",
+    "write_run_summary": "aggregate",
+    "compare_runs": "compare", "format_comparison": "compare",
+    "format_mean_std": "stats", "summarize": "stats", "summarize_seeds": "stats",
+    "format_status": "launch", "run_status": "launch", "subprocess_runner": "launch",
+    "format_plan": "plan", "plan_reproduction": "plan", "run_sweep": "sweep",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kava.experiments' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"kava.experiments.{_EXPORTS[name]}"), name)

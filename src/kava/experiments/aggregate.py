@@ -65,6 +65,7 @@ from kava.evaluation.protocol import one_protocol, protocol_name
 from kava.evaluation.results import results_files
 from kava.experiments.stats import format_mean_std, format_number, is_number, sort_datasets, summarize_seeds
 from kava.io import atomic_write_bytes, atomic_write_text, atomic_write_yaml
+from kava.plots import Point, accuracy_figure, figure_png
 
 SEED_DIR_RE = re.compile(r"^seed_(\d+)$")
 
@@ -434,50 +435,14 @@ def render_latex(header: list[str], rows: list[list[str]], datasets: list[str]) 
 
 
 def render_plot(summaries: list[dict], datasets: list[str]) -> bytes:
-    """PNG: accuracy vs mean forward passes, one labelled point per run and dataset.
-
-    Error bars are the std over seeds on both axes. Uses the Agg canvas directly (no
-    pyplot, no global backend change), so it works headless and in threads.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 5.0), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    markers = "osD^v<>pPX*h"
-    plotted = 0
-    for i, ds in enumerate(datasets):
-        xs, ys, xerr, yerr, labels = [], [], [], [], []
-        for s in summaries:
-            e = s["datasets"].get(ds)
-            if not e or e["forward_passes_mean"] is None:
-                continue
-            xs.append(e["forward_passes_mean"])
-            ys.append(e["accuracy_mean"])
-            xerr.append(e["forward_passes_std"] or 0.0)
-            yerr.append(e["accuracy_std"] or 0.0)
-            labels.append(s["run_name"])
-        if not xs:
-            continue
-        color = f"C{i % 10}"
-        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt=markers[i % len(markers)], color=color,
-                    capsize=3, label=ds)
-        for x, y, lab in zip(xs, ys, labels):
-            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7, color=color)
-        plotted += len(xs)
-    if plotted:
-        ax.legend(title="dataset", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no forward-pass counts recorded", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("mean forward passes per question")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy vs forward passes (mean ± std over seeds)")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    """PNG: accuracy against mean forward passes, a panel per dataset, a point per run, the std
+    over seeds as error bars (kava.plots)."""
+    points = [Point(s["run_name"], ds, e["forward_passes_mean"], e["accuracy_mean"], e["forward_passes_std"] or 0.0,
+                    e["accuracy_std"] or 0.0)
+              for ds in datasets for s in summaries
+              if (e := s["datasets"].get(ds)) and e["forward_passes_mean"] is not None]
+    title = "Accuracy against forward passes (mean ± std over seeds)"
+    return figure_png(accuracy_figure(points, title, series=[s["run_name"] for s in summaries], datasets=datasets))
 
 
 def aggregate(experiments_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kava.errors import KavaError
 
-#: The six configs of the paper's Table 1 / Table 6 (SPEC.md §6), in table order.
+#: The six configs of the paper's Table 1 / Table 6 (docs/reproducing.md), in table order.
 PAPER_CONFIGS = (
     "llama1b_aug",
     "llama1b_aug_nl",
@@ -33,7 +33,7 @@ DEFAULT_SEEDS = (42, 43, 44)
 DEFAULT_DATASETS = ("gsm8k", "gsm8k-hard", "svamp")
 
 SWEEP_EXAMPLE = """examples:
-  kava sweep --config configs/llama1b_aug.yaml --seeds 42 43 44 --output-dir experiments
+  kava sweep --config llama1b_aug --seeds 42 43 44 --output-dir experiments
   kava sweep --config configs/tiny.yaml --seeds 1 2 --output-dir /tmp/exp \\
       --datasets gsm8k svamp --source offline --limit 8
   kava sweep --config configs/llama1b_aug.yaml --seeds 42 43 44 --devices 0,1,2     (3 seeds in parallel)
@@ -248,7 +248,7 @@ def _add_sweep(sub) -> None:
         epilog=SWEEP_EXAMPLE,
         formatter_class=_RawEpilog,
     )
-    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--config", help="a YAML config file, or the name of a shipped config (kava configs lists them)")
     p.add_argument("--status", metavar="RUN_DIR",
                    help="show which seeds of a run (OUTPUT_DIR/RUN_NAME) are queued, running, done or failed; run nothing")
     p.add_argument("--seeds", nargs="+", default=list(DEFAULT_SEEDS), metavar="SEED",
@@ -261,6 +261,8 @@ def _add_sweep(sub) -> None:
     only.add_argument("--train-only", action="store_true", help="train the seeds, do not evaluate")
     only.add_argument("--eval-only", action="store_true",
                       help="evaluate the checkpoints already there; never train")
+    p.add_argument("--no-progress", action="store_true",
+                   help="one line per stage instead of progress bars (the sweep's and the running training's)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="config overrides passed to kava train (recorded in run.yaml)")
     p.set_defaults(func=_cmd_sweep)
@@ -337,6 +339,7 @@ def _sweep(config, args, run_name=None):
         launcher=args.launcher,
         launcher_config=launcher_config(config, args) if args.launcher != "local" else None,
         wait=args.wait,
+        show_progress=not args.no_progress,
     )
 
 
@@ -348,8 +351,10 @@ def _cmd_sweep(args) -> int:
         return 0
     if args.config is None:
         raise KavaError("kava sweep needs --config CONFIG (or --status RUN_DIR to look at a run)")
+    from kava.config import resolve_config_path
+
     _split_overrides(args)
-    res = _sweep(args.config, args, run_name=args.run_name)
+    res = _sweep(str(resolve_config_path(args.config)), args, run_name=args.run_name)
     _print_sweep_result(res)
     _report_failures(res)
     return 1 if res["n_failed"] else 0
@@ -440,22 +445,24 @@ def _add_reproduce(sub) -> None:
         formatter_class=_RawEpilog,
     )
     p.add_argument("--configs", nargs="+", metavar="CONFIG",
-                   help="configs to run (default: the six paper configs in configs/)")
+                   help="config files or shipped configs' names (default: the six paper configs)")
     p.add_argument("--seeds", nargs="+", default=list(DEFAULT_SEEDS), metavar="SEED",
                    help="seeds (default: 42 43 44)")
     p.add_argument("--output-dir", default="experiments", help="experiments folder (default: experiments)")
     p.add_argument("--output", metavar="TABLE.csv", help="the table (default: OUTPUT_DIR/table.csv)")
     _add_eval_options(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated GPU hours; run nothing")
+    p.add_argument("--no-progress", action="store_true",
+                   help="one line per stage instead of progress bars (the sweep's and the running training's)")
     _add_launcher_options(p)
     p.set_defaults(func=_cmd_reproduce)
 
 
 def default_paper_configs() -> list[Path]:
-    """The six paper configs: ``configs/`` in the working directory, else the repository's."""
-    import kava
+    """The six paper configs: ``configs/`` in the working directory, else the shipped ones."""
+    from kava.config import CONFIGS_DIR
 
-    candidates = [Path.cwd() / "configs", Path(kava.__file__).resolve().parents[2] / "configs"]
+    candidates = [Path.cwd() / "configs", CONFIGS_DIR]
     for d in candidates:
         paths = [d / f"{name}.yaml" for name in PAPER_CONFIGS]
         if all(p.is_file() for p in paths):
@@ -464,23 +471,21 @@ def default_paper_configs() -> list[Path]:
             except ValueError:
                 return paths
     raise KavaError(
-        "the paper configs (configs/llama1b_aug.yaml, ...) were not found in ./configs or next to the kava "
-        "package; run from the repository root or pass --configs"
+        "the paper configs (llama1b_aug, ...) were found neither in ./configs nor among the shipped configs; "
+        "pass --configs"
     )
 
 
 def _cmd_reproduce(args) -> int:
+    from kava.config import resolve_config_path
     from kava.experiments.plan import format_plan, plan_reproduction
 
     _split_overrides(args)
-    configs = [Path(c) for c in args.configs] if args.configs else default_paper_configs()
+    configs = [resolve_config_path(c) for c in args.configs] if args.configs else default_paper_configs()
     names = [c.stem for c in configs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise KavaError(f"two configs share the run name {dup[0]!r} (the file name); rename one")
-    for c in configs:
-        if not c.is_file():
-            raise KavaError(f"config file not found: {c}")
     seeds = args.seeds
     plan = plan_reproduction(configs, seeds)
     table = Path(args.output) if args.output else Path(args.output_dir) / "table.csv"

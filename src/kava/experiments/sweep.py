@@ -55,13 +55,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants as hub_constants
-
 from kava.config import KavaConfig, LauncherConfig, load_config
-from kava.data.eval_sets import SYNTHETIC_TEST, check_eval_dataset
+from kava.data.eval_sets import SYNTHETIC_TEST, check_eval_dataset, default_source
 from kava.data.train_sets import load_training_examples
 from kava.errors import KavaError
 from kava.evaluation.results import dataset_key, results_file
+from kava.experiments import launch
 from kava.experiments.aggregate import (
     read_results_file,
     read_yaml_mapping,
@@ -69,6 +68,7 @@ from kava.experiments.aggregate import (
     write_yaml_readable,
 )
 from kava.experiments.launch import LAUNCHERS, run_local, submit, subprocess_runner
+from kava.experiments.progress import SweepDisplay
 from kava.io import atomic_write_yaml, remove_stale_temporaries
 from kava.locking import FolderLock
 
@@ -84,9 +84,11 @@ Runner = Callable[[list[str], dict[str, str], Path], int]
 
 
 def train_command(config: str | os.PathLike, seed_dir: Path, seed: int, overrides: Sequence[str] = (),
-                  resume: bool = False) -> list[str]:
+                  resume: bool = False, progress: bool = False) -> list[str]:
+    """(`progress`: the child draws its progress bar, which `kava.experiments.progress` shows.)"""
     return [sys.executable, "-m", "kava", "train", "--config", str(config), "--output-dir", str(seed_dir),
-            "--seed", str(seed), "--no-progress", *(["--resume"] if resume else []), *overrides]
+            "--seed", str(seed), *([] if progress else ["--no-progress"]), *(["--resume"] if resume else []),
+            *overrides]
 
 
 _STEP_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -102,9 +104,11 @@ def last_step_checkpoint(seed_dir: Path) -> str | None:
     return max(found)[1] if found else None
 
 
-def eval_command(seed_dir: Path, datasets: Sequence[str], eval_args: Sequence[str] = ()) -> list[str]:
+def eval_command(seed_dir: Path, datasets: Sequence[str], eval_args: Sequence[str] = (),
+                 progress: bool = False) -> list[str]:
     return [sys.executable, "-m", "kava", "evaluate", "--checkpoint", str(seed_dir / CHECKPOINT_DIR),
-            "--datasets", *datasets, "--output-dir", str(seed_dir), "--no-progress", *eval_args]
+            "--datasets", *datasets, "--output-dir", str(seed_dir), *([] if progress else ["--no-progress"]),
+            *eval_args]
 
 
 # ------------------------------------------------------------------------ validation
@@ -204,11 +208,11 @@ def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple
 
 def _eval_source(eval_args: Sequence[str]) -> str:
     """The evaluation sets' source `kava evaluate` will use with these arguments (its default:
-    hub, or offline under HF_HUB_OFFLINE=1; kava.evaluation.cli.default_source)."""
+    hub, or offline under HF_HUB_OFFLINE=1: kava.data.eval_sets.default_source)."""
     args = list(eval_args)
     if "--source" in args[:-1]:
         return args[args.index("--source") + 1]
-    return "offline" if hub_constants.HF_HUB_OFFLINE else "hub"
+    return default_source(None)
 
 
 def check_before_training(cfg: KavaConfig | None, config: Path, datasets: Sequence[str],
@@ -245,6 +249,7 @@ class _Sweep:
         self.eval_args = eval_args
         self.runner = runner
         self.progress = progress
+        self.display = None  # a SweepDisplay (kava.experiments.progress) when a local sweep shows progress bars
         self.summary_lock = threading.Lock()
 
     def __getstate__(self) -> dict:  # a submitit job carries the sweep to its node
@@ -267,9 +272,19 @@ class _Sweep:
         return all(self._results_ok(seed_dir, d) for d in self.datasets)
 
     # -- helpers
-    def _say(self, seed: int, device: str | None, msg: str) -> None:
+    @property
+    def stages_per_seed(self) -> int:
+        return 1 if self.train_only or self.eval_only else 2
+
+    def _say(self, seed: int, device: str | None, msg: str, stages: int = 0) -> None:
+        """A progress line; `stages`: how many of the seed's stages this event ends (the display's bar)."""
         dev = f" [device {device}]" if device is not None else ""
         self.progress(f"[{self.run_name}] seed {seed}{dev}: {msg}")
+        self._advance(stages)
+
+    def _advance(self, stages: int) -> None:
+        if self.display is not None:
+            self.display.advance(stages)
 
     def _write_status(self, seed_dir: Path, status: dict) -> None:
         status["updated"] = _now()
@@ -330,23 +345,24 @@ class _Sweep:
         if self.train_only:
             if ckpt.is_dir():
                 status.update(train="done", error=None)
-                self._say(seed, device, f"skipped: {CHECKPOINT_DIR} exists")
+                self._say(seed, device, f"skipped: {CHECKPOINT_DIR} exists", stages=1)
                 return finish("skipped")
             missing: list[str] = []
         else:
             missing = [d for d in self.datasets if not self._results_ok(seed_dir, d)]
             if not missing:
                 status.update(train="done", eval="done", error=None)
-                self._say(seed, device, "skipped: results exist for every dataset")
+                self._say(seed, device, "skipped: results exist for every dataset", stages=self.stages_per_seed)
                 return finish("skipped")
 
         # Training (only when there is no checkpoint yet).
         if ckpt.is_dir():
             status["train"] = "done"
+            self._advance(self.stages_per_seed - 1)  # (training is no stage of an --eval-only sweep)
         elif self.eval_only:
             status.update(eval="failed", error=(
                 f"no checkpoint at {ckpt}; train this seed first (run the sweep without --eval-only)"))
-            self._say(seed, device, f"FAILED: no {CHECKPOINT_DIR} to evaluate")
+            self._say(seed, device, f"FAILED: no {CHECKPOINT_DIR} to evaluate", stages=1)
             return finish("failed")
         else:
             status.update(train="pending", error=None)
@@ -358,19 +374,20 @@ class _Sweep:
             self._say(seed, device, f"{what} (log: {seed_dir / TRAIN_LOG})")
             ran.append("train")
             err = self._run("training", train_command(self.config, seed_dir, seed, self.overrides,
-                                                      resume=step_ckpt is not None),
+                                                      resume=step_ckpt is not None, progress=self.display is not None),
                             seed_dir, TRAIN_LOG, device)
             if err is None and not ckpt.is_dir():
                 err = f"training exited 0 but wrote no {ckpt}; see {seed_dir / TRAIN_LOG}"
             if err is not None:
                 status.update(train="failed", error=err)
-                self._say(seed, device, f"FAILED: {err.splitlines()[0]}")
+                self._say(seed, device, f"FAILED: {err.splitlines()[0]}", stages=self.stages_per_seed)
                 return finish("failed")
             status["train"] = "done"
+            self._advance(1)
 
         if self.train_only:
             status["error"] = None
-            self._say(seed, device, "trained")
+            self._say(seed, device, "trained")  # (its stage was counted above)
             return finish("ran")
 
         # Evaluation of the datasets still missing.
@@ -378,7 +395,8 @@ class _Sweep:
         self._write_status(seed_dir, status)
         self._say(seed, device, f"evaluating {' '.join(missing)} (log: {seed_dir / EVAL_LOG})")
         ran.append("eval")
-        err = self._run("evaluation", eval_command(seed_dir, missing, self.eval_args), seed_dir, EVAL_LOG, device)
+        err = self._run("evaluation", eval_command(seed_dir, missing, self.eval_args, progress=self.display is not None),
+                        seed_dir, EVAL_LOG, device)
         still = [d for d in missing if not self._results_ok(seed_dir, d)]
         if err is None and still:
             err = (f"evaluation exited 0 but wrote no readable results for {', '.join(still)}; "
@@ -388,10 +406,10 @@ class _Sweep:
             err += f"\n(results written for {written}; missing: {', '.join(still)})"
         if err is not None:
             status.update(eval="failed", error=err)
-            self._say(seed, device, f"FAILED: {err.splitlines()[0]}")
+            self._say(seed, device, f"FAILED: {err.splitlines()[0]}", stages=1)
             return finish("failed")
         status.update(eval="done", error=None)
-        self._say(seed, device, "done")
+        self._say(seed, device, "done", stages=1)
         return finish("ran")
 
     def run_seed_and_summarize(self, seed: int, device: str | None) -> dict:
@@ -472,6 +490,7 @@ def run_sweep(
     launcher: str = "local",
     launcher_config: LauncherConfig | None = None,
     wait: bool = False,
+    show_progress: bool = False,
 ) -> dict:
     """Train and evaluate ``config`` once per seed under ``output_dir/<run_name>/seed_<s>/``.
 
@@ -480,7 +499,9 @@ def run_sweep(
     device seeds run one after another on it; with none, one after another with the
     environment untouched. ``runner(argv, env, log_path) -> exit code`` replaces the
     subprocess call (tests). ``progress`` receives one-line progress messages (default:
-    stderr).
+    stderr). ``show_progress`` (local launcher, default runner and messages): progress bars
+    on stderr, the sweep's over its stages and the running child's own under it
+    (:class:`kava.experiments.progress.SweepDisplay`).
 
     ``launcher``: ``local`` (this process runs the seeds), ``slurm`` or ``submitit-local``
     (one submitit job per seed, set up from ``launcher_config``; see
@@ -535,7 +556,15 @@ def run_sweep(
                        eval_only=eval_only, overrides=overrides, eval_args=eval_args,
                        runner=runner or subprocess_runner, progress=progress or _stderr)
 
-        if launcher == "local":
+        # Progress bars replace the default runner and messages (a given runner or progress is kept).
+        if launcher == "local" and show_progress and progress is None and sweep.runner is launch.subprocess_runner:
+            sweep.display = SweepDisplay(name, len(seed_list) * sweep.stages_per_seed)
+            sweep.progress, sweep.runner = sweep.display.message, sweep.display.runner
+            try:
+                results = run_local(sweep, seed_list, device_list)
+            finally:
+                sweep.display.close()
+        elif launcher == "local":
             results = run_local(sweep, seed_list, device_list)
         else:
             results = submit(sweep, seed_list, launcher, launcher_config or LauncherConfig(), wait)

@@ -1,4 +1,4 @@
-"""Batched generation with the KV cache, in three modes, counting forward passes (SPEC.md §2).
+"""Batched generation with the KV cache, in three modes, counting forward passes (docs/algorithm.md §2).
 
     latent  (the student)  Q + <bot> -> pass 0 + T Jacobi passes -> <eot> + P -> answer tokens
             forward passes = 1 + T + 1 + (generated tokens − 1)

@@ -17,7 +17,7 @@ the answer pass reads (`<eot> + P` and the answer tokens attend to `Q + <bot> + 
               to produce them so). Slots beyond a short CoT keep the student's own latents.
 
 `latent reliance` = accuracy with the question's own latents − accuracy under `shuffled`:
-near 0 when the answer ignores which latents it gets (SPEC.md §2; docs/quality.md).
+near 0 when the answer ignores which latents it gets (docs/algorithm.md §2; docs/quality.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""All access to transformers' KV caches lives here (SPEC.md §8: keep cache access in one place).
+"""All access to transformers' KV caches lives here (docs/algorithm.md §9: keep cache access in one place).
 
 transformers 5.x stores a `DynamicCache` as a list of layers, each holding `keys` and
 `values` of shape [B, H_kv, S, D] (after RoPE). The rest of kava only sees plain

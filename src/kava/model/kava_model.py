@@ -1,5 +1,5 @@
 """The KaVa model: one backbone (teacher and student share its weights), the latent
-projection and the special tokens (SPEC.md §1–§2).
+projection and the special tokens (docs/algorithm.md §1–§2).
 
 `build_kava_model` loads the backbone, adds `<bot>`, `<eot>`, `<latent>` (their embedding
 rows are trained: through peft's `trainable_token_indices` under LoRA, or as part of the
@@ -9,6 +9,7 @@ full model otherwise), wraps it with LoRA from the config, and attaches the proj
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import nn
@@ -119,7 +120,7 @@ class KavaModel(nn.Module):
     """The backbone, the special token ids, the latent projection and the latent settings.
 
     first_input: the first latent slot's input in every Jacobi iteration — "bot_hidden",
-    proj(h⁰ at <bot>) from pass 0, as the official PCCoT and CODI code do (SPEC.md §2), or
+    proj(h⁰ at <bot>) from pass 0, as the official PCCoT and CODI code do (docs/algorithm.md §2), or
     "latent_embedding", the constant e(<latent>). latent_mode: "jacobi" (kava.model.student) or
     "sequential" (one latent per pass, kava.model.sequential).
     """
@@ -209,8 +210,18 @@ def add_special_tokens(model, tokenizer) -> SpecialIds:
     return ids
 
 
+def peft_model(model, peft_cfg):
+    """peft's `get_peft_model`, without the FutureWarning transformers >= 5.24 raises when peft
+    reads `is_gradient_checkpointing` (peft's call, not the user's concern; only that warning)."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, peft_cfg)
+
+
 def apply_lora(model, cfg: KavaConfig, special: SpecialIds):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     lcfg = cfg.lora
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -228,7 +239,7 @@ def apply_lora(model, cfg: KavaConfig, special: SpecialIds):
         trainable_token_indices=[special.bot, special.eot, special.latent],
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)
+    return peft_model(model, peft_cfg)
 
 
 def build_kava_model(cfg: KavaConfig, device: torch.device | str = "cpu", word_vocabulary=None):

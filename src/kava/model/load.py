@@ -37,10 +37,15 @@ def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
     return _DTYPES[name]
 
 
+def kava_cache_dir() -> Path:
+    """kava's cache folder: `$KAVA_CACHE_DIR`, else `~/.cache/kava`."""
+    return Path(os.environ.get("KAVA_CACHE_DIR", Path.home() / ".cache" / "kava")).expanduser()
+
+
 def default_cache_dir(cfg: ModelConfig) -> Path:
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
-    return Path(os.environ.get("KAVA_CACHE_DIR", Path.home() / ".cache" / "kava")).expanduser() / "models"
+    return kava_cache_dir() / "models"
 
 
 def resolve_gguf(cfg: ModelConfig) -> tuple[Path, str] | None:

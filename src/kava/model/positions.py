@@ -1,4 +1,4 @@
-"""Attention masks and position ids under left padding (SPEC.md §2).
+"""Attention masks and position ids under left padding (docs/algorithm.md §2).
 
 Every pass gives the model the 2D padding mask over *all* tokens seen so far (cache +
 new tokens) and explicit position ids that follow the mask: position = number of real

@@ -1,4 +1,4 @@
-"""Rotary position embeddings on cached keys: undo them, apply them, move keys (SPEC.md §4, §5).
+"""Rotary position embeddings on cached keys: undo them, apply them, move keys (docs/algorithm.md §4, §5).
 
 The cache holds keys after RoPE: a key at position p is the raw key rotated by angles
 p·θ. The teacher's kept CoT entries sit at positions far from the student's latent slots

@@ -1,4 +1,4 @@
-"""The student: parallel latent reasoning with Jacobi iterations (SPEC.md §2) [pccot][paper].
+"""The student: parallel latent reasoning with Jacobi iterations (docs/algorithm.md §2) [pccot][paper].
 
     pass 0:  Q + <bot> + <latent>×M          -> cache of Q + <bot>, hidden states h⁰
     k=1..T:  [proj(h⁰_<bot>), proj(h^{k-1}_1), …, proj(h^{k-1}_{M-1})] over the Q + <bot> cache

@@ -1,4 +1,4 @@
-"""The teacher: the same weights read Q + C + P + A (SPEC.md §3) and give the targets.
+"""The teacher: the same weights read Q + C + P + A (docs/algorithm.md §3) and give the targets.
 
 One pass with gradient (its CE on C, P, A is part of the loss). The distillation targets
 are taken from it and detached: the R-KV-compressed CoT keys/values (§4) and the

@@ -1,5 +1,5 @@
 """A small word-and-digit tokenizer for models trained from scratch on a closed-vocabulary
-task (the synthetic problems of `kava.data.synthetic`; SPEC.md §1).
+task (the synthetic problems of `kava.data.synthetic`; docs/algorithm.md §1).
 
 `build_word_tokenizer(words)` builds, in code and without files or network, a
 `transformers.PreTrainedTokenizerFast` over a `tokenizers` WordLevel model:
@@ -34,7 +34,7 @@ task (the synthetic problems of `kava.data.synthetic`; SPEC.md §1).
   ``<unk>`` back, or nothing with ``skip_special_tokens=True``.
 - No token is added on encoding (``add_special_tokens=True`` changes nothing), so the
   caller places ``<bos>``/``<eos>`` itself, and ``decode(encode(text)) == text``.
-- ``padding_side`` is ``"left"`` (questions are left-padded, SPEC.md §2).
+- ``padding_side`` is ``"left"`` (questions are left-padded, docs/algorithm.md §2).
 - Special tokens added later, e.g. ``tokenizer.add_special_tokens({"additional_special_tokens":
   ["<bot>", "<eot>", "<latent>"]})``, are matched in the text before pre-tokenization and
   encode as single ids (appended after the vocabulary).

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, loaded strictly, never unpickled (SPEC.md §8).
+"""Checkpoints: written atomically, loaded strictly, never unpickled (docs/algorithm.md §9).
 
     checkpoint-<step>/ or checkpoint-final/
       adapter/                    LoRA + new-token embedding rows (peft, safetensors)   [LoRA on]
@@ -18,6 +18,10 @@ Loading is strict: every file must be there and readable, and the weights must f
 model key for key and shape for shape (a checkpoint of another model, a truncated file or
 an adapter of another rank is refused, never loaded with some weights left at random).
 Each refusal is a `KavaError` naming the checkpoint and what does not match.
+
+A folder written by `kava export` (kava.export: a transformers folder, LoRA merged, with the
+projection, the config and a trainer_state.json whose "export" entry names its source) loads
+here too: its config is read as "the folder is the model", with LoRA off.
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ from kava.data.sequences import SequenceBuilder
 from kava.errors import KavaError
 from kava.failpoints import failpoint
 from kava.io import atomic_replace_dir, atomic_write_yaml, finish_interrupted_replace, give_umask_mode
-from kava.model.kava_model import KavaModel, add_special_tokens
+from kava.model.kava_model import KavaModel, add_special_tokens, peft_model
 from kava.model.load import load_backbone
 from kava.training.state import STATE_JSON, load_training_state, save_training_state
 
 FORMAT = 2
+PROJECTION_FILE = "projection.safetensors"
+#: trainer_state.json's entry in a `kava export` folder: {"source": checkpoint, "dtype": weights dtype}
+EXPORT_KEY = "export"
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER = re.compile(r"^(checkpoint-(?:\d+|final))\.(?:tmp|old)$")
 
@@ -65,7 +72,7 @@ def save_checkpoint(path: str | Path, model, tokenizer, cfg: KavaConfig, state: 
             model.backbone.save_pretrained(tmp / "model")
         if model.projection is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()},
-                      str(tmp / "projection.safetensors"))
+                      str(tmp / PROJECTION_FILE))
         failpoint("checkpoint.weights")
         tokenizer.save_pretrained(tmp / "tokenizer")
         atomic_write_yaml(tmp / "kava_config.yaml", config_to_dict(cfg))
@@ -141,7 +148,9 @@ def read_checkpoint_config(path: str | Path) -> KavaConfig:
     if meta.get("format", 1) > FORMAT:
         raise KavaError(f"checkpoint {path} has format {meta['format']} (kava {written}); this kava {__version__} reads "
                         f"format {FORMAT} and older: upgrade kava")
-    for rel in _required_files(cfg):
+    if isinstance(meta.get(EXPORT_KEY), dict):
+        cfg = _exported_config(cfg, path, meta[EXPORT_KEY])
+    for rel in _required_files(cfg, exported=EXPORT_KEY in meta):
         if not (path / rel).exists():
             raise KavaError(f"checkpoint {path} is incomplete: {rel} is missing; copy the whole checkpoint folder "
                             "(or use another checkpoint)")
@@ -162,14 +171,30 @@ def read_trainer_state(path: Path) -> dict:
     return meta
 
 
-def _required_files(cfg: KavaConfig) -> list[str]:
-    files = ["tokenizer/tokenizer_config.json"]
-    if cfg.lora.enabled:
-        files += ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
+def is_exported(path: str | Path) -> bool:
+    """Whether `path` is a folder written by `kava export` (not a training checkpoint)."""
+    return EXPORT_KEY in read_trainer_state(Path(path))
+
+
+def _exported_config(cfg: KavaConfig, path: Path, export: dict) -> KavaConfig:
+    """How to load a `kava export` folder: the folder is the model (LoRA merged into it), in the
+    dtype it was exported in."""
+    cfg.model.name = str(path)
+    cfg.model.gguf_file = cfg.model.revision = None
+    cfg.model.dtype = export.get("dtype", "auto")
+    cfg.lora.enabled = False
+    return cfg
+
+
+def _required_files(cfg: KavaConfig, exported: bool = False) -> list[str]:
+    if exported:
+        files = ["config.json", "tokenizer_config.json"]
+    elif cfg.lora.enabled:
+        files = ["tokenizer/tokenizer_config.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
     else:
-        files += ["model/config.json"]
+        files = ["tokenizer/tokenizer_config.json", "model/config.json"]
     if uses_projection(cfg):
-        files.append("projection.safetensors")
+        files.append(PROJECTION_FILE)
     return files
 
 
@@ -202,8 +227,8 @@ def check_weights_fit(found: dict[str, torch.Tensor], expected: dict[str, torch.
 def _load_projection(model, path: Path) -> None:
     if model.projection is None:
         return
-    weights = _read_safetensors(path / "projection.safetensors")
-    check_weights_fit(weights, model.projection.state_dict(), path / "projection.safetensors")
+    weights = _read_safetensors(path / PROJECTION_FILE)
+    check_weights_fit(weights, model.projection.state_dict(), path / PROJECTION_FILE)
     model.projection.load_state_dict(weights)
 
 
@@ -276,18 +301,23 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype:
     if cfg.model.trust_remote_code and not trust_remote_code:
         raise KavaError(f"checkpoint {path} needs model.trust_remote_code (its model {cfg.model.name} runs code from "
                         "the hub); load it with --trust-remote-code only if you trust that code")
-    backbone, _ = load_backbone(cfg.model, device)
-    tok = AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=False)
-    tok.padding_side = "left"
+    backbone, tok = load_backbone(cfg.model, device)
+    exported = is_exported(path)
+    if not exported:  # (an exported folder is the model, its tokenizer included)
+        tok = AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=False)
+        tok.padding_side = "left"
     special = add_special_tokens(backbone, tok)
     if cfg.lora.enabled:
-        from peft import PeftConfig, get_peft_model
+        from peft import PeftConfig
 
         peft_cfg = PeftConfig.from_pretrained(path / "adapter")
         peft_cfg.inference_mode = True
-        backbone = get_peft_model(backbone, peft_cfg)
+        backbone = peft_model(backbone, peft_cfg)
     model = KavaModel.from_config(backbone, special, cfg)
-    load_trainable_state(model, path)
+    if exported:
+        _load_projection(model, path)
+    else:
+        load_trainable_state(model, path)
     model.to(device).eval()
     builder = SequenceBuilder(tok, cfg.prompt, special, drop_last_step=cfg.data.drop_last_step,
                               codi_position=cfg.kava.codi_position)

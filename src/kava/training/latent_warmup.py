@@ -1,4 +1,4 @@
-"""Latent warm-up: the first optimizer steps train only the new latent parameters (SPEC.md §2).
+"""Latent warm-up: the first optimizer steps train only the new latent parameters (docs/algorithm.md §2).
 
 At the start of KaVa fine-tuning the projection is random and `<latent>` (and on a model
 that never saw them, `<bot>` and `<eot>`) are new tokens: the student's answer pass reads M

@@ -1,4 +1,4 @@
-"""The training objective as one module, so DDP/FSDP wrap a single forward (SPEC.md §5).
+"""The training objective as one module, so DDP/FSDP wrap a single forward (docs/algorithm.md §5).
 
 `method: kava` — L = CE_student + CE_teacher + α₁·L_CODI + α₂·L_KV (α₂ = 0 is PCCoT);
 `method: cot` — the teacher's CE alone (CoT fine-tuning baseline; `icot` the same on cut CoTs);

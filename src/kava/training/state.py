@@ -1,4 +1,4 @@
-"""Optimizer, scheduler and RNG state for `--resume`, stored without pickle (SPEC.md §8).
+"""Optimizer, scheduler and RNG state for `--resume`, stored without pickle (docs/algorithm.md §9).
 
 `torch.save` / `torch.load(weights_only=False)` would unpickle the file, and a pickle can
 run any code while it loads: a checkpoint someone hands you could run a shell command on

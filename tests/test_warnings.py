@@ -1,0 +1,34 @@
+"""No warning that is not the user's concern on the commands that load a model."""
+
+from __future__ import annotations
+
+import warnings
+
+import kava.api
+from kava.model.kava_model import build_kava_model
+
+from conftest import make_config
+
+pytest_plugins = ["fixtures_eval"]
+
+
+def _deprecations(fn) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_loading_a_lora_checkpoint_raises_no_gradient_checkpointing_deprecation(tiny_checkpoint):
+    """transformers >= 5.24 deprecates `is_gradient_checkpointing`, which peft reads when it
+    wraps a model: kava silences that one warning where it calls peft (kava evaluate, infer,
+    export and train printed it on every run)."""
+    assert _deprecations(lambda: kava.api.load(checkpoint=tiny_checkpoint, device="cpu")) == []
+    assert _deprecations(lambda: build_kava_model(make_config())) == []
+
+
+def test_the_filter_is_not_global(tiny_checkpoint):
+    """Only peft's call is silenced: the process's warning filters are as they were."""
+    before = list(warnings.filters)
+    kava.api.load(checkpoint=tiny_checkpoint, device="cpu")
+    assert warnings.filters == before
