@@ -39,12 +39,13 @@ def test_paper_configs_follow_table6(name):
     assert (t.lr, t.epochs, k.alpha_codi, k.alpha_kv, k.kv_loss, k.codi_layer_std, t.weight_decay, k.rkv_lambda,
             c.latent.projection) == TABLE6[name]
     assert not k.kv_loss_layer_std  # "layer-wise std" is read as the CODI loss's (docs/configuration.md)
+    assert k.kv_loss_reduction == "paper"  # the relayed formula: summed over layers, heads and dims (issue 19)
     assert (c.lora.r, c.lora.alpha, c.lora.dropout) == (128, 32, 0.1)
     assert (c.latent.num_latents, c.latent.num_iterations, t.global_batch_size, t.grad_clip) == (24, 3, 128, 2.0)
     assert (c.model.dtype, t.mixed_precision, t.tf32) == ("auto", "bf16", True)  # bf16 weights and autocast, TF32
     header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
     assert "Table 6" in header and "SPEC" not in header
-    for value in ("weight decay", "layer-wise std", "warm-up", "bf16", "micro-batch"):
+    for value in ("weight decay", "layer-wise std", "KV loss reduction", "warm-up", "bf16", "micro-batch"):
         assert value in header, f"the header says where {value} comes from"
 
 
