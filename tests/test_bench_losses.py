@@ -103,3 +103,28 @@ def test_the_cot_format_of_a_training_set():
 
     assert is_nl_dataset("zen-E/GSM8k-Aug-NL") and is_nl_dataset("gsm8k-train-nl")
     assert not is_nl_dataset("whynlp/gsm8k-aug") and not is_nl_dataset("gsm8k-train-equations")  # (whyNLP)
+
+
+def test_pretrained_weights_measure_the_configs_own_model(config, tmp_path):
+    """--weights pretrained keeps model.name: the terms of the model as it loads (here a trained-looking local
+    folder: a random model saved with save_pretrained), not a random model of its shape."""
+    from kava.bench.loss_terms import measure_config
+    from kava.config import ModelConfig
+    from kava.model.load import load_backbone
+
+    folder = tmp_path / "local-model"
+    model, tok = load_backbone(ModelConfig(name="random:test-llama", dtype="float32"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)  # other weights than a fresh random model of the shape
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    device = torch.device("cpu")
+    own = measure_config(config, device, 2, weights="pretrained", overrides=(f"model.name={folder}",))
+    assert own["model"] == str(folder) and own["weights"] == "pretrained"
+    shaped = measure_config(config, device, 2)
+    assert shaped["weights"] == "random" and shaped["model"] == "random:test-llama"
+    assert own["terms"]["ce_teacher"]["value"] != pytest.approx(shaped["terms"]["ce_teacher"]["value"])
+    assert abs(own["unexplained_loss"]) < 1e-4
+    assert main(["bench", "losses", "--config", str(config), "--weights", "pretrained", "--layers", "2",
+                 "--output-dir", str(tmp_path / "o")]) == 1  # a cut is for random shapes: one line, not a traceback

@@ -13,6 +13,7 @@ from kava.io import read_jsonl
 
 TINY_OPTIONS = ["--steps", "2", "--base-steps", "2", "--test-size", "6", "--eval-batch-size", "4", "--no-progress",
                 "--jobs", "1"]
+BASE_MODEL = "model.name=runs/a-trained-base-model"  # frozen targets are refused from random weights
 TINY_OVERRIDES = [
     "data.synthetic.num_train=32", "data.synthetic.num_val=0",
     "train.global_batch_size=8", "train.micro_batch_size=8", "train.save_every=1",
@@ -39,6 +40,7 @@ def test_default_config_and_every_run_validate(tmp_path):
     codi = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["codi"], 0, tmp_path, [])
     expected = pccot.model_dump(exclude={"output_dir", "run_name"})
     expected["latent"]["mode"], expected["kava"]["codi_position"] = "sequential", "answer_start"
+    expected["latent"]["num_latents"] = 6  # CODI's own 6 latents
     assert codi.model_dump(exclude={"output_dir", "run_name"}) == expected
     # Coconut's curriculum: stages 1, 2, 3 of 1/6 of the steps each, then the final stage
     from kava.training.curriculum import Curriculum
@@ -50,7 +52,7 @@ def test_default_config_and_every_run_validate(tmp_path):
     k = cur.steps_per_stage
     assert k == round(steps / 6) and [cur.stage(s) for s in (0, k - 1, k, 2 * k, 3 * k, steps - 1)] == [1, 1, 2, 3, 4, 4]
     assert coconut.latent.mode == "sequential" and not coconut.latent.projection and not coconut.kava.teacher_ce
-    assert coconut.curriculum.thoughts_per_step == coconut.latent.num_latents // 3  # M shared out over the 3 stages
+    assert coconut.curriculum.thoughts_per_step == coconut.latent.num_latents // 3 == 2  # Coconut's 2 a stage, 3 stages
 
 
 def test_same_budget_for_every_method(tmp_path):
@@ -63,21 +65,21 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench"
     assert _bench(out, "--steps", "4") == 0  # (Coconut's curriculum needs 4 steps: stages 1, 2, 3, final)
     printed = capsys.readouterr().out
-    for label in ("No-CoT", "CoT", "PCCoT", "CODI", "Coconut", "KaVa"):
+    for label in ("No-CoT", "CoT", "PCCoT", "CODI", "Coconut", "KaVa", "Pause tokens (latents not fed back)"):
         assert f"| {label} |" in printed
     assert (out / "results.md").read_text().strip() == printed.strip()
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"base", "no_cot", "cot", "pccot", "codi", "coconut", "kava"}
+    assert set(results["methods"]) == {"base", "no_cot", "cot", "pccot", "codi", "coconut", "kava", "pause"}
     by_run = {r["run"]: r for r in results["runs"]}
     # every method starts from the shared base model's weights
     backbone = (out / "base" / "backbone").resolve()
     assert (backbone / "config.json").is_file()
-    for name in ("no_cot", "cot", "pccot", "codi", "coconut", "kava"):
+    for name in ("no_cot", "cot", "pccot", "codi", "coconut", "kava", "pause"):
         saved = yaml.safe_load((out / "runs" / f"{name}-seed0" / "config.yaml").read_text())
         assert saved["model"]["name"] == str(backbone)
     assert {r["mode"] for r in results["runs"]} == {"direct", "cot", "latent"}
     # latent runs are evaluated under the causal controls too, and the table shows them
-    for name in ("pccot", "codi", "coconut", "kava"):
+    for name in ("pccot", "codi", "coconut", "kava", "pause"):
         c = by_run[name]["controls"]
         assert set(c) == {"shuffled", "pass0", "teacher", "decoded"}
         assert c["shuffled"]["reliance"] == pytest.approx(by_run[name]["accuracy"] - c["shuffled"]["accuracy"])
@@ -92,7 +94,9 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
         assert by_run[name]["forward_passes_mean"] >= 1 + M + 1 and by_run[name]["mode"] == "latent"
     stages = [r["curriculum_stage"] for r in read_jsonl(out / "runs" / "coconut-seed0" / "train_log.jsonl")]
     assert stages == [1, 2, 3, 4]
-    for name in ("no_cot", "cot", "pccot", "codi", "coconut", "kava"):
+    # the pause control: one latent pass (T = 0), so 2 passes fewer than KaVa's 1 + T + 1 with T = 1
+    assert by_run["pause"]["forward_passes_mean"] == pytest.approx(by_run["kava"]["forward_passes_mean"] - 1, abs=1)
+    for name in ("no_cot", "cot", "pccot", "codi", "coconut", "kava", "pause"):
         assert (out / "runs" / f"{name}-seed0" / "result.json").is_file()
         assert (out / "runs" / f"{name}-seed0" / "predictions.jsonl").is_file()
 
@@ -189,7 +193,10 @@ def test_other_settings_in_the_same_dir_are_refused_and_finished_runs_join_the_t
 
 def test_base_steps_zero_trains_from_scratch(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert _bench(out, "--only", "kava", "--base-steps", "0") == 0
+    # the config's frozen targets would be a random network's: refused in one line before anything runs
+    assert _bench(out, "--only", "no_cot,kava", "--base-steps", "0") == 2
+    assert "starts from random weights" in capsys.readouterr().err and not out.exists()
+    assert _bench(out, "--only", "kava", "--base-steps", "0", "kava.teacher_targets=same_pass") == 0
     assert "trained from scratch" in capsys.readouterr().out
     assert not (out / "base").exists()
     saved = yaml.safe_load((out / "runs" / "kava-seed0" / "config.yaml").read_text())
@@ -235,7 +242,7 @@ def test_ablations_flag_adds_every_ablation_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(quality, "run_quality", fake_run_quality)
     assert main(["bench", "quality", "--output-dir", str(tmp_path)]) == 0
-    baselines = ["no_cot", "cot", "pccot", "codi", "coconut", "kava"]
+    baselines = ["no_cot", "cot", "pccot", "codi", "coconut", "kava", "pause"]
     assert seen["runs"] == baselines
     assert seen["kwargs"]["base_steps"] == quality.DEFAULT_BASE_STEPS and seen["kwargs"]["jobs"] == 0
     assert main(["bench", "quality", "--ablations", "--output-dir", str(tmp_path)]) == 0
@@ -249,3 +256,45 @@ def test_ablations_flag_adds_every_ablation_run(tmp_path, monkeypatch):
         named = {o.split("=")[0] for o in run.overrides} | ({"curriculum.steps_per_stage"} if run.stage_fraction else set())
         named |= {"curriculum.thoughts_per_step"} if run.split_latents else set()
         assert changed and changed <= named, run.name
+
+
+def test_pause_control_is_kava_with_fixed_latent_inputs(tmp_path):
+    """The pause run changes one switch against KaVa: no Jacobi iteration, so every latent input stays the fixed
+    <latent> embedding (`run_latents` with T = 0) while the losses, M and the budget are KaVa's."""
+    kava = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path, [BASE_MODEL])
+    pause = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["pause"], 0, tmp_path, [BASE_MODEL])
+    assert pause.latent.num_iterations == 0 and kava.latent.num_iterations > 0
+    pause.latent.num_iterations = kava.latent.num_iterations
+    assert pause.model_dump(exclude={"run_name"}) == kava.model_dump(exclude={"run_name"})
+
+
+def test_validation_split_is_evaluated_apart_from_the_test_split(tmp_path, capsys, monkeypatch):
+    """--split validation evaluates the finished runs on the validation problems (which training excluded), into
+    result-validation.json, without training again and without touching the test results."""
+    out = tmp_path / "bench"
+    val = ["data.synthetic.num_val=5"]
+
+    def _bench(out, *extra):  # the validation split's size after TINY_OVERRIDES (which has none)
+        return main(["bench", "quality", "--output-dir", str(out), *TINY_OPTIONS, *extra, *TINY_OVERRIDES, *val])
+
+    assert _bench(out, "--only", "no_cot") == 0
+    run_dir = out / "runs" / "no_cot-seed0"
+    test_result = (run_dir / "result.json").read_text()
+    log = (run_dir / "train_log.jsonl").read_text()
+    capsys.readouterr()
+    assert _bench(out, "--only", "no_cot", "--split", "validation") == 0
+    assert "Synthetic validation split: 5 problems" in capsys.readouterr().out
+    assert (run_dir / "train_log.jsonl").read_text() == log and (run_dir / "result.json").read_text() == test_result
+    result = json.loads((run_dir / "result-validation.json").read_text())
+    assert result["split"] == "validation" and result["n"] == 5
+    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["no_cot"], 0, run_dir,
+                             [*TINY_OVERRIDES, *val, BASE_MODEL])
+    from kava.data.eval_sets import held_out_examples
+
+    questions = {e.question for e in held_out_examples(cfg, "validation")}
+    assert {r["question"] for r in read_jsonl(run_dir / "predictions-validation.jsonl")} == questions
+    assert not questions & {e.question for e in held_out_examples(cfg, "test")}
+    from kava.data.train_sets import load_training_examples
+
+    assert not questions & {e.question for e in load_training_examples(cfg.data)[0]}
+    assert json.loads((out / "results-validation.json").read_text())["split"] == "validation"

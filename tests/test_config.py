@@ -39,12 +39,13 @@ def test_paper_configs_follow_table6(name):
     assert (t.lr, t.epochs, k.alpha_codi, k.alpha_kv, k.kv_loss, k.codi_layer_std, t.weight_decay, k.rkv_lambda,
             c.latent.projection) == TABLE6[name]
     assert not k.kv_loss_layer_std  # "layer-wise std" is read as the CODI loss's (docs/configuration.md)
+    assert k.kv_loss_reduction == "paper"  # the relayed formula: summed over layers, heads and dims (issue 19)
     assert (c.lora.r, c.lora.alpha, c.lora.dropout) == (128, 32, 0.1)
     assert (c.latent.num_latents, c.latent.num_iterations, t.global_batch_size, t.grad_clip) == (24, 3, 128, 2.0)
     assert (c.model.dtype, t.mixed_precision, t.tf32) == ("auto", "bf16", True)  # bf16 weights and autocast, TF32
     header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
     assert "Table 6" in header and "SPEC" not in header
-    for value in ("weight decay", "layer-wise std", "warm-up", "bf16", "micro-batch"):
+    for value in ("weight decay", "layer-wise std", "KV loss reduction", "warm-up", "bf16", "micro-batch"):
         assert value in header, f"the header says where {value} comes from"
 
 
@@ -96,6 +97,25 @@ def test_bad_curriculum_and_mode_are_clear_errors(overrides, message):
     with pytest.raises(KavaError) as err:
         config_from_dict(MINIMAL, overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "random:llama-3.2-1b"])
+def test_frozen_targets_from_a_random_network_are_refused(name, tmp_path):
+    """Frozen targets are the starting weights' CoT: from a random network they are noise to distil toward.
+    Refused when training starts (the config itself loads: it may still get a model.name)."""
+    from kava.config import check_distillation_start
+    from kava.training.trainer import train
+
+    cfg = config_from_dict(MINIMAL, [f"model.name={name}", "kava.teacher_targets=frozen", f"output_dir={tmp_path}/r"])
+    with pytest.raises(KavaError) as err:
+        check_distillation_start(cfg)
+    assert "starts from random weights" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(KavaError, match="starts from random weights"):
+        train(cfg, show_progress=False)  # before any data is read: x.jsonl does not exist
+    assert not (tmp_path / "r").exists()
+    # from a trained model, or with nothing distilled (a baseline, PCCoT without CODI), it is allowed
+    for ok in (["model.name=runs/base/backbone"], ["train.method=cot"], ["kava.alpha_kv=0", "kava.alpha_codi=0"]):
+        check_distillation_start(config_from_dict(MINIMAL, [f"model.name={name}", "kava.teacher_targets=frozen", *ok]))
 
 
 def test_overrides_are_typed():

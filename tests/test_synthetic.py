@@ -235,6 +235,44 @@ def test_format_steps():
         format_steps(steps, "prose")
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.num_steps}-{'+'.join(c.operations)}-{c.max_value}")
+def test_nl_format_is_a_sentence_around_each_equation(cfg):
+    """Each nl step is one sentence holding its step's equation `a op b = c` and the question's object."""
+    from kava.data.synthetic import OBJECTS, format_steps, parse_step
+
+    for p in generate_problems(200, cfg):
+        obj = [o for o in OBJECTS if f" {o}" in p["question"]]
+        nl = format_steps(p["steps"], "nl", p["question"])
+        assert len(nl) == len(p["steps"])
+        for sentence, step in zip(nl, p["steps"]):
+            a, op, b, c = parse_step(step)
+            assert f"{a}{op}{b} = {c} {obj[0]} in " in sentence
+            assert sentence.endswith(".") and sentence.count(".") == 1 and sentence[0].isupper()
+    with pytest.raises(ValueError, match="exactly one"):
+        format_steps(["<<2*3=6>>"], "nl", "Tom has 2 apples and 3 pencils.")
+
+
+def test_nl_cot_is_much_longer_than_the_benchmarks_latents():
+    """The benchmark's nl CoT after drop-last, as its tokenizer cuts it, is at least 2.5 × M = 60 tokens (every
+    problem), every word of it in the vocabulary."""
+    from kava.config import load_config
+    from kava.data.synthetic import format_steps
+    from kava.model.word_tokenizer import build_word_tokenizer
+    from kava.training.trainer import word_vocabulary_for
+
+    bench = load_config(REPO / "configs" / "synthetic_tiny.yaml", ["data.synthetic.cot_format=nl",
+                                                                   "model.name=runs/some-base-model"])
+    t, s = bench.model.tiny, bench.data.synthetic
+    tok = build_word_tokenizer(word_vocabulary_for(bench), number_digits=t.number_digits, brackets=t.brackets)
+    task = SyntheticTaskConfig(num_steps=s.num_steps, max_value=s.max_value, seed=s.seed)
+    lengths = []
+    for p in generate_problems(300, task):
+        ids = tok(" " + " ".join(format_steps(p["steps"], "nl", p["question"])[:-1]))["input_ids"]
+        assert tok.unk_token_id not in ids
+        lengths.append(len(ids))
+    assert min(lengths) >= 2.5 * bench.latent.num_latents, min(lengths)
+
+
 def test_results_format_reaches_the_training_rows_and_the_test_split():
     from kava.config import load_config
     from kava.data.eval_sets import held_out_examples

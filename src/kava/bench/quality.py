@@ -13,12 +13,14 @@ test split) in its own mode:
     icot     train.method=icot: CoT tokens removed a token at a time over the
              first half of the steps (only with --only icot)  evaluated with mode=direct
     pccot    kava with kava.alpha_kv=0              evaluated with mode=latent
-    codi     pccot with sequential latents and the
-             CODI loss at the answer's first digit  evaluated with mode=latent
+    codi     pccot with sequential latents (CODI's M = 6)
+             and the CODI loss at the answer's first digit  evaluated with mode=latent
     coconut  sequential latents, no projection, CE only, the curriculum
-             (2 latents per step, stages 1..3 then the final stage, each
+             (2 latents per step, M = 6; stages 1..3 then the final stage, each
              stage 1/6 of the steps, the optimizer reset at each switch)  evaluated with mode=latent
     kava     the config as it is                    evaluated with mode=latent
+    pause    kava with latent.num_iterations=0: the latent inputs are fixed
+             <latent> embeddings, never fed back (the pause-token control)   evaluated with mode=latent
 
 `--ablations` adds KaVa with each other compression method, without the CODI loss,
 without the projection and with the last CoT step kept, and PCCoT and KaVa under the
@@ -54,7 +56,7 @@ from kava.errors import KavaError
 
 DEFAULT_CONFIG = CONFIGS_DIR / "synthetic_tiny.yaml"
 DEFAULT_BASE_STEPS = 1500
-COT_MAX_NEW_TOKENS = 128  # the CoT of a test problem is ~45 tokens; a model that rambles is cut off
+COT_MAX_NEW_TOKENS = 160  # a test problem's CoT: ~45 tokens (equations), ~110 (nl); a model that rambles is cut off
 # every latent run is also evaluated with other latents (kava.inference.latent_control)
 LATENT_CONTROLS = ("shuffled", "pass0", "teacher")
 
@@ -71,21 +73,33 @@ class Run:
 
 
 _CURRICULUM = ("curriculum.enabled=true", "curriculum.stages=3", "curriculum.start_stage=1")
+# CODI and Coconut compute their latents one a pass, with their own papers' 6 latents (CODI: 6;
+# Coconut: 2 per stage over 3 stages), not KaVa's 24: 24 sequential passes a step made them the
+# benchmark's slowest runs by far, in a setting neither method uses.
+_SEQUENTIAL_M = "latent.num_latents=6"
 _COCONUT = ("latent.mode=sequential", "latent.projection=false", "kava.alpha_codi=0", "kava.alpha_kv=0",
-            "kava.teacher_ce=false", "data.drop_last_step=false", *_CURRICULUM)
+            "kava.teacher_ce=false", "data.drop_last_step=false", _SEQUENTIAL_M, *_CURRICULUM)
 BASELINES = (
     Run("no_cot", "No-CoT", "direct", ("train.method=direct",)),
     Run("cot", "CoT", "cot", ("train.method=cot", "data.drop_last_step=false")),
     Run("pccot", "PCCoT", "latent", ("kava.alpha_kv=0",)),
-    Run("codi", "CODI", "latent", ("latent.mode=sequential", "kava.alpha_kv=0", "kava.codi_position=answer_start")),
+    Run("codi", "CODI", "latent", ("latent.mode=sequential", "kava.alpha_kv=0", "kava.codi_position=answer_start",
+                                    _SEQUENTIAL_M)),
     Run("coconut", "Coconut", "latent", _COCONUT, stage_fraction=1 / 6, split_latents=True),
     Run("kava", "KaVa", "latent", ()),
+    # The pause control: the same student and losses, but the latent inputs are never fed back — every
+    # slot reads the fixed <latent> embedding and pass 0 is the only latent pass (T = 0), so the M
+    # positions add computation but no refinement. KaVa above it shows the fed-back latents compute;
+    # KaVa equal to it, that extra positions are all it gains (Coconut's pause-token control).
+    Run("pause", "Pause tokens (latents not fed back)", "latent", ("latent.num_iterations=0",)),
 )
 # The base model learns the teacher's format (drop-last: the CoT without its last step, the last
 # operation done at the answer), so the teacher knows the answer from the first fine-tuning step;
 # pretrained on the full CoT instead, the jointly trained teacher had not learned the implicit
 # last step after 400 steps and answered a constant, so its CODI target carried nothing.
-BASE = Run("base", "Base model (CoT pretraining in the teacher's format, shared)", "cot", ("train.method=cot",))
+# It trains every weight even where the fine-tuning config uses LoRA (a base model is pretrained, not adapted).
+BASE = Run("base", "Base model (CoT pretraining in the teacher's format, shared)", "cot",
+           ("train.method=cot", "lora.enabled=false"))
 ABLATIONS = (
     Run("kava_crop", "KaVa, crop", "latent", ("kava.compression=crop",)),
     Run("kava_attention", "KaVa, attention only (λ=1)", "latent", ("kava.compression=attention",)),
@@ -108,7 +122,14 @@ ABLATIONS = (
 ICOT_COT_TOKENS = 32
 ICOT = Run("icot", "iCoT", "direct", ("train.method=icot", "data.drop_last_step=false", "prompt.teacher_delimiters=false",
                                       f"icot.remove_all_when_remove_beyond={ICOT_COT_TOKENS}"), removal_fraction=1 / 2)
-ALL_RUNS = {r.name: r for r in BASELINES + (ICOT,) + ABLATIONS}
+# The benchmark config's departures from the paper's recipe, each undone alone (`--departures`):
+# the evidence that each is needed at this scale.
+DEPARTURES = (
+    Run("kava_same_pass", "KaVa, targets from the same pass (the paper)", "latent", ("kava.teacher_targets=same_pass",)),
+    Run("kava_lora", "KaVa, LoRA r = 8 (the paper trains LoRA)", "latent",
+        ("lora.enabled=true", "lora.r=8", "lora.alpha=16")),
+)
+ALL_RUNS = {r.name: r for r in BASELINES + (ICOT,) + ABLATIONS + DEPARTURES}
 TABLE_ORDER = ("base", *ALL_RUNS)
 
 
@@ -128,12 +149,18 @@ def register(sub) -> None:
     p.add_argument("--output-dir", default="runs/bench_quality", help="where runs and tables go (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per method (default: 1)")
     p.add_argument("--ablations", action="store_true", help="also the compression, CODI, projection and last-step ablations")
+    p.add_argument("--departures", action="store_true",
+                   help="also KaVa with each of the config's departures from the paper undone (targets from the same "
+                        "pass; LoRA)")
     p.add_argument("--only", metavar="RUN[,RUN...]", help=f"only these runs, comma-separated: {', '.join(ALL_RUNS)}")
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's train.max_steps)")
     p.add_argument("--base-steps", type=int, default=DEFAULT_BASE_STEPS,
                    help="steps of the shared base model's CoT pretraining; 0 trains every method from scratch "
                         "(default: %(default)s)")
     p.add_argument("--test-size", type=int, help="held-out test problems (default: the config's data.synthetic.num_test)")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="evaluate on the held-out test split (report) or the validation split (choose settings on it); "
+                        "each split's results are kept apart (result.json, result-validation.json; default: test)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads per run (default: 1, fastest for this model size)")
     p.add_argument("--jobs", type=int, default=0,
@@ -152,7 +179,7 @@ def _cmd_quality(args) -> int:
         raise KavaError(f"--jobs must be 0 (automatic) or more and --threads at least 1, got {args.jobs} and {args.threads}")
     if args.base_steps < 0:
         raise KavaError(f"--base-steps must be 0 (no base model) or more, got {args.base_steps}")
-    runs = list(BASELINES + (ABLATIONS if args.ablations else ()))
+    runs = list(BASELINES + (ABLATIONS if args.ablations else ()) + (DEPARTURES if args.departures else ()))
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in ALL_RUNS]
@@ -167,7 +194,7 @@ def _cmd_quality(args) -> int:
     summary = run_quality(
         args.config, runs, seeds=args.seeds, output_dir=args.output_dir, overrides=overrides,
         threads=args.threads, eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
-        base_steps=args.base_steps, jobs=args.jobs,
+        base_steps=args.base_steps, jobs=args.jobs, split=args.split,
     )
     print(summary["table"])
     return 0
@@ -199,8 +226,13 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
     return load_config(config, every)
 
 
-def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool = True) -> dict:
-    """Train (or resume) one run, evaluate it on the test split, write result.json; returns it."""
+def split_suffix(split: str) -> str:
+    """File-name suffix of a split's results: none for test (result.json), "-validation" else."""
+    return "" if split == "test" else f"-{split}"
+
+
+def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool = True, split: str = "test") -> dict:
+    """Train (or resume) one run, evaluate it on `split`, write result.json (result-validation.json); returns it."""
     from kava.data.eval_sets import held_out_examples
     from kava.evaluation.evaluate import evaluate_dataset, evaluate_latent_controls
     from kava.evaluation.latent_decoding import latent_decoding
@@ -217,9 +249,10 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
     log = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").is_file() else []
     model, _tok, builder, _ = load_checkpoint(final)
     t0 = time.perf_counter()
-    test = held_out_examples(cfg)
-    common = dict(batch_size=eval_batch_size, predictions_path=run_dir / "predictions.jsonl", progress=progress,
-                  dataset="synthetic-test")
+    test = held_out_examples(cfg, split)
+    suffix = split_suffix(split)
+    common = dict(batch_size=eval_batch_size, predictions_path=run_dir / f"predictions{suffix}.jsonl",
+                  progress=progress, dataset=f"synthetic-{split}")
     controls = {}
     if run.mode == "latent":
         k = cfg.kava
@@ -232,7 +265,7 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
                                max_new_tokens=COT_MAX_NEW_TOKENS if run.mode == "cot" else None, **common)
     last = log[-1] if log else {}
     result = {
-        "run": run.name, "label": run.label, "mode": run.mode, "seed": cfg.seed,
+        "run": run.name, "label": run.label, "mode": run.mode, "seed": cfg.seed, "split": split,
         "accuracy": res["accuracy"], "n": res["n"], "correct": res["correct"],
         "forward_passes_mean": res["forward_passes_mean"], "generated_tokens_mean": res["generated_tokens_mean"],
         "steps": int(last.get("step", 0)),
@@ -244,7 +277,7 @@ def train_and_evaluate(cfg, run: Run, eval_batch_size: int = 64, progress: bool 
         "model": cfg.model.name,
         "controls": controls,
     }
-    atomic_write_json(run_dir / "result.json", result)
+    atomic_write_json(run_dir / f"result{suffix}.json", result)
     return result
 
 
@@ -259,6 +292,7 @@ def run_quality(
     progress: bool = True,
     base_steps: int = 0,
     jobs: int = 1,
+    split: str = "test",
 ) -> dict:
     """The base model (when base_steps > 0), then every run × seed fine-tuned from it (skipping
     finished ones; `jobs` at a time, 0 = cores // threads), then results.json and results.md."""
@@ -266,6 +300,7 @@ def run_quality(
 
     import torch
 
+    from kava.config import check_distillation_start
     from kava.io import atomic_write_json, atomic_write_text
 
     if threads:
@@ -282,12 +317,15 @@ def run_quality(
     if jobs == 0:
         jobs = max(1, (os.cpu_count() or 1) // max(1, threads or 1))
     jobs = min(jobs, len(tasks))
+    if not base_steps:  # every run's config is refused here, before any training, if it cannot start
+        for run, seed in tasks:
+            check_distillation_start(run_config(config, run, seed, _run_dir(out, run, seed), overrides))
     if base_steps:
         # the base model trains alone, so it gets the threads of every job
         if threads:
             torch.set_num_threads(threads * max(1, jobs))
         base = _run_once(config, BASE, 0, out / "base", [*overrides, f"train.max_steps={base_steps}"],
-                         eval_batch_size, progress)
+                         eval_batch_size, progress, split)
         if threads:
             torch.set_num_threads(threads)
         results.append(base)
@@ -295,17 +333,19 @@ def run_quality(
     if jobs <= 1:
         for run, seed in tasks:
             results.append(_run_once(config, run, seed, _run_dir(out, run, seed), overrides,
-                                     eval_batch_size, progress))
+                                     eval_batch_size, progress, split))
     else:
-        results += _run_parallel(config, tasks, out, overrides, eval_batch_size, jobs, threads)
-    results += _other_finished_runs(config, out, overrides, results)
+        results += _run_parallel(config, tasks, out, overrides, eval_batch_size, jobs, threads, split)
+    results += _other_finished_runs(config, out, overrides, results, split)
     order = {name: i for i, name in enumerate(TABLE_ORDER)}
     results.sort(key=lambda r: (order.get(r["run"], len(order)), r["seed"]))
     summary = summarize(results, [r for r in (BASE, *ALL_RUNS.values()) if any(x["run"] == r.name for x in results)])
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - t_start, 1)
+    summary["split"] = split
     summary["table"] = format_table(summary)
-    atomic_write_json(out / "results.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
-    atomic_write_text(out / "results.md", summary["table"] + "\n")
+    suffix = split_suffix(split)
+    atomic_write_json(out / f"results{suffix}.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
+    atomic_write_text(out / f"results{suffix}.md", summary["table"] + "\n")
     return summary
 
 
@@ -314,7 +354,7 @@ def _run_dir(out: Path, run: Run, seed: int) -> Path:
 
 
 def _run_once(config, run: Run, seed: int, run_dir: Path, overrides: list[str], eval_batch_size: int,
-              progress: bool) -> dict:
+              progress: bool, split: str = "test") -> dict:
     """One run's result: read from its result.json when finished, else trained (or resumed) and evaluated."""
     import json
 
@@ -322,13 +362,13 @@ def _run_once(config, run: Run, seed: int, run_dir: Path, overrides: list[str], 
     if not _same_config(run_dir, cfg):
         raise KavaError(f"{run_dir} holds a run made with another config (steps, task or overrides differ); "
                         "use another --output-dir")
-    done = run_dir / "result.json"
+    done = run_dir / f"result{split_suffix(split)}.json"
     if done.is_file():
         result = json.loads(done.read_text())
         print(f"quality: {run.name} seed {seed}: done earlier ({result['accuracy']:.1f}%)", file=sys.stderr)
         return result
     print(f"quality: {run.name} seed {seed}: training", file=sys.stderr)
-    result = train_and_evaluate(cfg, run, eval_batch_size, progress)
+    result = train_and_evaluate(cfg, run, eval_batch_size, progress, split)
     print(f"quality: {run.name} seed {seed}: {result['accuracy']:.1f}% "
           f"({result['forward_passes_mean']:.1f} forward passes)", file=sys.stderr)
     return result
@@ -344,7 +384,7 @@ def _worker_init(threads: int | None) -> None:
 
 
 def _run_parallel(config, tasks: list[tuple[Run, int]], out: Path, overrides: list[str], eval_batch_size: int,
-                  jobs: int, threads: int | None) -> list[dict]:
+                  jobs: int, threads: int | None, split: str = "test") -> list[dict]:
     """The runs in `jobs` worker processes (spawned, so no state is shared), latent runs — the
     slowest — first; without progress bars, which would interleave. A failed run stops the
     benchmark with its error once the runs already started have finished (their results are kept)."""
@@ -357,7 +397,7 @@ def _run_parallel(config, tasks: list[tuple[Run, int]], out: Path, overrides: li
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=_worker_init, initargs=(threads,)) as pool:
         futures = [pool.submit(_run_once, config, run, seed, _run_dir(out, run, seed), overrides,
-                               eval_batch_size, False) for run, seed in slow_first]
+                               eval_batch_size, False, split) for run, seed in slow_first]
         try:
             return [f.result() for f in futures]
         except BaseException:
@@ -392,13 +432,13 @@ def _same_config(run_dir: Path, cfg) -> bool:
     return not saved.is_file() or yaml.safe_load(saved.read_text()) == config_to_dict(cfg)
 
 
-def _other_finished_runs(config, out: Path, overrides: list[str], results: list[dict]) -> list[dict]:
+def _other_finished_runs(config, out: Path, overrides: list[str], results: list[dict], split: str = "test") -> list[dict]:
     """Finished runs of earlier invocations (say, with --only) made with the same settings, for one table."""
     import json
 
     have = {(r["run"], r["seed"]) for r in results}
     found = []
-    for path in sorted((out / "runs").glob("*-seed*/result.json")):
+    for path in sorted((out / "runs").glob(f"*-seed*/result{split_suffix(split)}.json")):
         r = json.loads(path.read_text())
         if r.get("run") not in ALL_RUNS or (r["run"], r["seed"]) in have:
             continue
@@ -499,7 +539,7 @@ def format_table(summary: dict) -> str:
     else:
         start = "trained from scratch"
     lines = [
-        f"Synthetic test split: {n_test} problems; every method {start} for {steps} optimizer steps; "
+        f"Synthetic {summary.get('split', 'test')} split: {n_test} problems; every method {start} for {steps} optimizer steps; "
         f"{seeds} seed{'s' if seeds != 1 else ''}" + (" (mean ± sample std)" if seeds > 1 else ""),
         "",
         "| method | eval mode | accuracy (%) | forward passes | × CoT passes | gap closed | train s | eval s |",

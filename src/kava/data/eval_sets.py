@@ -459,13 +459,20 @@ def load_eval_dataset(name: str, source: str = "hub", limit: int | None = None) 
 SYNTHETIC_TEST = "synthetic-test"  # the evaluation set name of a synthetic checkpoint's held-out test split
 
 
-def held_out_examples(cfg: KavaConfig) -> list[EvalExample]:
-    """The generator's held-out test split of the config's synthetic task (`data.synthetic`), as
-    evaluation examples with their CoT steps (`kava evaluate --datasets synthetic-test`, `kava bench quality`)."""
+HELD_OUT_SPLITS = ("test", "validation")
+
+
+def held_out_examples(cfg: KavaConfig, split: str = "test") -> list[EvalExample]:
+    """The generator's held-out `split` of the config's synthetic task (`data.synthetic`): test, or
+    validation (the problems training never sees, which settings are chosen on), as evaluation
+    examples with their CoT steps (`kava evaluate --datasets synthetic-test`, `kava bench quality`)."""
     s = cfg.data.synthetic
-    if s.num_test < 1:
-        raise KavaError("the benchmark needs test problems: set data.synthetic.num_test (or --test-size) to at least 1")
-    rows = generate_splits(task_config(s), 0, 0, s.num_test)["test"]
-    return [EvalExample(f"test-{i}", r["question"], float(r["answer"]), r["answer"],
-                        steps=tuple(format_steps(r["steps"], s.cot_format)))
+    if split not in HELD_OUT_SPLITS:
+        raise KavaError(f"unknown evaluation split {split!r}; choose one of {', '.join(HELD_OUT_SPLITS)}")
+    if (s.num_test if split == "test" else s.num_val) < 1:
+        key = "num_test (or --test-size)" if split == "test" else "num_val"
+        raise KavaError(f"the benchmark needs {split} problems: set data.synthetic.{key} to at least 1")
+    rows = generate_splits(task_config(s), 0, s.num_val if split == "validation" else 0, s.num_test)[split]
+    return [EvalExample(f"{split}-{i}", r["question"], float(r["answer"]), r["answer"],
+                        steps=tuple(format_steps(r["steps"], s.cot_format, r["question"])))
             for i, r in enumerate(rows)]

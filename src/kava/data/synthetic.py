@@ -291,17 +291,44 @@ def generate_splits(cfg: SyntheticTaskConfig, n_train: int, n_val: int, n_test: 
     return {split: splits[split] for split in SPLITS}
 
 
-COT_FORMATS = ("equations", "results")
+COT_FORMATS = ("equations", "results", "nl")
+
+# `nl`: each step one sentence around its equation, as GSM8k-AUG-NL writes them ("Natalia sold
+# 48/2 = 24 clips in May."): about 25 tokens a step with the word tokenizer (a space is a token),
+# so the CoT after drop-last (3 of 4 steps) is ~80 tokens, over 3× the benchmark's M = 24.
+_NL_STEPS = {
+    "+": "Adding {b} more {obj} makes {a}+{b} = {c} {obj} in all.",
+    "-": "Taking away {b} {obj} leaves {a}-{b} = {c} {obj} in all.",
+    "*": "Multiplying {a} by {b} makes {a}*{b} = {c} {obj} in all.",
+    "/": "Splitting {a} into {b} equal parts makes {a}/{b} = {c} {obj} in each.",
+}
 
 
-def format_steps(steps, cot_format: str = "equations") -> list[str]:
+def problem_object(question: str) -> str:
+    """The object a problem counts (every generated problem names exactly one of `OBJECTS`)."""
+    found = [obj for obj in OBJECTS if re.search(rf"\b{obj}\b", question)]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one of {OBJECTS} in the question, found {found}: {question!r}")
+    return found[0]
+
+
+def format_steps(steps, cot_format: str = "equations", question: str = "") -> list[str]:
     """The CoT steps as the teacher reads them: ``equations`` (``<<13*2=26>>``, GSM8k-AUG's
-    format) or ``results`` (``26``: each step's result only, one number token per step with
-    `model.tiny.number_digits` large enough)."""
+    format), ``results`` (``26``: each step's result only, one number token per step with
+    `model.tiny.number_digits` large enough) or ``nl`` (a sentence around the equation,
+    GSM8k-AUG-NL's style: ``Multiplying 13 by 2 makes 13*2 = 26 apples in all.``; needs the
+    question, which names the object)."""
     if cot_format == "equations":
         return list(steps)
     if cot_format == "results":
         return [str(parse_step(step)[3]) for step in steps]
+    if cot_format == "nl":
+        obj = problem_object(question)
+        out = []
+        for step in steps:
+            a, op, b, c = parse_step(step)
+            out.append(_NL_STEPS[op].format(a=a, b=b, c=c, obj=obj))
+        return out
     raise KavaError(f"synthetic task: unknown CoT format {cot_format!r}; choose one of {COT_FORMATS}")
 
 
@@ -380,16 +407,18 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[^\W\d_]+", text))
 
 
-def synthetic_vocabulary(cfg: SyntheticTaskConfig | None = None) -> list[str]:
-    """Every word the questions of `cfg` can contain, sorted, case-sensitive.
+def synthetic_vocabulary(cfg: SyntheticTaskConfig | None = None, cot_format: str = "equations") -> list[str]:
+    """Every word the questions of `cfg` (and, with ``cot_format="nl"``, the CoT sentences)
+    can contain, sorted, case-sensitive.
 
     A word is a maximal run of letters; numbers and punctuation are not words. A word that
     can start a sentence is listed capitalised as well as written in the templates.
     """
     cfg = cfg or SyntheticTaskConfig()
     fillers = _fillers()
+    nl = set(_NL_STEPS.values()) if cot_format == "nl" else set()
     templates = list(_INTRO) + list(_QUESTIONS) + (list(_BAGS_INTRO) if "bags" in cfg.operations else [])
-    templates += [t.text for op in cfg.operations for t in _STEP_TEMPLATES[op]]
+    templates += [t.text for op in cfg.operations for t in _STEP_TEMPLATES[op]] + sorted(nl)
     words = _words(" ".join(CONNECTORS))  # every config has a step template without a switch
     formatter = string.Formatter()
     for text in templates:

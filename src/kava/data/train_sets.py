@@ -176,7 +176,8 @@ def load_training_examples(cfg: DataConfig) -> tuple[list[ReasoningExample], lis
     if cfg.source == "synthetic":
         s = cfg.synthetic
         splits = generate_splits(task_config(s), s.num_train, s.num_val, s.num_test)
-        rows = {k: [{**r, "steps": format_steps(r["steps"], s.cot_format)} for r in v] for k, v in splits.items()}
+        rows = {k: [{**r, "steps": format_steps(r["steps"], s.cot_format, r["question"])} for r in v]
+                for k, v in splits.items()}
         train = [_from_row(r, "synthetic") for r in rows["train"]]
         val = [_from_row(r, "synthetic") for r in rows["validation"]]
     elif cfg.source == "offline":

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from kava.config import KavaConfig, config_to_dict, shares_question
+from kava.config import KavaConfig, check_distillation_start, config_to_dict, shares_question
 from kava.data.sequences import Encoded, SequenceBuilder
 from kava.data.synthetic import synthetic_vocabulary, task_config
 from kava.data.train_sets import load_training_examples
@@ -84,7 +84,7 @@ def word_vocabulary_for(cfg: KavaConfig) -> list[str] | None:
     """Words of the synthetic task, for the tiny word-level tokenizer."""
     if cfg.model.tiny.tokenizer != "word":
         return None
-    return synthetic_vocabulary(task_config(cfg.data.synthetic))
+    return synthetic_vocabulary(task_config(cfg.data.synthetic), cfg.data.synthetic.cot_format)
 
 
 def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple[list[Encoded], int]:
@@ -241,6 +241,7 @@ def train(cfg: KavaConfig, resume: Resume = False, show_progress: bool = True,
     """
     if resume not in (False, True, "auto"):
         raise ValueError(f"resume must be False, True or 'auto', not {resume!r}")
+    check_distillation_start(cfg)
     if resume is True and (err := no_checkpoint(Path(cfg.output_dir))):
         raise err  # before the data loads and the lock creates the folder
     trackers = _trackers(cfg)
