@@ -41,9 +41,9 @@ def test_terms_add_up_to_the_objective_and_its_gradient(config):
     from kava.bench.common import build_model
     from kava.bench.loss_terms import bench_examples, bench_loss_config, loss_terms
     from kava.config import shares_question
+    from kava.data.batches import make_batch
     from kava.model.kava_model import trainable_parameters
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
 
     device = torch.device("cpu")
     cfg = bench_loss_config(config, device)

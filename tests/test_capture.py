@@ -217,11 +217,10 @@ def test_left_padding_rows_stay_finite_with_a_nan_kernel(build_model, examples, 
     their gradients and the latent answers stay finite and equal the CPU kernel's."""
     from transformers import AttentionInterface
 
+    from conftest import make_config
+    from kava.data.batches import make_batch
     from kava.inference.generate import generate
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
-
-    from conftest import make_config
 
     model, _, builder = build_model("tiny-llama", capture=True)
     cfg = make_config("tiny-llama")

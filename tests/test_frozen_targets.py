@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 
+from conftest import EXAMPLES, perturb
 from kava.config import config_from_dict, shares_question
+from kava.data.batches import make_batch
 from kava.model.capture import enable_capture
 from kava.model.kava_model import build_kava_model
 from kava.training.objective import KavaObjective
-from kava.training.trainer import forward_backward, make_batch
-
-from conftest import EXAMPLES, perturb
+from kava.training.trainer import forward_backward
 
 
 def _cfg(lora: bool, **extra):

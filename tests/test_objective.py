@@ -14,6 +14,7 @@ import torch
 import kava.model.teacher as teacher_module
 import kava.training.objective as objective_module
 from kava.config import config_from_dict
+from kava.data.batches import make_batch
 from kava.data.sequences import IGNORE
 from kava.data.train_sets import ReasoningExample
 from kava.inference import generate
@@ -23,7 +24,6 @@ from kava.model.lm import causal_ce
 from kava.model.student import run_latents, student_forward
 from kava.model.teacher import teacher_forward
 from kava.training.objective import KavaObjective
-from kava.training.trainer import make_batch
 
 EXAMPLES = [
     ReasoningExample("Tom has 3 apples and buys 4 more. He doubles them.", ("<<3+4=7>>", "<<7*2=14>>", "<<14-1=13>>"), "13"),

@@ -16,10 +16,11 @@ import torch
 
 from conftest import EXAMPLES, perturb
 from kava.config import config_from_dict
+from kava.data.batches import make_batch
 from kava.model.cache import replays_layers
 from kava.model.kava_model import build_kava_model
 from kava.training.objective import KavaObjective
-from kava.training.trainer import forward_backward, make_batch
+from kava.training.trainer import forward_backward
 
 ATOL, RTOL = 1e-6, 1e-5
 

@@ -15,15 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import EXAMPLES, build, perturb
 from kava.config import config_from_dict, shares_question
+from kava.data.batches import make_batch
 from kava.inference.generate import generate
 from kava.model.cache import kv_of
 from kava.model.kava_model import build_kava_model
 from kava.model.student import run_latents, student_forward
 from kava.training.objective import KavaObjective
-from kava.training.trainer import forward_backward, make_batch
-
-from conftest import EXAMPLES, build, perturb
+from kava.training.trainer import forward_backward
 
 ATOL = 1e-5
 

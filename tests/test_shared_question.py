@@ -12,13 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import EXAMPLES, perturb
 from kava.config import config_from_dict
+from kava.data.batches import make_batch
 from kava.model.capture import enable_capture
 from kava.model.kava_model import build_kava_model
 from kava.training.objective import KavaObjective
-from kava.training.trainer import forward_backward, make_batch
-
-from conftest import EXAMPLES, perturb
+from kava.training.trainer import forward_backward
 
 ATOL, RTOL = 1e-6, 1e-5
 

@@ -241,10 +241,10 @@ def setup_runs(cfg, device, items, runs: list[TrainRun]) -> dict:
     import torch
 
     from kava.config import shares_question
+    from kava.data.batches import make_batch
     from kava.model.capture import enable_capture
     from kava.model.kava_model import trainable_parameters
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
 
     models: dict[str, tuple] = {}
     out = {}

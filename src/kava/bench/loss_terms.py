@@ -85,8 +85,8 @@ def bench_examples(cfg, builder, n: int, seed: int = 0) -> tuple[list, str]:
     import random
 
     from kava.bench.common import gsm8k_like_items, is_nl_dataset
+    from kava.data.batches import encode_dataset
     from kava.data.train_sets import load_training_examples
-    from kava.training.trainer import encode_dataset
 
     try:
         rows, _ = load_training_examples(cfg.data)
@@ -172,8 +172,8 @@ def loss_terms(cfg, model, builder, items, device) -> dict:
     import torch
 
     from kava.config import shares_question
+    from kava.data.batches import make_batch
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
 
     k = cfg.kava
     weights = {"ce_student": 1.0, "ce_teacher": 1.0, "codi": k.alpha_codi, "kv_mean": k.alpha_kv, "kv_paper": k.alpha_kv}

@@ -162,8 +162,8 @@ def training_items(cfg, builder, batch_size: int, seq_len: int | None = None, se
             a = ids(1) + ([builder.eos_id] if builder.eos_id is not None else [])
             items.append(Encoded(q=ids(q_len), c=ids(room - q_len), p=p, a=a))
         return items
+    from kava.data.batches import encode_dataset
     from kava.data.train_sets import load_training_examples
-    from kava.training.trainer import encode_dataset
 
     rows, _ = load_training_examples(cfg.data)
     rows = rows[:4000]
