@@ -178,3 +178,28 @@ def test_sequential_latents_run_their_own_question():
     from kava.config import shares_question
 
     assert shares_question(_cfg()) and not shares_question(_cfg(**{"latent.mode": "sequential"}))
+
+
+def test_teacher_forward_returns_the_question_it_continued():
+    """teacher_forward hands the question's pass that served its training pass on to the student
+    (TeacherOutput.question); a continuation without its question, or a question with a full
+    sequence, is refused."""
+    from kava.model.question import Question
+    from kava.model.teacher import TargetSpec, teacher_forward
+
+    cfg = _cfg()
+    model, builder = _model(cfg)
+    items = [builder.encode(e) for e in EXAMPLES]
+    cont, full, student = builder.continuation_batch(items), builder.teacher_batch(items), builder.student_batch(items)
+    question = Question(student.q_ids[:, :-1], student.q_mask[:, :-1])
+    spec = TargetSpec(budget=cfg.latent.num_latents)
+    with torch.no_grad():
+        out = teacher_forward(model, cont, spec, question=question)
+        assert out.question is not None and out.question.kv is not None  # its pass, made here
+        assert torch.equal(out.question.mask, question.mask)
+        assert teacher_forward(model, cont, spec, with_ce=False, question=question).question is None
+        assert teacher_forward(model, full, spec).question is None
+        with pytest.raises(ValueError, match="needs its question"):
+            teacher_forward(model, cont, spec)
+        with pytest.raises(ValueError, match="needs its question"):
+            teacher_forward(model, full, spec, question=question)

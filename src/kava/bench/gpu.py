@@ -245,7 +245,7 @@ def part_padding(cfg, device) -> dict:
     model, _tok, builder = build_model(cfg, device)
     items = _items(cfg, builder, 4)
     batch = builder.student_batch(items)
-    ids, mask = batch["q_ids"].to(device), batch["q_mask"].to(device)
+    ids, mask = batch.q_ids.to(device), batch.q_mask.to(device)
     backbone = model.backbone
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), output_hidden_states=True)
     base = cfg.model.attn_implementation

@@ -114,7 +114,7 @@ def profile_step(cfg, device, items, steps: int = 2, warmup: int = 2) -> dict:
     ops = operator_times(step, steps, device)
     text = objective.model.backbone.config.get_text_config()
     dtype = next(objective.model.parameters()).dtype
-    rows = int(batch["student"]["q_ids"].numel())  # the question pass's tokens
+    rows = int(batch["student"].q_ids.numel())  # the question pass's tokens
     rate = matmul_rate(rows, text.hidden_size, text.intermediate_size, device, dtype)
     mm = ops["by_kind"]["matrix products"]
     return {

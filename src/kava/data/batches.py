@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from kava.config import KavaConfig, shares_question
-from kava.data.sequences import Encoded, SequenceBuilder
+from kava.data.sequences import Encoded, SequenceBuilder, StudentBatch, TeacherBatch
 
 
 def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple[list[Encoded], int]:
@@ -30,10 +30,12 @@ def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple
 
 
 def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device, shared_question: bool = True,
-               student: dict | None = None) -> dict:
-    """The tensors of `method`'s objective; shared_question (`shares_question(cfg)`): the
-    teacher's part is its C + P + A, to continue the student's question. student: keyword
-    arguments of `builder.student_batch` (a curriculum's latents and kept CoT)."""
+               student: dict | None = None) -> dict[str, TeacherBatch | StudentBatch]:
+    """The sequences of `method`'s objective, by role: "teacher" and "student" (KaVa and the
+    latent baselines), "teacher" (CoT, iCoT) or "direct" (No-CoT). shared_question
+    (`shares_question(cfg)`): the teacher's part is its C + P + A, to continue the student's
+    question. student: keyword arguments of `builder.student_batch` (a curriculum's latents
+    and kept CoT)."""
     if method == "direct":
         parts = {"direct": builder.teacher_batch(items, with_cot=False)}
     elif method in ("cot", "icot"):  # iCoT: the CoT teacher's sequence with its CoT cut (kava.training.icot)
@@ -41,7 +43,7 @@ def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, devi
     else:
         teacher = builder.continuation_batch(items) if shared_question else builder.teacher_batch(items)
         parts = {"teacher": teacher, "student": builder.student_batch(items, **(student or {}))}
-    return {k: {n: t.to(device) for n, t in v.items()} for k, v in parts.items()}
+    return {k: v.to(device) for k, v in parts.items()}
 
 
 def step_indices(step: int, n: int, cfg: KavaConfig, spe: int) -> list[int]:
@@ -66,11 +68,10 @@ def micro_batches(builder: SequenceBuilder, data: list[Encoded], indices: list[i
         yield make_batch(builder, items, cfg.train.method, device, shares_question(cfg), student)
 
 
-def batch_token_count(batch: dict):
+def batch_token_count(batch: dict[str, TeacherBatch | StudentBatch]):
     """Tokens in a micro-batch, as a tensor on the batch's device (no host read): each sequence's
-    attention mask (the student's question and answer parts, not its latents)."""
-    return sum(p["attention_mask"].sum() if "attention_mask" in p else p["q_mask"].sum() + p["suffix_mask"].sum()
-               for p in batch.values())
+    real tokens (the student's question and answer parts, not its latents)."""
+    return sum(part.token_count() for part in batch.values())
 
 
 def step_tokens(builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, steps_per_epoch: int, step: int,
