@@ -53,6 +53,7 @@ from pathlib import Path
 
 from kava.config import CONFIGS_DIR
 from kava.errors import KavaError
+from kava.methods import METHODS
 
 DEFAULT_CONFIG = CONFIGS_DIR / "synthetic_tiny.yaml"
 DEFAULT_BASE_STEPS = 1500
@@ -72,26 +73,25 @@ class Run:
     removal_fraction: float | None = None  # iCoT: its whole CoT is removed over this share of train.max_steps
 
 
+# Each method's own settings are kava.methods.METHODS (also checked against the shipped configs);
+# a run adds only the benchmark's: a curriculum starts at stage 1 (the base model is CoT-pretrained).
 _CURRICULUM = ("curriculum.enabled=true", "curriculum.stages=3", "curriculum.start_stage=1")
 # CODI and Coconut compute their latents one a pass, with their own papers' 6 latents (CODI: 6;
 # Coconut: 2 per stage over 3 stages), not KaVa's 24: 24 sequential passes a step made them the
 # benchmark's slowest runs by far, in a setting neither method uses.
-_SEQUENTIAL_M = "latent.num_latents=6"
-_COCONUT = ("latent.mode=sequential", "latent.projection=false", "kava.alpha_codi=0", "kava.alpha_kv=0",
-            "kava.teacher_ce=false", "data.drop_last_step=false", _SEQUENTIAL_M, *_CURRICULUM)
 BASELINES = (
-    Run("no_cot", "No-CoT", "direct", ("train.method=direct",)),
-    Run("cot", "CoT", "cot", ("train.method=cot", "data.drop_last_step=false")),
-    Run("pccot", "PCCoT", "latent", ("kava.alpha_kv=0",)),
-    Run("codi", "CODI", "latent", ("latent.mode=sequential", "kava.alpha_kv=0", "kava.codi_position=answer_start",
-                                    _SEQUENTIAL_M)),
-    Run("coconut", "Coconut", "latent", _COCONUT, stage_fraction=1 / 6, split_latents=True),
-    Run("kava", "KaVa", "latent", ()),
+    Run("no_cot", "No-CoT", "direct", METHODS["no_cot"]),
+    Run("cot", "CoT", "cot", METHODS["cot"]),
+    Run("pccot", "PCCoT", "latent", METHODS["pccot"]),
+    Run("codi", "CODI", "latent", METHODS["codi"]),
+    Run("coconut", "Coconut", "latent", (*METHODS["coconut"], "curriculum.start_stage=1"), stage_fraction=1 / 6,
+        split_latents=True),
+    Run("kava", "KaVa", "latent", METHODS["kava"]),
     # The pause control: the same student and losses, but the latent inputs are never fed back — every
     # slot reads the fixed <latent> embedding and pass 0 is the only latent pass (T = 0), so the M
     # positions add computation but no refinement. KaVa above it shows the fed-back latents compute;
     # KaVa equal to it, that extra positions are all it gains (Coconut's pause-token control).
-    Run("pause", "Pause tokens (latents not fed back)", "latent", ("latent.num_iterations=0",)),
+    Run("pause", "Pause tokens (latents not fed back)", "latent", METHODS["pause"]),
 )
 # The base model learns the teacher's format (drop-last: the CoT without its last step, the last
 # operation done at the answer), so the teacher knows the answer from the first fine-tuning step;
@@ -112,7 +112,7 @@ ABLATIONS = (
     # R-KV must then choose which CoT entries the latents imitate
     Run("kava_m_half", "KaVa, M = 12 (½ of the CoT's tokens)", "latent", ("latent.num_latents=12",)),
     Run("kava_m_quarter", "KaVa, M = 6 (¼ of the CoT's tokens)", "latent", ("latent.num_latents=6",)),
-    Run("pccot_curriculum", "PCCoT, curriculum", "latent", ("kava.alpha_kv=0", *_CURRICULUM), stage_fraction=1 / 6),
+    Run("pccot_curriculum", "PCCoT, curriculum", "latent", (*METHODS["pccot"], *_CURRICULUM), stage_fraction=1 / 6),
     Run("kava_curriculum", "KaVa, curriculum", "latent", _CURRICULUM, stage_fraction=1 / 6),
 )
 # iCoT removes the CoT a token at a time over the first half of the steps (as Coconut's curriculum
@@ -120,8 +120,8 @@ ABLATIONS = (
 # 32 = the task's CoT with every step kept (4 steps of 8 tokens; tests/test_icot.py checks it). It
 # needs at least 64 steps, so it runs by name only (--only icot), not in the default set.
 ICOT_COT_TOKENS = 32
-ICOT = Run("icot", "iCoT", "direct", ("train.method=icot", "data.drop_last_step=false", "prompt.teacher_delimiters=false",
-                                      f"icot.remove_all_when_remove_beyond={ICOT_COT_TOKENS}"), removal_fraction=1 / 2)
+ICOT = Run("icot", "iCoT", "direct", (*METHODS["icot"], f"icot.remove_all_when_remove_beyond={ICOT_COT_TOKENS}"),
+           removal_fraction=1 / 2)
 # The benchmark config's departures from the paper's recipe, each undone alone (`--departures`):
 # the evidence that each is needed at this scale.
 DEPARTURES = (
