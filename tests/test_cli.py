@@ -69,8 +69,8 @@ PAPER_CONFIGS = ("llama1b_aug", "llama1b_aug_nl", "qwen05b_aug", "qwen05b_aug_nl
 
 
 def test_kava_configs_lists_every_shipped_config_with_its_provenance(capsys):
-    from kava.config import CONFIGS_DIR, config_summary
     from kava.cli import main
+    from kava.config import CONFIGS_DIR, config_summary
 
     assert main(["configs"]) == 0
     out = capsys.readouterr().out.splitlines()

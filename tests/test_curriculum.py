@@ -247,7 +247,8 @@ def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch)
 @pytest.mark.parametrize("latent, extra", [
     ({"mode": "jacobi", "num_iterations": 2}, {"kava.alpha_codi": 10, "kava.teacher_ce": True}),  # PCCoT
     ({"mode": "jacobi", "num_iterations": 2, "projection": True},
-     {"kava.alpha_codi": 10, "kava.alpha_kv": 1, "kava.teacher_ce": True, "curriculum.thoughts_per_step": None}),  # KaVa
+     {"kava.alpha_codi": 10, "kava.alpha_kv": 1, "kava.teacher_ce": True,
+      "curriculum.thoughts_per_step": None}),  # KaVa
     ({"mode": "sequential", "projection": True},
      {"kava.alpha_codi": 20, "kava.teacher_ce": True, "kava.codi_position": "answer_start"}),  # CODI
 ])

@@ -18,7 +18,8 @@ from kava.training.trainer import forward_backward
 
 
 def _cfg(lora: bool, **extra):
-    raw = {"model": {"name": "tiny-llama", "dtype": "float32"}, "lora": {"enabled": lora, "r": 8, "alpha": 16, "dropout": 0.0},
+    raw = {"model": {"name": "tiny-llama", "dtype": "float32"},
+           "lora": {"enabled": lora, "r": 8, "alpha": 16, "dropout": 0.0},
            "latent": {"num_latents": 6, "num_iterations": 2}, "data": {"dataset": "x.jsonl", "source": "local"}}
     return config_from_dict(raw, [f"{k}={v}" for k, v in extra.items()])
 

@@ -11,14 +11,13 @@ import shutil
 import pytest
 import torch
 
+from conftest import EXAMPLES, build
 from kava.config import PromptConfig, config_from_dict
 from kava.data.sequences import IGNORE, SequenceBuilder
 from kava.errors import KavaError
 from kava.io import read_jsonl
 from kava.training.icot import ALL, IcotSchedule, lambda_distribution
 from kava.training.trainer import train
-
-from conftest import EXAMPLES, build
 
 MINIMAL = {"model": {"name": "tiny-llama"}, "data": {"dataset": "x.jsonl", "source": "local"}}
 
@@ -170,7 +169,8 @@ def test_the_final_stage_is_no_cot(builder):
 @pytest.mark.parametrize("lam", [4.0, 1.0, 0.3])
 def test_offsets_are_drawn_from_the_official_distribution(lam):
     ours = lambda_distribution(lam)
-    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), official_compute_lambda_distribution(lam).double(), rtol=0,
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64),
+                               official_compute_lambda_distribution(lam).double(), rtol=0,
                                atol=1e-6)
     sched = _schedule([5], removal_smoothing_lambda=lam, seed=3)
     n = 20_000
@@ -195,9 +195,11 @@ def test_schedule_and_its_errors():
     sched = _schedule([32, 20], steps_per_epoch=625, remove_per_epoch=8)  # round(625 / 8) = 78 steps a token
     assert sched.steps_per_token == 78 and sched.final_step == 32 * 78
     assert [sched.scheduled(s) for s in (0, 77, 78, 156)] == [0, 0, 1, 2]
-    assert _schedule([32], steps_per_token=6, remove_all_when_remove_beyond=40).final_step == 192  # the CoT runs out first
+    assert _schedule([32], steps_per_token=6,
+                     remove_all_when_remove_beyond=40).final_step == 192  # the CoT runs out first
     assert _schedule([32], steps_per_token=6, remove_all_when_remove_beyond=10).final_step == 60
-    assert _schedule([3], steps_per_epoch=4, remove_per_epoch=10).final_step == 2  # 0 steps a token: one a step, from step 0
+    assert _schedule([3], steps_per_epoch=4,
+                     remove_per_epoch=10).final_step == 2  # 0 steps a token: one a step, from step 0
     with pytest.raises(KavaError, match="removes the whole CoT at step 192, but training stops at step 192"):
         _schedule([32], steps_per_token=6, total_steps=192)
     with pytest.raises(KavaError, match="teacher_delimiters: false"):
@@ -293,7 +295,8 @@ def test_the_benchmarks_icot_run_removes_its_cot_over_the_first_half(tmp_path):
     from kava.model.kava_model import build_kava_model
     from kava.training.trainer import word_vocabulary_for
 
-    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["icot"], 0, tmp_path, ["data.synthetic.num_train=300"])
+    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["icot"], 0, tmp_path,
+                             ["data.synthetic.num_train=300"])
     steps = cfg.train.max_steps
     assert cfg.train.method == "icot" and not cfg.data.drop_last_step and not cfg.prompt.teacher_delimiters
     assert cfg.icot.steps_per_token == round(steps / 2 / quality.ICOT_COT_TOKENS)

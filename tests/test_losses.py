@@ -306,7 +306,8 @@ def test_kv_gradient_equals_recompute_reference_gradient(build_model, examples, 
             assert rel_err(a, r) < 1e-4
     # control: cutting the graph between iterations gives a clearly different gradient
     assert max(rel_err(c, r) for c, r in zip(cut, ref) if r is not None and c is not None) > 1e-2
-    proj = [a for (n, _), a in zip([(n, p) for n, p in model.named_parameters() if p.requires_grad], got) if "projection" in n]
+    proj = [a for (n, _), a in zip([(n, p) for n, p in model.named_parameters() if p.requires_grad],
+                                   got) if "projection" in n]
     assert proj and all(a is not None and a.abs().sum() > 0 for a in proj)
 
 

@@ -26,7 +26,8 @@ from kava.model.teacher import TargetSpec, teacher_forward
 from kava.training.objective import KavaObjective
 
 EXAMPLES = [
-    ReasoningExample("Tom has 3 apples and buys 4 more. He doubles them.", ("<<3+4=7>>", "<<7*2=14>>", "<<14-1=13>>"), "13"),
+    ReasoningExample("Tom has 3 apples and buys 4 more. He doubles them.",
+                     ("<<3+4=7>>", "<<7*2=14>>", "<<14-1=13>>"), "13"),
     ReasoningExample("Ann has 12 pens and gives 5 away.", ("<<12-5=7>>", "<<7+20=27>>", "<<27*2=54>>"), "54"),
 ]
 LAST_STEP = EXAMPLES[0].steps[-1]
@@ -35,7 +36,8 @@ LAST_STEP = EXAMPLES[0].steps[-1]
 def _setup(**overrides):
     """(cfg, model, builder) from a tiny config with dotted `overrides` (dots written as __)."""
     raw = {
-        "model": {"name": "tiny-llama", "dtype": "float32", "tiny": {"hidden_size": 32, "num_layers": 2, "intermediate_size": 64}},
+        "model": {"name": "tiny-llama", "dtype": "float32",
+                  "tiny": {"hidden_size": 32, "num_layers": 2, "intermediate_size": 64}},
         "lora": {"enabled": False},
         "latent": {"num_latents": 4, "num_iterations": 2},
         "data": {"dataset": "x.jsonl", "source": "local"},
@@ -102,7 +104,8 @@ def test_alpha_kv_zero_is_pccot_without_kv_targets(monkeypatch):
     out = KavaObjective(model, cfg)(_batch(cfg, builder))
     assert "kv" not in out and "codi" in out
     assert selects == [] and captures == [] and kv_losses == []
-    torch.testing.assert_close(out["loss"].detach(), out["ce_student"] + out["ce_teacher"] + cfg.kava.alpha_codi * out["codi"])
+    torch.testing.assert_close(out["loss"].detach(),
+                               out["ce_student"] + out["ce_teacher"] + cfg.kava.alpha_codi * out["codi"])
 
 
 def test_alpha_codi_zero_has_no_codi_term(monkeypatch):

@@ -260,7 +260,8 @@ def test_teacher_delimiters_align_the_teacher_with_the_student_when_m_is_the_cot
     t_pos = position_ids_from_mask(tb.attention_mask)
     for row, e in enumerate(encs):
         M = len(e.c)
-        mask = extend_mask(extend_mask(sb.q_mask[row : row + 1], M), sb.suffix_ids.shape[1], sb.suffix_mask[row : row + 1])
+        mask = extend_mask(extend_mask(sb.q_mask[row : row + 1], M), sb.suffix_ids.shape[1],
+                           sb.suffix_mask[row : row + 1])
         s_pos = position_ids_from_mask(mask)[0]
         Lq = sb.q_mask.shape[1]
         latent_pos = s_pos[Lq : Lq + M]

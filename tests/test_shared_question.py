@@ -151,7 +151,8 @@ def test_shared_question_under_a_curriculum(stages):
     """A curriculum's per-example latents and kept CoT continue over the shared question too."""
     from kava.training.curriculum import Curriculum
 
-    cfg = _cfg(**{"curriculum.enabled": "true", "curriculum.stages": 3, "curriculum.thoughts_per_step": 2, "kava.alpha_kv": 0,
+    cfg = _cfg(**{"curriculum.enabled": "true", "curriculum.stages": 3, "curriculum.thoughts_per_step": 2,
+                  "kava.alpha_kv": 0,
                   "curriculum.steps_per_stage": 1})
     model, builder = _model(cfg)
     items = [builder.encode(e) for e in EXAMPLES]

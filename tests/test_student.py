@@ -50,11 +50,13 @@ def reference_latents(model, q_ids: list[int], T: int, detach_between: bool = Fa
     inputs = first = None
     for k in range(T + 1):
         if k == 0:  # pass 0 straight from token ids: Q + <bot> + <latent> x M
-            out = model.backbone(input_ids=torch.tensor([q_ids + [latent_id] * M]), use_cache=True, output_hidden_states=True)
+            out = model.backbone(input_ids=torch.tensor([q_ids + [latent_id] * M]), use_cache=True,
+                                 output_hidden_states=True)
             bot_hidden = out.hidden_states[-1][0, Lq - 1]  # q_ids ends with <bot>
             first = proj(bot_hidden) if model.first_input == "bot_hidden" else e_lat
         else:
-            out = model.backbone(inputs_embeds=torch.cat([e_q, inputs[None]], 1), use_cache=True, output_hidden_states=True)
+            out = model.backbone(inputs_embeds=torch.cat([e_q, inputs[None]], 1), use_cache=True,
+                                 output_hidden_states=True)
         h = out.hidden_states[-1][0, Lq:]
         kv = [(kk[0, :, Lq:], vv[0, :, Lq:]) for kk, vv in kv_of(LMOutput.of(out).past_key_values)]
         last_inputs = inputs
@@ -68,7 +70,8 @@ def reference_latents(model, q_ids: list[int], T: int, detach_between: bool = Fa
 
 
 def reference_student(model, tok, enc, T: int):
-    """Full training sequence from scratch; returns (per-example CE on P+A, logits over the suffix, codi hidden per layer)."""
+    """Full training sequence from scratch; returns (per-example CE on P+A, logits over the suffix,
+    codi hidden per layer)."""
     q_ids = enc.q + [model.special.bot]
     Lq, M = len(q_ids), model.num_latents
     suffix = [model.special.eot] + enc.p + enc.a
@@ -83,7 +86,8 @@ def reference_student(model, tok, enc, T: int):
     logits = out.logits[0, start : start + len(suffix)]
     nll = F.cross_entropy(logits[:-1], torch.tensor(suffix[1:]), reduction="none")
     # CODI position: the token whose next token is the answer's first digit or sign
-    first = next(i for i, t in enumerate(suffix) if i > len(enc.p) and any(c.isdigit() or c == "-" for c in tok.decode([t])))
+    first = next(i for i, t in enumerate(suffix)
+                 if i > len(enc.p) and any(c.isdigit() or c == "-" for c in tok.decode([t])))
     codi = [h[0, start + first - 1] for h in out.hidden_states[1:]]
     return nll, logits, codi
 

@@ -78,7 +78,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
         if _offline():
             raise KavaError(f"{checkpoint}{at} is not in the hub cache and HF_HUB_OFFLINE=1 forbids downloading it; "
                             "unset HF_HUB_OFFLINE, or download it once where the hub is reachable") from None
-        raise KavaError(f"cannot download {checkpoint}{at}: the hub is not reachable and it is not in the cache") from None
+        raise KavaError(f"cannot download {checkpoint}{at}: the hub is not reachable and it is not in the "
+                        "cache") from None
     except RevisionNotFoundError:
         raise KavaError(f"{checkpoint} has no revision {revision!r}") from None
     except GatedRepoError:
@@ -228,7 +229,8 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
         f"| base model | `{base}` |",
         f"| training data | `{cfg.data.dataset}` ({size}) |",
         f"| method | `{cfg.train.method}` |",
-        f"| optimizer steps | {steps if steps is not None else '-'} (global batch {gbs}, {state.get('epoch', '-')} epochs) |",
+        f"| optimizer steps | {steps if steps is not None else '-'} (global batch {gbs}, {state.get('epoch', '-')} "
+        f"epochs) |",
         f"| learning rate | {cfg.train.lr:g} ({cfg.train.lr_scheduler}, warm-up {cfg.train.warmup_ratio:g}) |",
         f"| weight decay | {cfg.train.weight_decay:g} |",
         "| LoRA | " + (f"r={cfg.lora.r}, α={cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} |" if cfg.lora.enabled
@@ -236,7 +238,8 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
         f"| latent tokens M | {cfg.latent.num_latents} |",
         f"| Jacobi iterations T | {cfg.latent.num_iterations} |",
         f"| compression | {cfg.kava.compression} (λ={cfg.kava.rkv_lambda:g}) |",
-        f"| loss weights | α₁ (CODI) = {cfg.kava.alpha_codi:g}, α₂ (KV) = {cfg.kava.alpha_kv:g}, KV loss {cfg.kava.kv_loss} |",
+        f"| loss weights | α₁ (CODI) = {cfg.kava.alpha_codi:g}, α₂ (KV) = {cfg.kava.alpha_kv:g}, KV loss "
+        f"{cfg.kava.kv_loss} |",
         f"| seed | {cfg.seed} |", "",
     ]
     lines += _reproduce_lines(sweep, cfg)
@@ -245,7 +248,8 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
         lines += [f"Greedy decoding, {mode} mode, `kava evaluate` (accuracy in %, forward passes per question).", "",
                   "| dataset | questions | accuracy (%) | forward passes |", "|---|---|---|---|"]
         for ds, res in seed_results.items():
-            lines.append(f"| {ds} | {res.get('n', '-')} | {_fmt(res['accuracy'])} | {_fmt(res.get('forward_passes_mean'), 1)} |")
+            lines.append(f"| {ds} | {res.get('n', '-')} | {_fmt(res['accuracy'])} | "
+                         f"{_fmt(res.get('forward_passes_mean'), 1)} |")
         lines.append("")
     if summary:
         s_seeds = sweep[1].get("seeds") or []

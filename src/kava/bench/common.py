@@ -232,7 +232,8 @@ class TrainRun:
         from kava.config import config_from_dict, config_to_dict
 
         return config_from_dict(config_to_dict(cfg), [f"train.method={self.method}"]
-                                + [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.overrides.items()])
+                                + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                   for k, v in self.overrides.items()])
 
 
 def setup_runs(cfg, device, items, runs: list[TrainRun]) -> dict:

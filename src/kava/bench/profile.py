@@ -141,7 +141,8 @@ def format_profile(p: dict) -> str:
     ref = p["reference_matmul"]
     got = p["matmul_flops_per_second"]
     achieved = f"matrix products run at {got / 1e9:.1f} GFLOP/s" if got else "no matrix product was timed"
-    lines += ["", f"{achieved}; a {'x'.join(map(str, ref['shape']))} product reaches {ref['flops_per_second'] / 1e9:.1f} "
+    lines += ["",
+              f"{achieved}; a {'x'.join(map(str, ref['shape']))} product reaches {ref['flops_per_second'] / 1e9:.1f} "
                   f"GFLOP/s here: the step's matrix products alone need {p['matmul_floor_seconds']:.3f} s at that rate"]
     lines += ["", "| top operator | s / step | calls / step |", "|---|---|---|"]
     for r in ops["top"]:

@@ -395,7 +395,8 @@ class _Sweep:
         self._write_status(seed_dir, status)
         self._say(seed, device, f"evaluating {' '.join(missing)} (log: {seed_dir / EVAL_LOG})")
         ran.append("eval")
-        err = self._run("evaluation", eval_command(seed_dir, missing, self.eval_args, progress=self.display is not None),
+        err = self._run("evaluation",
+                        eval_command(seed_dir, missing, self.eval_args, progress=self.display is not None),
                         seed_dir, EVAL_LOG, device)
         still = [d for d in missing if not self._results_ok(seed_dir, d)]
         if err is None and still:
