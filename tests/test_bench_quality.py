@@ -35,7 +35,8 @@ def test_default_config_and_every_run_validate(tmp_path):
     kava = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["kava"], 0, tmp_path, [])
     pccot = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["pccot"], 0, tmp_path, [])
     assert kava.kava.alpha_kv > 0 and pccot.kava.alpha_kv == 0
-    assert pccot.model_dump(exclude={"kava", "output_dir", "run_name"}) == kava.model_dump(exclude={"kava", "output_dir", "run_name"})
+    assert pccot.model_dump(exclude={"kava", "output_dir",
+                                     "run_name"}) == kava.model_dump(exclude={"kava", "output_dir", "run_name"})
     # CODI is PCCoT with sequential latents and the loss at the answer's first digit
     codi = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["codi"], 0, tmp_path, [])
     expected = pccot.model_dump(exclude={"output_dir", "run_name"})
@@ -50,7 +51,8 @@ def test_default_config_and_every_run_validate(tmp_path):
     cur = Curriculum(coconut, steps_per_epoch=coconut.data.synthetic.num_train // coconut.train.global_batch_size,
                      total_steps=steps)
     k = cur.steps_per_stage
-    assert k == round(steps / 6) and [cur.stage(s) for s in (0, k - 1, k, 2 * k, 3 * k, steps - 1)] == [1, 1, 2, 3, 4, 4]
+    assert k == round(steps / 6)
+    assert [cur.stage(s) for s in (0, k - 1, k, 2 * k, 3 * k, steps - 1)] == [1, 1, 2, 3, 4, 4]
     assert coconut.latent.mode == "sequential" and not coconut.latent.projection and not coconut.kava.teacher_ce
     assert coconut.curriculum.thoughts_per_step == coconut.latent.num_latents // 3 == 2  # Coconut's 2 a stage, 3 stages
 
@@ -170,9 +172,12 @@ def test_bad_arguments(tmp_path):
 def test_gap_closed_in_summary():
     runs = [quality.ALL_RUNS[n] for n in ("no_cot", "cot", "kava")]
     res = [
-        {"run": "no_cot", "seed": 0, "accuracy": 10.0, "forward_passes_mean": 5.0, "train_seconds": 1, "eval_seconds": 1, "steps": 1, "n": 4},
-        {"run": "cot", "seed": 0, "accuracy": 90.0, "forward_passes_mean": 50.0, "train_seconds": 1, "eval_seconds": 1, "steps": 1, "n": 4},
-        {"run": "kava", "seed": 0, "accuracy": 70.0, "forward_passes_mean": 8.0, "train_seconds": 1, "eval_seconds": 1, "steps": 1, "n": 4},
+        {"run": "no_cot", "seed": 0, "accuracy": 10.0, "forward_passes_mean": 5.0, "train_seconds": 1,
+         "eval_seconds": 1, "steps": 1, "n": 4},
+        {"run": "cot", "seed": 0, "accuracy": 90.0, "forward_passes_mean": 50.0, "train_seconds": 1, "eval_seconds": 1,
+         "steps": 1, "n": 4},
+        {"run": "kava", "seed": 0, "accuracy": 70.0, "forward_passes_mean": 8.0, "train_seconds": 1, "eval_seconds": 1,
+         "steps": 1, "n": 4},
     ]
     s = quality.summarize(res, runs)
     assert s["methods"]["kava"]["gap_closed"] == pytest.approx(0.75)
@@ -224,7 +229,8 @@ def test_table_header_names_where_the_runs_started():
                  "eval_seconds": 1, "steps": 3, "n": 4, "model": model}]
 
     runs = [quality.ALL_RUNS["kava"]]
-    assert "trained from scratch for 3 optimizer steps" in quality.format_table(quality.summarize(res("tiny-llama"), runs))
+    table = quality.format_table(quality.summarize(res("tiny-llama"), runs))
+    assert "trained from scratch for 3 optimizer steps" in table
     table = quality.format_table(quality.summarize(res("/x/base/backbone"), runs))
     assert "fine-tuned from /x/base/backbone for 3 optimizer steps" in table
     older = res("tiny-llama")
@@ -253,7 +259,8 @@ def test_ablations_flag_adds_every_ablation_run(tmp_path, monkeypatch):
         cfg = quality.run_config(quality.DEFAULT_CONFIG, run, 0, tmp_path, []).model_dump()
         changed = {f"{sec}.{k}" for sec in kava if isinstance(kava[sec], dict)
                    for k in kava[sec] if kava[sec][k] != cfg[sec][k]}
-        named = {o.split("=")[0] for o in run.overrides} | ({"curriculum.steps_per_stage"} if run.stage_fraction else set())
+        named = ({o.split("=")[0] for o in run.overrides}
+                 | ({"curriculum.steps_per_stage"} if run.stage_fraction else set()))
         named |= {"curriculum.thoughts_per_step"} if run.split_latents else set()
         assert changed and changed <= named, run.name
 

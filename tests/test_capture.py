@@ -9,14 +9,14 @@ from kava.compression import importance_from_attn, rkv_select
 from kava.model.cache import kv_of
 from kava.model.capture import capture_importance, enable_capture
 from kava.model.positions import position_ids_from_mask
-from kava.model.teacher import teacher_forward
+from kava.model.teacher import TargetSpec, teacher_forward
 
 ARCHS = ["tiny-llama", "tiny-qwen2"]
 
 
 def _teacher_inputs(tb):
-    mask = tb["attention_mask"]
-    return dict(input_ids=tb["input_ids"], attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    mask = tb.attention_mask
+    return dict(input_ids=tb.input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
 
 
 def _loop_importance(attn: torch.Tensor, query_mask: torch.Tensor, h_kv: int) -> torch.Tensor:
@@ -40,7 +40,7 @@ def _eager_reference(build_model, name, tb):
     with torch.no_grad():
         out = model.lm(**_teacher_inputs(tb), output_attentions=True, use_cache=True)
     h_kv = model.config.num_key_value_heads
-    return out, [importance_from_attn(a, tb["query_mask"], h_kv) for a in out.attentions]
+    return out, [importance_from_attn(a, tb.query_mask, h_kv) for a in out.attentions]
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -51,11 +51,11 @@ def test_capture_equals_eager_attention(build_model, examples, name, base):
     assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2)  # GQA, groups of 2
     assert cfg._attn_implementation.endswith(base)
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
-    mask = tb["attention_mask"]
+    mask = tb.attention_mask
     assert (mask[:, -1] == 0).any() and mask[:, 0].all(), "teacher batch must be right padded"
 
     ref_out, ref = _eager_reference(build_model, name, tb)
-    with torch.no_grad(), capture_importance(tb["query_mask"], mask.bool()) as imp:
+    with torch.no_grad(), capture_importance(tb.query_mask, mask.bool()) as imp:
         out = model.lm(**_teacher_inputs(tb))
     assert sorted(imp) == list(range(model.num_layers))
     for layer in range(model.num_layers):
@@ -75,7 +75,7 @@ def test_importance_reference_matches_loop(build_model, examples):
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
     out, ref = _eager_reference(build_model, "tiny-llama", tb)
     for layer in (0, len(ref) - 1):
-        loop = _loop_importance(out.attentions[layer], tb["query_mask"], 2)
+        loop = _loop_importance(out.attentions[layer], tb.query_mask, 2)
         torch.testing.assert_close(ref[layer], loop, atol=1e-6, rtol=1e-5)
 
 
@@ -85,14 +85,14 @@ def test_enable_capture_does_not_change_logits(build_model, examples, base):
     model.backbone.set_attn_implementation(base)  # (load_backbone installs the wrappers: undo it)
     assert model.config._attn_implementation == base
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
-    mask = tb["attention_mask"].bool()
+    mask = tb.attention_mask.bool()
     with torch.no_grad():
         before = model.lm(**_teacher_inputs(tb), use_cache=True)
         enable_capture(model.backbone)
         enable_capture(model.backbone)  # idempotent
         assert model.config._attn_implementation == "kava_capture_" + base
         after = model.lm(**_teacher_inputs(tb), use_cache=True)
-        with capture_importance(tb["query_mask"], mask) as imp:
+        with capture_importance(tb.query_mask, mask) as imp:
             during = model.lm(**_teacher_inputs(tb), use_cache=True)
     assert len(imp) == model.num_layers
     torch.testing.assert_close(after.logits, before.logits, atol=0, rtol=0)
@@ -104,7 +104,7 @@ def test_enable_capture_does_not_change_logits(build_model, examples, base):
 def test_capture_inactive_outside_block(build_model, examples):
     model, _, builder = build_model("tiny-llama", capture=True)
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
-    with capture_importance(tb["query_mask"], tb["attention_mask"].bool()) as imp:
+    with capture_importance(tb.query_mask, tb.attention_mask.bool()) as imp:
         pass
     with torch.no_grad():
         model.lm(**_teacher_inputs(tb))
@@ -118,10 +118,10 @@ def test_teacher_forward_selection_matches_eager_reference(build_model, examples
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
     M = model.num_latents
     with torch.no_grad():
-        to = teacher_forward(model, tb, budget=M, lam=0.5)
+        to = teacher_forward(model, tb, TargetSpec(budget=M, lam=0.5))
     ref_out, _ = _eager_reference(build_model, name, tb)
     for layer, (k, v) in enumerate(kv_of(ref_out.past_key_values)):
-        ref = rkv_select(k, v, ref_out.attentions[layer], tb["cot_mask"], tb["query_mask"], M, lam=0.5)
+        ref = rkv_select(k, v, ref_out.attentions[layer], tb.cot_mask, tb.query_mask, M, lam=0.5)
         sel = to.selections[layer]
         assert torch.equal(sel.positions, ref.positions)
         assert torch.equal(sel.slot_mask, ref.slot_mask)
@@ -129,7 +129,7 @@ def test_teacher_forward_selection_matches_eager_reference(build_model, examples
         torch.testing.assert_close(sel.values, ref.values, atol=1e-5, rtol=1e-5)
         # every selected slot is a CoT position
         for b in range(3):
-            assert tb["cot_mask"][b, sel.positions[b][sel.slot_mask[b]]].all()
+            assert tb.cot_mask[b, sel.positions[b][sel.slot_mask[b]]].all()
 
 
 def test_teacher_forward_without_enable_capture_is_clear(build_model, examples):
@@ -140,7 +140,7 @@ def test_teacher_forward_without_enable_capture_is_clear(build_model, examples):
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
     with torch.no_grad():
         try:
-            to = teacher_forward(model, tb, budget=model.num_latents)
+            to = teacher_forward(model, tb, TargetSpec(budget=model.num_latents))
         except KeyError as err:
             pytest.fail(f"teacher_forward without enable_capture raised a bare KeyError({err})")
         except (RuntimeError, ValueError) as err:
@@ -186,9 +186,9 @@ def test_capture_under_the_flash_attention_2_name(build_model, examples, monkeyp
     assert model.config._attn_implementation == "flash_attention_2"
     assert AttentionInterface._global_mapping["flash_attention_2"]._kava_capture
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
-    mask = tb["attention_mask"]
+    mask = tb.attention_mask
     ref_out, ref = _eager_reference(build_model, "tiny-llama", tb)
-    with torch.no_grad(), capture_importance(tb["query_mask"], mask.bool()) as imp:
+    with torch.no_grad(), capture_importance(tb.query_mask, mask.bool()) as imp:
         out = model.lm(**_teacher_inputs(tb))
     assert sorted(imp) == list(range(model.num_layers))
     for layer in range(model.num_layers):
@@ -217,17 +217,16 @@ def test_left_padding_rows_stay_finite_with_a_nan_kernel(build_model, examples, 
     their gradients and the latent answers stay finite and equal the CPU kernel's."""
     from transformers import AttentionInterface
 
+    from conftest import make_config
+    from kava.data.batches import make_batch
     from kava.inference.generate import generate
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
-
-    from conftest import make_config
 
     model, _, builder = build_model("tiny-llama", capture=True)
     cfg = make_config("tiny-llama")
     items = [builder.encode(e) for e in examples]
     batch = make_batch(builder, items, "kava", "cpu")
-    assert (batch["student"]["q_mask"][:, 0] == 0).any(), "the batch must be left padded"
+    assert (batch["student"].q_mask[:, 0] == 0).any(), "the batch must be left padded"
     objective = KavaObjective(model, cfg)
     questions = [e.question for e in examples]
 

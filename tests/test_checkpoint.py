@@ -164,7 +164,8 @@ def test_the_fp16_loss_scale_is_resumed(tmp_path):
     scaler.update()  # an overflow: the scale halves
     save_training_state(tmp_path, wrapped, None)
     fresh = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
-    load_training_state(tmp_path, AcceleratedOptimizer(_tiny_optimizer()[1], device_placement=False, scaler=fresh), None)
+    load_training_state(tmp_path,
+                        AcceleratedOptimizer(_tiny_optimizer()[1], device_placement=False, scaler=fresh), None)
     assert fresh.get_scale() == scaler.get_scale() == 2.0 ** 9
 
 
@@ -187,7 +188,8 @@ def test_a_crafted_pickle_is_refused_and_never_run(lora_run, data, tmp_path, cap
     marker = tmp_path / "pwned"
     torch.save({"optimizer": _Payload(marker)}, ckpt / "training_state.pt")
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(yaml.safe_dump(yaml.safe_load((lora_run / "config.yaml").read_text()) | {"output_dir": str(run)}))
+    raw = yaml.safe_load((lora_run / "config.yaml").read_text())
+    cfg_file.write_text(yaml.safe_dump(raw | {"output_dir": str(run)}))
 
     err = _one_line_error(capsys, ["train", "--config", str(cfg_file), "--resume", "--no-progress"])
     assert "training_state.pt, a pickle" in err and "does not unpickle" in err
@@ -271,16 +273,22 @@ BROKEN_LORA = {
                             "does not fit the model: 1 missing key(s)"),
     "adapter key unexpected": (lambda c: _edit_tensors(c / ADAPTER, lambda t: t.update(extra=torch.zeros(2))),
                                "1 unexpected key(s) (e.g. extra)"),
-    "adapter of another shape": (lambda c: _edit_tensors(c / ADAPTER, lambda t: t.update({_first_lora(t): torch.zeros(8, 48)})),
+    "adapter of another shape": (lambda c: _edit_tensors(c / ADAPTER,
+                                                         lambda t: t.update({_first_lora(t): torch.zeros(8, 48)})),
                                  "shape mismatch"),
     "adapter truncated": (lambda c: _truncate(c / ADAPTER), "adapter_model.safetensors is corrupt or truncated"),
-    "projection truncated": (lambda c: _truncate(c / "projection.safetensors"), "projection.safetensors is corrupt or truncated"),
+    "projection truncated": (lambda c: _truncate(c / "projection.safetensors"),
+                             "projection.safetensors is corrupt or truncated"),
     "projection key missing": (lambda c: _edit_tensors(c / "projection.safetensors", lambda t: t.pop(sorted(t)[0])),
                                "projection.safetensors does not fit the model: 1 missing key(s)"),
-    "tokenizer missing": (lambda c: shutil.rmtree(c / "tokenizer"), "is incomplete: tokenizer/tokenizer_config.json is missing"),
-    "projection missing": (lambda c: (c / "projection.safetensors").unlink(), "is incomplete: projection.safetensors is missing"),
-    "trainer state missing": (lambda c: (c / "trainer_state.json").unlink(), "is incomplete: trainer_state.json is missing"),
-    "config of a newer kava": (lambda c: (_set_config(c, **{"latent.new_knob": 1}), _set_state(c, kava_version="9.0.0")),
+    "tokenizer missing": (lambda c: shutil.rmtree(c / "tokenizer"),
+                          "is incomplete: tokenizer/tokenizer_config.json is missing"),
+    "projection missing": (lambda c: (c / "projection.safetensors").unlink(),
+                           "is incomplete: projection.safetensors is missing"),
+    "trainer state missing": (lambda c: (c / "trainer_state.json").unlink(),
+                              "is incomplete: trainer_state.json is missing"),
+    "config of a newer kava": (lambda c: (_set_config(c, **{"latent.new_knob": 1}),
+                                          _set_state(c, kava_version="9.0.0")),
                                "written by kava 9.0.0, this is kava 0.1.0, and its config does not fit this version: "
                                "unknown key 'latent.new_knob'"),
     "config of an older kava": (lambda c: (_set_config(c, **{"latent.old_knob": 1}), _set_state(c, kava_version=None)),
@@ -296,14 +304,16 @@ def test_a_damaged_or_foreign_lora_checkpoint_is_refused_in_one_line(case, lora_
     damage, message = BROKEN_LORA[case]
     ckpt = _copy(lora_run / "checkpoint-final", tmp_path / "ckpt")
     damage(ckpt)
-    err = _one_line_error(capsys, ["evaluate", "--checkpoint", str(ckpt), "--datasets", str(data["eval"]), "--no-progress"])
+    err = _one_line_error(capsys,
+                          ["evaluate", "--checkpoint", str(ckpt), "--datasets", str(data["eval"]), "--no-progress"])
     assert message in err and str(ckpt) in err
 
 
 BROKEN_FULL = {
     "weight missing": (lambda t: t.pop(sorted(t)[-1]), "model does not fit the model: 1 missing key(s)"),
     "weight of another shape": (lambda t: t.update({sorted(t)[-1]: torch.zeros(3, 3)}), "1 shape mismatch(es)"),
-    "weight unexpected": (lambda t: t.update({"model.layers.9.mlp.up_proj.weight": torch.zeros(3)}), "1 unexpected key(s)"),
+    "weight unexpected": (lambda t: t.update({"model.layers.9.mlp.up_proj.weight": torch.zeros(3)}),
+                          "1 unexpected key(s)"),
 }
 
 
@@ -317,7 +327,8 @@ def test_a_damaged_full_checkpoint_is_refused_in_one_line(case, full_run, data, 
     else:
         edit, message = BROKEN_FULL[case]
         _edit_tensors(weights, edit)
-    err = _one_line_error(capsys, ["evaluate", "--checkpoint", str(ckpt), "--datasets", str(data["eval"]), "--no-progress"])
+    err = _one_line_error(capsys,
+                          ["evaluate", "--checkpoint", str(ckpt), "--datasets", str(data["eval"]), "--no-progress"])
     assert message in err
 
 
@@ -362,7 +373,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(lora_run, data, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(yaml.safe_dump(yaml.safe_load((lora_run / "config.yaml").read_text()) | {"output_dir": str(run)}))
+    raw = yaml.safe_load((lora_run / "config.yaml").read_text())
+    cfg_file.write_text(yaml.safe_dump(raw | {"output_dir": str(run)}))
     monkeypatch.setenv(failpoints.ENV, "checkpoint.state:2:enospc")  # the final checkpoint, written but for its rename
     monkeypatch.setattr(failpoints, "_hits", {})
     assert main(["train", "--config", str(cfg_file), "--no-progress"]) == 2
@@ -381,7 +393,8 @@ def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(lora_run
     assert all(torch.equal(final[k], expect[k]) for k in expect)
 
 
-def test_a_full_disk_during_a_results_write_leaves_the_previous_results_intact(lora_run, data, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_during_a_results_write_leaves_the_previous_results_intact(lora_run, data, tmp_path,
+                                                                               monkeypatch, capsys):
     out = tmp_path / "eval"
     argv = ["evaluate", "--checkpoint", str(lora_run / "checkpoint-final"), "--datasets", str(data["eval"]),
             "--output-dir", str(out), "--no-progress", "--max-new-tokens", "4"]

@@ -69,8 +69,8 @@ PAPER_CONFIGS = ("llama1b_aug", "llama1b_aug_nl", "qwen05b_aug", "qwen05b_aug_nl
 
 
 def test_kava_configs_lists_every_shipped_config_with_its_provenance(capsys):
-    from kava.config import CONFIGS_DIR, config_summary
     from kava.cli import main
+    from kava.config import CONFIGS_DIR, config_summary
 
     assert main(["configs"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -147,3 +147,48 @@ def test_the_wheel_ships_the_configs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "kava", "configs"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=120, check=True).stdout
     assert str(tmp_path / "site" / "kava" / "configs") in out and "  llama1b_aug " in out
+
+
+def _preempted(*args, **kwargs):
+    from kava.training.signals import Preempted
+
+    raise Preempted(15, 3, 8, "runs/x/checkpoint-3")
+
+
+def test_a_preempted_train_says_to_resume_with_resume(monkeypatch, capsys):
+    import kava.training.trainer
+    from kava.cli import main
+    from kava.training.signals import EXIT_PREEMPTED
+
+    monkeypatch.setattr(kava.training.trainer, "train", _preempted)
+    assert main(["train", "--config", "tiny", "--output-dir", "runs/x", "--no-progress"]) == EXIT_PREEMPTED
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith("resume with: kava train --config tiny --output-dir runs/x --no-progress --resume"), line
+
+
+def test_a_preempted_bench_quality_says_to_run_the_same_command_again(monkeypatch, capsys):
+    """kava bench quality takes no --resume: it resumes when run again (failed before: the line ended
+    with `--resume`, which the command refuses)."""
+    import kava.bench.quality
+    from kava.cli import main
+    from kava.training.signals import EXIT_PREEMPTED
+
+    monkeypatch.setattr(kava.bench.quality, "run_quality", _preempted)
+    argv = ["bench", "quality", "--output-dir", "runs/q", "--only", "kava"]
+    assert main(argv) == EXIT_PREEMPTED
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--resume" not in line
+    assert line.endswith("run the same command again to continue: kava bench quality --output-dir runs/q --only kava")
+    with pytest.raises(SystemExit):  # (the command indeed refuses --resume)
+        build_parser().parse_args([*argv, "--resume"])
+
+
+def test_preempted_survives_a_worker_process():
+    """kava bench quality --jobs N trains in worker processes: their Preempted pickles back whole."""
+    import pickle
+
+    from kava.training.signals import Preempted
+
+    stop = pickle.loads(pickle.dumps(Preempted(15, 3, 8, "runs/x/checkpoint-3")))
+    assert (stop.signum, stop.step, stop.total_steps, stop.checkpoint) == (15, 3, 8, "runs/x/checkpoint-3")
+    assert str(stop) == "stopped by SIGTERM at step 3/8; checkpoint written to runs/x/checkpoint-3"

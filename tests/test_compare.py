@@ -85,7 +85,8 @@ def test_format_comparison(tmp_path):
     text = format_comparison(compare_runs(a, b))
     lines = text.splitlines()
     assert lines[0] == "A = kava" and lines[1] == "B = codi"
-    assert lines[3].split() == ["dataset", "A", "acc", "(n)", "B", "acc", "(n)", "A-B", "2-std", "rule", "Welch", "t", "p"]
+    assert lines[3].split() == ["dataset", "A", "acc", "(n)", "B", "acc", "(n)", "A-B", "2-std", "rule",
+                                "Welch", "t", "p"]
     gsm = next(ln for ln in lines if ln.startswith("gsm8k "))
     assert "61.00 ± 1.00 (3)" in gsm and "51.00 ± 1.00 (3)" in gsm and "+10.00" in gsm and "12.247" in gsm
     assert any(ln.startswith("gsm8k: A better") for ln in lines)

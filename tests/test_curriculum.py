@@ -3,6 +3,7 @@ schedule, the mixing of stages, the optimizer reset and its survival through res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -50,13 +51,13 @@ def expected_student_row(builder, ex, n_latents: int, removed: int):
 
 def actual_student_row(builder, batch, b: int):
     """Example b of a student batch written out unpadded (latents as <latent> ids)."""
-    q = batch["q_ids"][b][batch["q_mask"][b].bool()].tolist()
-    n = int(batch["latent_mask"][b].sum())
-    keep = batch["suffix_mask"][b].bool()
-    suffix = batch["suffix_ids"][b][keep].tolist()
-    labels = batch["suffix_labels"][b][keep].tolist()
+    q = batch.q_ids[b][batch.q_mask[b].bool()].tolist()
+    n = int(batch.latent_mask[b].sum())
+    keep = batch.suffix_mask[b].bool()
+    suffix = batch.suffix_ids[b][keep].tolist()
+    labels = batch.suffix_labels[b][keep].tolist()
     head = q + [builder.special.latent] * n
-    return head + suffix, [IGNORE] * len(head) + labels, int(batch["suffix_codi_index"][b])
+    return head + suffix, [IGNORE] * len(head) + labels, int(batch.suffix_codi_index[b])
 
 
 # (stage -> (latents, steps removed)) for S = 3 stages, c = 2 thoughts per step [coconut: dataset.py]
@@ -80,6 +81,10 @@ def test_sequences_at_every_stage(builder):
     assert actual_student_row(builder, batch, 1) == expected_student_row(builder, two, *TWO_STEPS[4])
 
 
+def _lists(batch) -> dict:
+    return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in vars(batch).items()}
+
+
 def test_without_thoughts_per_step_every_stage_has_M_latents(builder):
     cur = _curriculum(stages=3)
     M = cur.num_latents
@@ -87,8 +92,8 @@ def test_without_thoughts_per_step_every_stage_has_M_latents(builder):
     e = builder.encode(EXAMPLES[2])
     final = builder.student_batch([e], **cur.student_inputs(builder, [e], [4]))
     plain = builder.student_batch([e])
-    assert final["latent_mask"].tolist() == [[1] * M]
-    assert {k: v.tolist() for k, v in final.items() if k != "latent_mask"} == {k: v.tolist() for k, v in plain.items()}
+    assert final.latent_mask.tolist() == [[1] * M]
+    assert _lists(final) == _lists(dataclasses.replace(plain, latent_mask=final.latent_mask))
 
 
 def test_the_final_stage_is_what_the_model_is_evaluated_with(build_model):
@@ -242,7 +247,8 @@ def test_coconut_trains_stage_by_stage_resets_and_resumes(tmp_path, monkeypatch)
 @pytest.mark.parametrize("latent, extra", [
     ({"mode": "jacobi", "num_iterations": 2}, {"kava.alpha_codi": 10, "kava.teacher_ce": True}),  # PCCoT
     ({"mode": "jacobi", "num_iterations": 2, "projection": True},
-     {"kava.alpha_codi": 10, "kava.alpha_kv": 1, "kava.teacher_ce": True, "curriculum.thoughts_per_step": None}),  # KaVa
+     {"kava.alpha_codi": 10, "kava.alpha_kv": 1, "kava.teacher_ce": True,
+      "curriculum.thoughts_per_step": None}),  # KaVa
     ({"mode": "sequential", "projection": True},
      {"kava.alpha_codi": 20, "kava.teacher_ce": True, "kava.codi_position": "answer_start"}),  # CODI
 ])

@@ -132,9 +132,10 @@ def test_every_method_steps_twice_under_ddp(tmp_path, overrides):
 
     from conftest import EXAMPLES, make_config
     from kava.config import config_from_dict, config_to_dict, shares_question
+    from kava.data.batches import make_batch
     from kava.model.kava_model import build_kava_model, trainable_parameters
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import forward_backward, make_batch
+    from kava.training.trainer import forward_backward
 
     cfg = config_from_dict(config_to_dict(make_config("tiny-llama")), overrides)
     torch.manual_seed(0)

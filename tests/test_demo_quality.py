@@ -7,7 +7,6 @@ import argparse
 
 from kava.cli import main
 from kava.demo import _quality_stage
-
 from test_bench_quality import TINY_OVERRIDES
 
 

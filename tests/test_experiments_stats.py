@@ -59,4 +59,5 @@ def test_summarize_seeds():
 
 
 def test_dataset_order_follows_paper():
-    assert sort_datasets(["zzz", "svamp", "gsm8k-hard", "aaa", "gsm8k"]) == ["gsm8k", "gsm8k-hard", "svamp", "aaa", "zzz"]
+    got = sort_datasets(["zzz", "svamp", "gsm8k-hard", "aaa", "gsm8k"])
+    assert got == ["gsm8k", "gsm8k-hard", "svamp", "aaa", "zzz"]

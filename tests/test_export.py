@@ -95,7 +95,8 @@ def test_plain_transformers_reads_the_export(exported):
 
 
 def _rows(path):
-    return [{k: r[k] for k in ("id", "text", "answer", "correct", "forward_passes", "generated_tokens")} for r in read_jsonl(path)]
+    return [{k: r[k] for k in ("id", "text", "answer", "correct", "forward_passes",
+                               "generated_tokens")} for r in read_jsonl(path)]
 
 
 @pytest.mark.parametrize("mode", ["latent", "cot", "direct"])

@@ -8,17 +8,18 @@ import copy
 import pytest
 import torch
 
+from conftest import EXAMPLES, perturb
 from kava.config import config_from_dict, shares_question
+from kava.data.batches import make_batch
 from kava.model.capture import enable_capture
 from kava.model.kava_model import build_kava_model
 from kava.training.objective import KavaObjective
-from kava.training.trainer import forward_backward, make_batch
-
-from conftest import EXAMPLES, perturb
+from kava.training.trainer import forward_backward
 
 
 def _cfg(lora: bool, **extra):
-    raw = {"model": {"name": "tiny-llama", "dtype": "float32"}, "lora": {"enabled": lora, "r": 8, "alpha": 16, "dropout": 0.0},
+    raw = {"model": {"name": "tiny-llama", "dtype": "float32"},
+           "lora": {"enabled": lora, "r": 8, "alpha": 16, "dropout": 0.0},
            "latent": {"num_latents": 6, "num_iterations": 2}, "data": {"dataset": "x.jsonl", "source": "local"}}
     return config_from_dict(raw, [f"{k}={v}" for k, v in extra.items()])
 

@@ -43,7 +43,9 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
     st.sampled_from(["", "-1", "0", "1e400", "-1e400", "nan", "inf", "1,000", "½", "٣", "72 apples", "\x00", "\u202e"]),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+values = st.recursive(scalars,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                  max_size=3),
                       max_leaves=8)
 
 
@@ -140,7 +142,8 @@ def _row(fields: dict):
     return st.fixed_dictionaries({}, optional={k: v for k, v in fields.items()})
 
 
-good_train = {"question": st.text(min_size=1, max_size=30).filter(str.strip), "steps": st.lists(st.text(max_size=10), max_size=3),
+good_train = {"question": st.text(min_size=1, max_size=30).filter(str.strip),
+              "steps": st.lists(st.text(max_size=10), max_size=3),
               "answer": st.integers(-10**6, 10**6).map(str)}
 good_eval = {"question": good_train["question"], "answer": st.integers(-10**6, 10**6) | st.floats(-1e6, 1e6)}
 
@@ -227,7 +230,8 @@ def checkpoint(tiny_checkpoint):
 bad_question_line = st.one_of(
     values.filter(lambda v: not isinstance(v, dict)).map(json.dumps),  # JSON, but no object
     st.dictionaries(st.sampled_from(["id", "q", "text"]), values, max_size=2).map(json.dumps),  # no question
-    st.fixed_dictionaries({"question": values.filter(lambda v: not (isinstance(v, str) and v.strip()))}).map(json.dumps),
+    st.fixed_dictionaries({"question": values.filter(lambda v: not (isinstance(v, str) and v.strip()))})
+    .map(json.dumps),
     st.text(min_size=1, max_size=20).filter(lambda t: t.strip() and not t.lstrip().startswith(("{", "[", '"')))
     .map(lambda t: t.replace("\n", " ").replace("\r", " ")),  # not JSON
 )
@@ -241,7 +245,8 @@ def test_kava_infer_reports_every_bad_line_and_writes_nothing(checkpoint, lines)
         path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
         items, bad = read_questions(path)
         assert not items
-        rc, stdout, err = _run_cli(["infer", "--checkpoint", str(checkpoint), "--input", str(path), "--output", str(out)])
+        rc, stdout, err = _run_cli(["infer", "--checkpoint", str(checkpoint), "--input", str(path),
+                                    "--output", str(out)])
         assert rc == 1 and "Traceback" not in err and not out.exists()
         for n, _ in bad:
             assert sum(ln.startswith(f"error: {path}, line {n}: ") for ln in err.splitlines()) == 1
@@ -254,7 +259,8 @@ junk = st.one_of(st.text(max_size=12), st.sampled_from(["-1", "0", "nan", "1e999
 OPTIONS = {
     "train": ["--output-dir", "--seed", "--resume", "--resume-if-exists", "--no-progress"],
     "evaluate": ["--datasets", "--source", "--limit", "--batch-size", "--mode", "--max-new-tokens", "--output",
-                 "--output-dir", "--device", "--dtype", "--sampling", "--temperature", "--top-p", "--top-k", "--samples",
+                 "--output-dir", "--device", "--dtype", "--sampling", "--temperature", "--top-p",
+                 "--top-k", "--samples",
                  "--seed"],
     "infer": ["--question", "--input", "--output", "--mode", "--sampling", "--temperature", "--top-p", "--top-k",
               "--seed", "--max-new-tokens", "--batch-size", "--device", "--show-latents", "--no-latent"],

@@ -46,7 +46,8 @@ def test_the_spike_guard_compares_with_the_mean_of_its_window():
 
 @pytest.fixture
 def run(tmp_path):
-    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?", "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
+    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?",
+             "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
              "answer": str(5 + i % 5)} for i in range(16)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {

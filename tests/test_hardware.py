@@ -16,7 +16,8 @@ from kava.training.hardware import set_tf32
 
 @pytest.fixture
 def config(tmp_path):
-    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?", "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
+    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?",
+             "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
              "answer": str(5 + i % 5)} for i in range(8)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     raw = {

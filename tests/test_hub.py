@@ -13,11 +13,10 @@ import yaml
 from huggingface_hub import ModelCard, constants
 
 import kava.api
+from fixtures_sweep import OVERRIDES
 from kava.cli import main
 from kava.errors import KavaError
 from kava.hub import model_card, push, resolve_checkpoint
-
-from fixtures_sweep import OVERRIDES
 
 pytest_plugins = ["fixtures_eval"]
 
@@ -114,8 +113,11 @@ def test_push_uploads_the_checkpoint_and_its_card(tiny_checkpoint, monkeypatch):
 
     calls = []
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)) or f"https://hf.co/{repo_id}")
+    def create_repo(self, repo_id, **kw):
+        calls.append(("create_repo", repo_id, kw))
+        return f"https://hf.co/{repo_id}"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
                         lambda self, **kw: calls.append(("upload_folder", kw["repo_id"], kw)))
     monkeypatch.setattr(huggingface_hub.ModelCard, "push_to_hub",
@@ -125,8 +127,8 @@ def test_push_uploads_the_checkpoint_and_its_card(tiny_checkpoint, monkeypatch):
                                       ("card", "me/kava-tiny")]
     assert calls[0][2]["private"] is True
     up = calls[1][2]
-    assert Path(up["folder_path"]) == tiny_checkpoint and up["ignore_patterns"] == ["training_state.safetensors", "training_state.json",
-                                                                              "training_state.pt"]
+    assert Path(up["folder_path"]) == tiny_checkpoint
+    assert up["ignore_patterns"] == ["training_state.safetensors", "training_state.json", "training_state.pt"]
     assert calls[2][2].startswith("---\n") and "library_name: kava" in calls[2][2]
 
 

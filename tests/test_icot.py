@@ -11,14 +11,13 @@ import shutil
 import pytest
 import torch
 
+from conftest import EXAMPLES, build
 from kava.config import PromptConfig, config_from_dict
 from kava.data.sequences import IGNORE, SequenceBuilder
 from kava.errors import KavaError
 from kava.io import read_jsonl
 from kava.training.icot import ALL, IcotSchedule, lambda_distribution
 from kava.training.trainer import train
-
-from conftest import EXAMPLES, build
 
 MINIMAL = {"model": {"name": "tiny-llama"}, "data": {"dataset": "x.jsonl", "source": "local"}}
 
@@ -107,8 +106,8 @@ def expected_row(builder, ex, removed: int):
 
 
 def actual_row(batch, b):
-    keep = batch["attention_mask"][b].bool()
-    return batch["input_ids"][b][keep].tolist(), batch["labels"][b][keep].tolist()
+    keep = batch.attention_mask[b].bool()
+    return batch.input_ids[b][keep].tolist(), batch.labels[b][keep].tolist()
 
 
 # (remove_per_epoch, remove_all_when_remove_beyond, remove_start_from, λ): the README's GPT-2 and GSM8k
@@ -150,13 +149,17 @@ def test_removal_never_cuts_into_the_question_the_answer_prefix_or_the_answer(bu
             assert len(ids) >= len(e.q) + len(e.p) + len(e.a)
 
 
+def _lists(batch) -> dict:
+    return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in vars(batch).items()}
+
+
 def test_the_final_stage_is_no_cot(builder):
     items = [builder.encode(e) for e in EXAMPLES]
     sched = _schedule([len(e.c) for e in items], steps_per_token=2, remove_all_when_remove_beyond=5)
     assert sched.final_step == 10 and sched.scheduled(9) == 4 and sched.scheduled(10) == ALL
     final = builder.teacher_batch(sched.batch(builder, items, 10, [0, 1, 2])[0])
     direct = builder.teacher_batch(items, with_cot=False)
-    assert {k: v.tolist() for k, v in final.items()} == {k: v.tolist() for k, v in direct.items()}
+    assert _lists(final) == _lists(direct)
     assert sched.record(10) == {"icot_removed": "all"} and sched.record(9) == {"icot_removed": 4}
     # validation cuts the scheduled count, no offset (the official evaluate disables it)
     val = sched.validation_batch(builder, items, 3)[0]
@@ -166,7 +169,8 @@ def test_the_final_stage_is_no_cot(builder):
 @pytest.mark.parametrize("lam", [4.0, 1.0, 0.3])
 def test_offsets_are_drawn_from_the_official_distribution(lam):
     ours = lambda_distribution(lam)
-    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), official_compute_lambda_distribution(lam).double(), rtol=0,
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64),
+                               official_compute_lambda_distribution(lam).double(), rtol=0,
                                atol=1e-6)
     sched = _schedule([5], removal_smoothing_lambda=lam, seed=3)
     n = 20_000
@@ -191,9 +195,11 @@ def test_schedule_and_its_errors():
     sched = _schedule([32, 20], steps_per_epoch=625, remove_per_epoch=8)  # round(625 / 8) = 78 steps a token
     assert sched.steps_per_token == 78 and sched.final_step == 32 * 78
     assert [sched.scheduled(s) for s in (0, 77, 78, 156)] == [0, 0, 1, 2]
-    assert _schedule([32], steps_per_token=6, remove_all_when_remove_beyond=40).final_step == 192  # the CoT runs out first
+    assert _schedule([32], steps_per_token=6,
+                     remove_all_when_remove_beyond=40).final_step == 192  # the CoT runs out first
     assert _schedule([32], steps_per_token=6, remove_all_when_remove_beyond=10).final_step == 60
-    assert _schedule([3], steps_per_epoch=4, remove_per_epoch=10).final_step == 2  # 0 steps a token: one a step, from step 0
+    assert _schedule([3], steps_per_epoch=4,
+                     remove_per_epoch=10).final_step == 2  # 0 steps a token: one a step, from step 0
     with pytest.raises(KavaError, match="removes the whole CoT at step 192, but training stops at step 192"):
         _schedule([32], steps_per_token=6, total_steps=192)
     with pytest.raises(KavaError, match="teacher_delimiters: false"):
@@ -289,7 +295,8 @@ def test_the_benchmarks_icot_run_removes_its_cot_over_the_first_half(tmp_path):
     from kava.model.kava_model import build_kava_model
     from kava.training.trainer import word_vocabulary_for
 
-    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["icot"], 0, tmp_path, ["data.synthetic.num_train=300"])
+    cfg = quality.run_config(quality.DEFAULT_CONFIG, quality.ALL_RUNS["icot"], 0, tmp_path,
+                             ["data.synthetic.num_train=300"])
     steps = cfg.train.max_steps
     assert cfg.train.method == "icot" and not cfg.data.drop_last_step and not cfg.prompt.teacher_delimiters
     assert cfg.icot.steps_per_token == round(steps / 2 / quality.ICOT_COT_TOKENS)

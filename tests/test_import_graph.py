@@ -6,7 +6,8 @@ functions alike (an import placed in a function to hide a circle is still a circ
 
 The layers, lowest first; a module imports only modules of its own layer or of a lower one:
 
-    foundation   kava, errors, failpoints, io, locking, config, numbers, plots (accuracy figures)
+    foundation   kava, errors, failpoints, io, locking, config, numbers, plots (accuracy figures),
+                 methods (each method's config overrides)
     data         kava.data
     tensors      kava.compression, kava.losses: functions of tensors, called by the model and training
     model        kava.model
@@ -31,7 +32,7 @@ SRC = Path(__file__).parents[1] / "src"
 
 LAYERS = ["foundation", "data", "tensors", "model", "inference", "training", "api", "experiments", "front ends"]
 FOUNDATION = {"kava", "kava.errors", "kava.failpoints", "kava.io", "kava.locking", "kava.config", "kava.numbers",
-              "kava.plots"}
+              "kava.plots", "kava.methods"}
 FRONT_ENDS = {"kava.cli", "kava.__main__", "kava.demo", "kava.evaluation.harness"}
 BY_PACKAGE = {"kava.data": "data", "kava.compression": "tensors", "kava.losses": "tensors", "kava.model": "model",
               "kava.training": "training", "kava.inference": "inference", "kava.evaluation": "inference",

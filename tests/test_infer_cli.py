@@ -121,7 +121,8 @@ def test_empty_question(tiny_checkpoint, capsys):
 
 def test_missing_checkpoint(tmp_path, capsys):
     assert "checkpoint not found" in _error(capsys, ["infer", "--checkpoint", str(tmp_path / "nope"), "--question", Q])
-    assert "checkpoint not found" in _error(capsys, ["evaluate", "--checkpoint", str(tmp_path / "nope"), "--datasets", "gsm8k"])
+    assert "checkpoint not found" in _error(capsys,
+                                            ["evaluate", "--checkpoint", str(tmp_path / "nope"), "--datasets", "gsm8k"])
     assert "not a kava checkpoint" in _error(capsys, ["evaluate", "--checkpoint", str(tmp_path), "--datasets", "gsm8k"])
 
 
@@ -136,7 +137,8 @@ def test_incomplete_checkpoint(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_unknown_dataset(tiny_checkpoint, capsys):
-    err = _error(capsys, ["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", "gsm9k", "--source", "offline"])
+    err = _error(capsys,
+                 ["evaluate", "--checkpoint", str(tiny_checkpoint), "--datasets", "gsm9k", "--source", "offline"])
     assert "gsm9k" in err and "gsm8k" in err
 
 
@@ -148,7 +150,8 @@ def test_limit_zero(tiny_checkpoint, capsys):
 def test_base_model_latent_mode(capsys):
     err = _error(capsys, ["evaluate", "--model", "tiny-llama", "--mode", "latent", "--datasets", "gsm8k"])
     assert "no latent training" in err
-    assert "no latent training" in _error(capsys, ["infer", "--model", "tiny-llama", "--mode", "latent", "--question", Q])
+    assert "no latent training" in _error(capsys,
+                                          ["infer", "--model", "tiny-llama", "--mode", "latent", "--question", Q])
     assert "latent mode" in _error(capsys, ["infer", "--model", "tiny-llama", "--show-latents", "--question", Q])
 
 
@@ -157,11 +160,14 @@ def test_unavailable_device(tiny_checkpoint, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    assert "no CUDA GPU" in _error(capsys, ["infer", "--checkpoint", str(tiny_checkpoint), "--device", "cuda", "--question", Q])
+    assert "no CUDA GPU" in _error(capsys,
+                                   ["infer", "--checkpoint", str(tiny_checkpoint), "--device", "cuda", "--question", Q])
 
 
 def test_bad_input_file(tmp_path, tiny_checkpoint, capsys):
-    assert "input file not found" in _error(capsys, ["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "x.txt")])
+    assert "input file not found" in _error(capsys,
+                                            ["infer", "--checkpoint", str(tiny_checkpoint), "--input",
+                                             str(tmp_path / "x.txt")])
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     assert "has no questions" in _error(capsys, ["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(empty)])
@@ -211,7 +217,8 @@ def test_inference_loads_merge_lora_into_the_weights(tiny_checkpoint):
     from kava.inference.generate import generate
     from kava.training.checkpoint import load_checkpoint
 
-    assert not any("lora_" in n for n, _ in kava.api.load(checkpoint=tiny_checkpoint, device="cpu").model.named_modules())
+    pipe = kava.api.load(checkpoint=tiny_checkpoint, device="cpu")
+    assert not any("lora_" in n for n, _ in pipe.model.named_modules())
     merged, _tok, builder, _cfg = load_checkpoint(tiny_checkpoint)
     unmerged, _tok, _builder, _cfg = load_checkpoint(tiny_checkpoint)
     for m in (merged, unmerged):  # the same noise on both (a barely trained model answers EOS at once)

@@ -108,8 +108,8 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
 def test_files_a_library_wrote_0600_get_the_umask_mode(tmp_path):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     from kava.io import give_umask_mode
 

@@ -159,7 +159,8 @@ def test_teacher_latents_are_the_teachers_cot_entries(build_model, move):
 
 
 def _eval_examples(examples):
-    return [EvalExample(f"ex-{i}", e.question, float(e.answer), e.answer, steps=e.steps) for i, e in enumerate(examples)]
+    return [EvalExample(f"ex-{i}", e.question, float(e.answer), e.answer,
+                        steps=e.steps) for i, e in enumerate(examples)]
 
 
 def test_evaluate_shuffled_gives_each_example_the_next_examples_latents(llama, examples, monkeypatch):
@@ -191,7 +192,8 @@ def test_evaluate_latent_controls_reports_reliance(llama, examples, tmp_path):
         assert r["reliance"] == pytest.approx(res["own"]["accuracy"] - r["accuracy"])
         assert (tmp_path / f"predictions.{name}.jsonl").is_file()
     # resumed from the files: the same numbers
-    again = evaluate_latent_controls(model, builder, data, ["shuffled"], predictions_path=tmp_path / "predictions.jsonl",
+    again = evaluate_latent_controls(model, builder, data, ["shuffled"],
+                                     predictions_path=tmp_path / "predictions.jsonl",
                                      batch_size=2, progress=False)
     assert again["controls"]["shuffled"]["reliance"] == res["controls"]["shuffled"]["reliance"]
     assert again["controls"]["shuffled"]["resumed"] == len(data)

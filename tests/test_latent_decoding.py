@@ -18,7 +18,8 @@ def test_intermediate_results():
 def test_latent_decoding_equals_a_loop_over_slots(llama):
     model, tok, builder = llama
     # char tokenizer: only one-digit results are one token
-    examples = [EvalExample("a", "Tom has 3 apples and buys 4.", 14.0, "14", steps=("<<3+4=7>>", "<<7*2=14>>", "<<14+1=15>>")),
+    examples = [EvalExample("a", "Tom has 3 apples and buys 4.", 14.0, "14",
+                            steps=("<<3+4=7>>", "<<7*2=14>>", "<<14+1=15>>")),
                 EvalExample("b", "Ann has 5 pens; she loses 2.", 6.0, "6", steps=("<<5-2=3>>", "<<3*2=6>>")),
                 EvalExample("c", "No CoT here.", 1.0, "1")]
     res = latent_decoding(model, builder, examples, k=5)

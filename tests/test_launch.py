@@ -22,12 +22,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures_sweep import CONFIG, DATASETS, REPO, SEEDS, sweep_argv
 from kava.cli import main
 from kava.config import LauncherConfig
 from kava.errors import KavaError
 from kava.experiments.launch import executor_parameters, run_status
-
-from fixtures_sweep import CONFIG, DATASETS, REPO, SEEDS, sweep_argv
 
 EVAL = ("--datasets", "gsm8k", "--source", "offline", "--limit", "3")  # (the quick, no-training tests)
 

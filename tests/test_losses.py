@@ -12,7 +12,7 @@ from kava.compression import RKVSelection
 from kava.losses import KV_LOSSES, codi_loss, kv_loss
 from kava.model.cache import kv_of
 from kava.model.student import run_latents, student_forward
-from kava.model.teacher import teacher_forward
+from kava.model.teacher import TargetSpec, teacher_forward
 
 L, B, H, M, D = 3, 2, 2, 5, 4
 
@@ -190,7 +190,7 @@ def test_teacher_forward_targets_are_detached(build_model, examples):
     model, _, builder = build_model("tiny-llama", capture=True)
     model.train()
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
-    to = teacher_forward(model, tb, budget=model.num_latents)
+    to = teacher_forward(model, tb, TargetSpec(budget=model.num_latents))
     assert to.ce is not None and to.ce.requires_grad and to.ce.grad_fn is not None
     assert len(to.selections) == model.num_layers
     for sel in to.selections:
@@ -199,7 +199,7 @@ def test_teacher_forward_targets_are_detached(build_model, examples):
     for h in to.codi_hidden:
         assert not h.requires_grad and h.grad_fn is None
     # the separate-pass option too
-    to2 = teacher_forward(model, tb, budget=model.num_latents, separate_pass=True)
+    to2 = teacher_forward(model, tb, TargetSpec(budget=model.num_latents, separate_pass=True))
     assert to2.ce.grad_fn is not None and model.training
     assert not any(s.keys.requires_grad or s.values.requires_grad for s in to2.selections)
     assert not any(h.requires_grad for h in to2.codi_hidden)
@@ -215,14 +215,14 @@ def test_total_loss_gradient_wrt_teacher_keys_is_none(build_model, examples):
 
     def lm(**kw):
         out = orig(**kw)
-        if "input_ids" in kw and kw["input_ids"].shape == tb["input_ids"].shape:
+        if "input_ids" in kw and kw["input_ids"].shape == tb.input_ids.shape:
             captured["kv"] = kv_of(out.past_key_values)
             captured["hidden"] = out.hidden_states
         return out
 
     model.lm = lm
     try:
-        to = teacher_forward(model, tb, budget=model.num_latents)
+        to = teacher_forward(model, tb, TargetSpec(budget=model.num_latents))
     finally:
         del model.lm
     so = student_forward(model, sb)
@@ -239,7 +239,7 @@ def test_total_loss_gradient_wrt_teacher_keys_is_none(build_model, examples):
 def _targets(model, builder, examples):
     enc = [builder.encode(e) for e in examples]
     with torch.no_grad():
-        to = teacher_forward(model, builder.teacher_batch(enc), budget=model.num_latents)
+        to = teacher_forward(model, builder.teacher_batch(enc), TargetSpec(budget=model.num_latents))
     return builder.student_batch(enc), to
 
 
@@ -257,7 +257,7 @@ def test_kv_loss_gradient_reaches_projection_through_all_iterations(build_model,
 
     model.lm = lm
     try:
-        state = run_latents(model, sb["q_ids"], sb["q_mask"], num_iterations=T)
+        state = run_latents(model, sb.q_ids, sb.q_mask, num_iterations=T)
     finally:
         del model.lm
     loss = kv_loss(state.latent_kv, to.selections)
@@ -306,7 +306,8 @@ def test_kv_gradient_equals_recompute_reference_gradient(build_model, examples, 
             assert rel_err(a, r) < 1e-4
     # control: cutting the graph between iterations gives a clearly different gradient
     assert max(rel_err(c, r) for c, r in zip(cut, ref) if r is not None and c is not None) > 1e-2
-    proj = [a for (n, _), a in zip([(n, p) for n, p in model.named_parameters() if p.requires_grad], got) if "projection" in n]
+    proj = [a for (n, _), a in zip([(n, p) for n, p in model.named_parameters() if p.requires_grad],
+                                   got) if "projection" in n]
     assert proj and all(a is not None and a.abs().sum() > 0 for a in proj)
 
 
@@ -314,11 +315,11 @@ def test_pass0_only_path_gives_projection_gradient(build_model, examples):
     """T = 1: the projection only sees h⁰ from pass 0; its gradient must still be nonzero."""
     model, _, builder = build_model("tiny-llama", capture=True)
     sb, to = _targets(model, builder, examples)
-    state = run_latents(model, sb["q_ids"], sb["q_mask"], num_iterations=1)
+    state = run_latents(model, sb.q_ids, sb.q_mask, num_iterations=1)
     kv_loss(state.latent_kv, to.selections).backward()
     assert model.projection.net[0].weight.grad.abs().sum() > 0
     # and with T = 0 the projection is unused: no gradient at all
     model.zero_grad(set_to_none=True)
-    state = run_latents(model, sb["q_ids"], sb["q_mask"], num_iterations=0)
+    state = run_latents(model, sb.q_ids, sb.q_mask, num_iterations=0)
     kv_loss(state.latent_kv, to.selections).backward()
     assert model.projection.net[0].weight.grad is None

@@ -14,6 +14,7 @@ import torch
 import kava.model.teacher as teacher_module
 import kava.training.objective as objective_module
 from kava.config import config_from_dict
+from kava.data.batches import make_batch
 from kava.data.sequences import IGNORE
 from kava.data.train_sets import ReasoningExample
 from kava.inference import generate
@@ -21,12 +22,12 @@ from kava.model.capture import enable_capture
 from kava.model.kava_model import build_kava_model
 from kava.model.lm import causal_ce
 from kava.model.student import run_latents, student_forward
-from kava.model.teacher import teacher_forward
+from kava.model.teacher import TargetSpec, teacher_forward
 from kava.training.objective import KavaObjective
-from kava.training.trainer import make_batch
 
 EXAMPLES = [
-    ReasoningExample("Tom has 3 apples and buys 4 more. He doubles them.", ("<<3+4=7>>", "<<7*2=14>>", "<<14-1=13>>"), "13"),
+    ReasoningExample("Tom has 3 apples and buys 4 more. He doubles them.",
+                     ("<<3+4=7>>", "<<7*2=14>>", "<<14-1=13>>"), "13"),
     ReasoningExample("Ann has 12 pens and gives 5 away.", ("<<12-5=7>>", "<<7+20=27>>", "<<27*2=54>>"), "54"),
 ]
 LAST_STEP = EXAMPLES[0].steps[-1]
@@ -35,7 +36,8 @@ LAST_STEP = EXAMPLES[0].steps[-1]
 def _setup(**overrides):
     """(cfg, model, builder) from a tiny config with dotted `overrides` (dots written as __)."""
     raw = {
-        "model": {"name": "tiny-llama", "dtype": "float32", "tiny": {"hidden_size": 32, "num_layers": 2, "intermediate_size": 64}},
+        "model": {"name": "tiny-llama", "dtype": "float32",
+                  "tiny": {"hidden_size": 32, "num_layers": 2, "intermediate_size": 64}},
         "lora": {"enabled": False},
         "latent": {"num_latents": 4, "num_iterations": 2},
         "data": {"dataset": "x.jsonl", "source": "local"},
@@ -102,7 +104,8 @@ def test_alpha_kv_zero_is_pccot_without_kv_targets(monkeypatch):
     out = KavaObjective(model, cfg)(_batch(cfg, builder))
     assert "kv" not in out and "codi" in out
     assert selects == [] and captures == [] and kv_losses == []
-    torch.testing.assert_close(out["loss"].detach(), out["ce_student"] + out["ce_teacher"] + cfg.kava.alpha_codi * out["codi"])
+    torch.testing.assert_close(out["loss"].detach(),
+                               out["ce_student"] + out["ce_teacher"] + cfg.kava.alpha_codi * out["codi"])
 
 
 def test_alpha_codi_zero_has_no_codi_term(monkeypatch):
@@ -118,7 +121,7 @@ def test_both_alphas_zero_take_no_targets(monkeypatch):
     teachers = _spy(monkeypatch, objective_module, "teacher_forward")
     out = KavaObjective(model, cfg)(_batch(cfg, builder))
     assert set(out) == {"loss", "ce_student", "ce_teacher"}
-    assert teachers[0][1]["want_targets"] is False
+    assert teachers[0][0][2] is None  # no TargetSpec: the teacher gives its CE only
 
 
 def test_alpha_kv_scales_the_kv_term():
@@ -162,7 +165,7 @@ def test_teacher_targets_separate_pass_runs_the_teacher_twice(monkeypatch, share
         calls = _count_lm_calls(monkeypatch, model)
         batch = _batch(cfg, builder)
         KavaObjective(model, cfg)(batch)
-        assert sum(1 for c in calls if c.get("input_ids") is batch["teacher"]["input_ids"]) == teacher_calls
+        assert sum(1 for c in calls if c.get("input_ids") is batch["teacher"].input_ids) == teacher_calls
 
 
 # -- the baselines -------------------------------------------------------------------------
@@ -176,10 +179,10 @@ def test_method_cot_trains_the_teacher_ce_alone(monkeypatch):
     out = KavaObjective(model, cfg)(batch)
     assert set(out) == {"loss", "ce_teacher"} and students == []
     t = batch["teacher"]
-    labelled = t["labels"] != IGNORE
-    assert (labelled & t["cot_mask"]).any()  # the CoT tokens are trained
+    labelled = t.labels != IGNORE
+    assert (labelled & t.cot_mask).any()  # the CoT tokens are trained
     with torch.no_grad():
-        ref = teacher_forward(model, t, budget=4, want_targets=False).ce
+        ref = teacher_forward(model, t, None).ce
     torch.testing.assert_close(out["loss"].detach(), ref)
 
 
@@ -190,12 +193,12 @@ def test_method_direct_trains_question_to_answer(monkeypatch):
     batch = _batch(cfg, builder)
     assert set(batch) == {"direct"}
     d = batch["direct"]
-    assert not d["cot_mask"].any()  # no CoT token in the sequence
+    assert not d.cot_mask.any()  # no CoT token in the sequence
     encoded = [builder.encode(e) for e in EXAMPLES]
     for row, e in zip(range(len(EXAMPLES)), encoded):
-        ids = d["input_ids"][row][d["attention_mask"][row].bool()].tolist()
+        ids = d.input_ids[row][d.attention_mask[row].bool()].tolist()
         assert ids == e.q + e.p + e.a
-        assert d["labels"][row][d["labels"][row] != IGNORE].tolist() == e.p + e.a
+        assert d.labels[row][d.labels[row] != IGNORE].tolist() == e.p + e.a
     out = KavaObjective(model, cfg)(batch)
     assert set(out) == {"loss", "ce_student"} and students == [] and teachers == []
 
@@ -218,7 +221,7 @@ def test_drop_last_step_switch(drop):
     assert (LAST_STEP in cot) is (not drop)
     t = _batch(cfg, builder)["teacher"]
     kept = len(EXAMPLES[0].steps) - (1 if drop else 0)
-    assert int(t["cot_mask"][0].sum()) == len(builder._enc(" " + " ".join(EXAMPLES[0].steps[:kept])))
+    assert int(t.cot_mask[0].sum()) == len(builder._enc(" " + " ".join(EXAMPLES[0].steps[:kept])))
 
 
 # -- compression ---------------------------------------------------------------------------
@@ -229,7 +232,7 @@ def _selections(method, lam=0.1, num_latents=4):
                                  kava__shared_question=False)  # the full teacher sequence
     batch = _batch(cfg, builder)["teacher"]
     with torch.no_grad():
-        out = teacher_forward(model, batch, budget=num_latents, lam=lam, method=method, with_ce=False,
+        out = teacher_forward(model, batch, TargetSpec(budget=num_latents, compression=method, lam=lam), with_ce=False,
                               generator=torch.Generator().manual_seed(0))
     return batch, [s.positions for s in out.selections]
 
@@ -237,7 +240,7 @@ def _selections(method, lam=0.1, num_latents=4):
 def test_compression_crop_keeps_the_last_m_cot_tokens():
     batch, positions = _selections("crop")
     for b in range(len(EXAMPLES)):
-        last = batch["cot_mask"][b].nonzero().flatten()[-4:]
+        last = batch.cot_mask[b].nonzero().flatten()[-4:]
         for layer in positions:
             assert (layer[b] == last).all()
 
@@ -327,7 +330,7 @@ def test_num_latents_sets_the_latent_slots(M):
     batch = _batch(cfg, builder)
     out = student_forward(model, batch["student"])
     assert all(k.shape[2] == M and v.shape[2] == M for k, v in out.latent_kv)
-    sel = teacher_forward(model, batch["teacher"], budget=cfg.latent.num_latents, with_ce=False).selections
+    sel = teacher_forward(model, batch["teacher"], TargetSpec(budget=cfg.latent.num_latents), with_ce=False).selections
     assert all(s.keys.shape[2] == M for s in sel)
     gens = generate(model, builder, [EXAMPLES[0].question], mode="latent", max_new_tokens=3, return_latents=True)
     assert gens[0].latent_hidden.shape[0] == M
@@ -366,10 +369,10 @@ def test_unrotate_keys_gives_the_keys_before_rope():
     attn = model.backbone.model.layers[0].self_attn
     hook = attn.k_proj.register_forward_hook(lambda m, i, o: raw.setdefault("k", o))
     with torch.no_grad():
-        out = model.lm(input_ids=t["input_ids"], attention_mask=t["attention_mask"], use_cache=True,
-                       position_ids=torch.arange(t["input_ids"].shape[1]).expand_as(t["input_ids"]))
+        out = model.lm(input_ids=t.input_ids, attention_mask=t.attention_mask, use_cache=True,
+                       position_ids=torch.arange(t.input_ids.shape[1]).expand_as(t.input_ids))
     hook.remove()
-    B, S = t["input_ids"].shape
+    B, S = t.input_ids.shape
     expected = raw["k"].view(B, S, -1, attn.head_dim).transpose(1, 2)
     cached = out.past_key_values.layers[0].keys
     assert not torch.allclose(cached, expected, atol=1e-4)
@@ -404,7 +407,7 @@ def test_pre_rope_student_keys_are_the_latent_k_proj_outputs():
     hook = attn.k_proj.register_forward_hook(lambda m, i, o: raw.append(o))
     with torch.no_grad():
         student = student_forward(model, batch["student"])
-        teacher = teacher_forward(model, batch["teacher"], budget=M, with_ce=False)
+        teacher = teacher_forward(model, batch["teacher"], TargetSpec(budget=M), with_ce=False)
     hook.remove()
     last_latent_pass = [o for o in raw if o.shape[1] == M][-1]
     B = last_latent_pass.shape[0]
@@ -425,9 +428,9 @@ def test_codi_position_switch(monkeypatch, position, next_text):
     t, s = batch["teacher"], batch["student"]
     tok = builder.tok
     row = 0  # EXAMPLES[0], answer "13"
-    assert tok.decode([int(t["input_ids"][row, t["codi_index"][row] + 1])]) == next_text
-    assert tok.decode([int(s["suffix_ids"][row, s["suffix_codi_index"][row] + 1])]) == next_text
-    assert int(t["labels"][row, t["codi_index"][row] + 1]) == int(t["input_ids"][row, t["codi_index"][row] + 1])
+    assert tok.decode([int(t.input_ids[row, t.codi_index[row] + 1])]) == next_text
+    assert tok.decode([int(s.suffix_ids[row, s.suffix_codi_index[row] + 1])]) == next_text
+    assert int(t.labels[row, t.codi_index[row] + 1]) == int(t.input_ids[row, t.codi_index[row] + 1])
     seen = _spy(monkeypatch, objective_module, "codi_loss")
     KavaObjective(model, cfg)(batch)
     assert len(seen) == 1

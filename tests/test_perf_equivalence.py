@@ -16,10 +16,11 @@ import torch
 
 from conftest import EXAMPLES, perturb
 from kava.config import config_from_dict
+from kava.data.batches import make_batch
 from kava.model.cache import replays_layers
 from kava.model.kava_model import build_kava_model
 from kava.training.objective import KavaObjective
-from kava.training.trainer import forward_backward, make_batch
+from kava.training.trainer import forward_backward
 
 ATOL, RTOL = 1e-6, 1e-5
 
@@ -135,16 +136,16 @@ def test_labelled_ce_equals_full_logits_ce(name, with_cot):
     model, builder = _model(_cfg(name))
     model.eval()
     tb = builder.teacher_batch([builder.encode(e) for e in EXAMPLES], with_cot=with_cot)
-    mask = tb["attention_mask"]
-    args = dict(input_ids=tb["input_ids"], attention_mask=mask, position_ids=position_ids_from_mask(mask))
-    assert (tb["labels"] == -100).any() and (mask == 0).any()  # question and padding are unlabelled
+    mask = tb.attention_mask
+    args = dict(input_ids=tb.input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    assert (tb.labels == -100).any() and (mask == 0).any()  # question and padding are unlabelled
     model.zero_grad(set_to_none=True)
-    out, fast = lm_with_ce(model, tb["labels"], **args)
+    out, fast = lm_with_ce(model, tb.labels, **args)
     fast.backward()
     g_fast = _grads(model)
-    assert out.logits.dim() == 2 and out.logits.shape[0] == int((tb["labels"][:, 1:] != -100).sum())  # packed rows only
+    assert out.logits.dim() == 2 and out.logits.shape[0] == int((tb.labels[:, 1:] != -100).sum())  # packed rows only
     model.zero_grad(set_to_none=True)
-    ref = causal_ce(model.lm(**args).logits, tb["labels"])
+    ref = causal_ce(model.lm(**args).logits, tb.labels)
     ref.backward()
     _close(fast, ref)
     _same_grads(g_fast, _grads(model))

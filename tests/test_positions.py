@@ -6,7 +6,7 @@ import torch
 
 from kava.model.positions import extend_mask, position_ids_from_mask, positions_for_new
 from kava.model.student import run_latents, student_forward
-from kava.model.teacher import teacher_forward
+from kava.model.teacher import TargetSpec, teacher_forward
 
 
 def _ref_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,7 @@ def test_run_latents_and_student_positions(llama, examples, monkeypatch):
     M, T = model.num_latents, model.num_iterations
     enc = [builder.encode(e) for e in examples]
     batch = builder.student_batch(enc)
-    q_mask = batch["q_mask"]
+    q_mask = batch.q_mask
     assert (q_mask == 0).any(), "the batch must be left padded"
     calls = _record(model, monkeypatch)
     with torch.no_grad():
@@ -126,11 +126,11 @@ def test_run_latents_and_student_positions(llama, examples, monkeypatch):
             assert calls[k]["position_ids"][b].tolist() == list(range(n, n + M))
             assert calls[k]["attention_mask"][b].tolist() == [0] * pad + [1] * (n + M)
         # the suffix <eot> + P + A continues after the latents (its real tokens)
-        s_len = int(batch["suffix_mask"][b].sum())
+        s_len = int(batch.suffix_mask[b].sum())
         ps = calls[-1]["position_ids"][b]
         assert ps[:s_len].tolist() == list(range(n + M, n + M + s_len))
         am = calls[-1]["attention_mask"][b]
-        assert am.tolist() == [0] * pad + [1] * (n + M) + batch["suffix_mask"][b].tolist()
+        assert am.tolist() == [0] * pad + [1] * (n + M) + batch.suffix_mask[b].tolist()
 
 
 def test_teacher_positions_right_padding(llama, examples, monkeypatch):
@@ -138,10 +138,10 @@ def test_teacher_positions_right_padding(llama, examples, monkeypatch):
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
     calls = _record(model, monkeypatch)
     with torch.no_grad():
-        teacher_forward(model, tb, budget=model.num_latents)
+        teacher_forward(model, tb, TargetSpec(budget=model.num_latents))
     assert len(calls) == 1
-    for b in range(tb["input_ids"].shape[0]):
-        n = int(tb["attention_mask"][b].sum())
+    for b in range(tb.input_ids.shape[0]):
+        n = int(tb.attention_mask[b].sum())
         assert calls[0]["position_ids"][b, :n].tolist() == list(range(n))
 
 
@@ -151,7 +151,7 @@ def test_jacobi_positions_that_ignore_padding_change_the_latents(llama, examples
     would differ from the unpadded computation, while the unpadded row would not."""
     model, _, builder = llama
     batch = builder.student_batch([builder.encode(e) for e in examples])
-    q_ids, q_mask = batch["q_ids"], batch["q_mask"]
+    q_ids, q_mask = batch.q_ids, batch.q_mask
     B, Lq = q_ids.shape
     M = model.num_latents
     with torch.no_grad():

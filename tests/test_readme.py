@@ -4,8 +4,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 from kava.cli import build_parser, main
 
 ROOT = Path(__file__).parent.parent

@@ -96,8 +96,8 @@ def test_paper_config_sequences_on_real_gsm8k_rows(config_name):
     encs = [b.encode(r) for r in rows]
     tb, sb = b.teacher_batch(encs), b.student_batch(encs)
     for row, (r, e) in enumerate(zip(rows, encs)):
-        ids = tb["input_ids"][row].tolist()
-        n = int(tb["attention_mask"][row].sum())
+        ids = tb.input_ids[row].tolist()
+        n = int(tb.attention_mask[row].sum())
         text = tok.decode(ids[:n], skip_special_tokens=False)
         kept = list(r.steps[:-1]) if b.drop_last_step else list(r.steps)
         # the teacher reads the question, the CoT without its last step, P and the answer
@@ -106,13 +106,13 @@ def test_paper_config_sequences_on_real_gsm8k_rows(config_name):
         assert text == f"{bos}{r.question}{cot} The answer is: {r.answer}{tok.eos_token}"
         assert tok.decode(e.c) == cot
         # CODI position (teacher): its next token starts the number, and it follows P
-        ci = int(tb["codi_index"][row])
+        ci = int(tb.codi_index[row])
         assert tok.decode(ids[ci + 1]).lstrip()[:1] == first_answer_char(r.answer)
         assert tok.decode(ids[: ci + 1]).rstrip().endswith("The answer is:")
-        assert tb["labels"][row, ci + 1].item() == ids[ci + 1]  # the answer token is trained
+        assert tb.labels[row, ci + 1].item() == ids[ci + 1]  # the answer token is trained
         # the student's CODI position predicts the same token, from the same place in P + A
-        si = int(sb["suffix_codi_index"][row])
-        suffix = sb["suffix_ids"][row].tolist()
+        si = int(sb.suffix_codi_index[row])
+        suffix = sb.suffix_ids[row].tolist()
         assert suffix[si + 1] == ids[ci + 1]
         assert suffix[1 : si + 1] == ids[n - len(e.p) - len(e.a) : ci + 1]
 
@@ -148,5 +148,5 @@ def test_prefix_end_is_the_old_rule():
     b = SequenceBuilder(tok, cfg.prompt, special, codi_position=cfg.kava.codi_position)
     e = b.encode(gsm8k_rows()[0])
     tb = b.teacher_batch([e])
-    ci = int(tb["codi_index"][0])
-    assert tok.decode(tb["input_ids"][0, ci + 1 : ci + 2]) == " "
+    ci = int(tb.codi_index[0])
+    assert tok.decode(tb.input_ids[0, ci + 1 : ci + 2]) == " "

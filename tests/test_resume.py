@@ -142,13 +142,15 @@ def test_a_new_learning_rate_on_resume_takes_effect_as_a_new_schedule(tmp_path, 
     log = read_jsonl(run / "train_log.jsonl")
     (event,) = [r for r in log if r.get("event") == "resume"]
     assert event["step"] == 2 and event["changed"] == {"train.lr": [0.003, 0.001]}
-    assert [r["lr"] for r in log if r.get("step", 0) > 2 and "loss" in r] == pytest.approx(expect[1:] + [0.0], abs=1e-12)
+    assert [r["lr"] for r in log if r.get("step",
+                                          0) > 2 and "loss" in r] == pytest.approx(expect[1:] + [0.0], abs=1e-12)
     final = run / "checkpoint-final"
     assert yaml.safe_load((final / "kava_config.yaml").read_text())["train"]["lr"] == 1e-3
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 1e-3
     resumes = _state(final)["resumes"]
     assert resumes == _state(run / "checkpoint-4")["resumes"] and resumes[0]["step"] == 2
-    assert resumes[0]["changed"] == {"train.lr": [0.003, 0.001]} and "new cosine schedule from step 2 to 6" in resumes[0]["note"]
+    assert resumes[0]["changed"] == {"train.lr": [0.003, 0.001]}
+    assert "new cosine schedule from step 2 to 6" in resumes[0]["note"]
 
     # Killed after checkpoint-4 and resumed with the same config: the new schedule goes on, unchanged.
     full = _steps(run)

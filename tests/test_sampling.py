@@ -160,7 +160,8 @@ def test_evaluate_dataset_samples_reproducibly_at_any_batch_size(perturbed_pipel
     r = runs[0]
     assert r["n"] == 5 and r["samples"] == 3 and len(r["accuracies"]) == 3
     assert r["accuracy"] == pytest.approx(sum(r["accuracies"]) / 3)
-    assert r["protocol"] == {"decoding": "sampling", "temperature": 1.5, "top_p": 0.95, "top_k": 0, "samples": 3, "seed": 1}
+    assert r["protocol"] == {"decoding": "sampling", "temperature": 1.5, "top_p": 0.95, "top_k": 0,
+                             "samples": 3, "seed": 1}
     greedy = evaluate_dataset(pipe.model, pipe.builder, examples, mode="cot", max_new_tokens=6, progress=False)
     assert greedy["protocol"] == {"decoding": "greedy"} and "accuracy_std" not in greedy
 

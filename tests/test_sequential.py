@@ -15,15 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import EXAMPLES, build, perturb
 from kava.config import config_from_dict, shares_question
+from kava.data.batches import make_batch
 from kava.inference.generate import generate
 from kava.model.cache import kv_of
 from kava.model.kava_model import build_kava_model
 from kava.model.student import run_latents, student_forward
 from kava.training.objective import KavaObjective
-from kava.training.trainer import forward_backward, make_batch
-
-from conftest import EXAMPLES, build, perturb
+from kava.training.trainer import forward_backward
 
 ATOL = 1e-5
 
@@ -84,10 +84,10 @@ def _batch(builder, **kw):
 def test_cache_equals_recompute_reference_under_left_padding(seq_model):
     model, _, builder = seq_model
     enc, batch = _batch(builder)
-    assert (batch["q_mask"] == 0).any(1).sum() == 2, "two of the three questions are left padded"
+    assert (batch.q_mask == 0).any(1).sum() == 2, "two of the three questions are left padded"
     M = model.num_latents
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"])
+        state = run_latents(model, batch.q_ids, batch.q_mask)
         assert state.passes == 1 + M and state.hidden.shape[1] == M
         for b, e in enumerate(enc):
             h_ref, kv_ref, _ = reference_sequential(model, e.q + [model.special.bot], M)
@@ -98,7 +98,7 @@ def test_cache_equals_recompute_reference_under_left_padding(seq_model):
                 close(v[b], vr)
             # the cache handed on holds Q + <bot> + the latents, the latents' entries last
             ck, _ = kv_of(state.cache)[-1]
-            assert ck.shape[2] == batch["q_ids"].shape[1] + M
+            assert ck.shape[2] == batch.q_ids.shape[1] + M
             close(ck[b, :, -M:], kv_ref[-1][0])
     # control: the latents differ from one another and from the first (the feedback has power)
     assert (h_ref[1:] - h_ref[:1]).abs().max() > 1e-3
@@ -108,15 +108,15 @@ def test_batch_equals_each_example_alone(seq_model):
     model, _, builder = seq_model
     enc, batch = _batch(builder)
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"])
+        state = run_latents(model, batch.q_ids, batch.q_mask)
         out = student_forward(model, batch)
         for b, e in enumerate(enc):
             one = builder.student_batch([e])
-            assert one["q_mask"].all()
-            alone = run_latents(model, one["q_ids"], one["q_mask"])
+            assert one.q_mask.all()
+            alone = run_latents(model, one.q_ids, one.q_mask)
             close(state.hidden[b], alone.hidden[0])
             solo = student_forward(model, one)
-            n = int(batch["suffix_mask"][b].sum())
+            n = int(batch.suffix_mask[b].sum())
             close(out.logits[b, :n], solo.logits[0, :n], atol=1e-4)
             for hb, ha in zip(out.codi_hidden, solo.codi_hidden):
                 close(hb[b], ha[0])
@@ -143,7 +143,7 @@ def test_projection_off_feeds_raw_hidden_states(build_model):
     assert model.projection is None
     enc, batch = _batch(builder)
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"])
+        state = run_latents(model, batch.q_ids, batch.q_mask)
         h_ref, _, inputs = reference_sequential(model, enc[0].q + [model.special.bot], model.num_latents)
     close(state.hidden[0], h_ref)
     close(inputs[1:], h_ref[:-1])
@@ -156,7 +156,7 @@ def test_gradients_flow_through_every_latent_pass(build_model):
     one = builder.student_batch([e])
     weight = torch.randn(model.num_latents, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     params = list(model.projection.parameters())
-    state = run_latents(model, one["q_ids"], one["q_mask"])
+    state = run_latents(model, one.q_ids, one.q_mask)
     got = torch.autograd.grad((state.hidden[0] * weight).sum(), params)
     h_ref, _, _ = reference_sequential(model, e.q + [model.special.bot], model.num_latents)
     want = torch.autograd.grad((h_ref * weight).sum(), params)
@@ -169,22 +169,22 @@ def test_padding_is_never_attended(seq_model):
     model, _, builder = seq_model
     _, batch = _batch(builder)
     g = torch.Generator().manual_seed(1)
-    noise = torch.randint(5, 100, batch["q_ids"].shape, generator=g)
-    scrambled = torch.where(batch["q_mask"].bool(), batch["q_ids"], noise)
-    assert not torch.equal(scrambled, batch["q_ids"])
+    noise = torch.randint(5, 100, batch.q_ids.shape, generator=g)
+    scrambled = torch.where(batch.q_mask.bool(), batch.q_ids, noise)
+    assert not torch.equal(scrambled, batch.q_ids)
     with torch.no_grad():
-        a = run_latents(model, batch["q_ids"], batch["q_mask"])
-        b = run_latents(model, scrambled, batch["q_mask"])
-        c = run_latents(model, scrambled, torch.ones_like(batch["q_mask"]))  # control: padding attended
+        a = run_latents(model, batch.q_ids, batch.q_mask)
+        b = run_latents(model, scrambled, batch.q_mask)
+        c = run_latents(model, scrambled, torch.ones_like(batch.q_mask))  # control: padding attended
     close(a.hidden, b.hidden)
-    padded = (batch["q_mask"] == 0).any(1)
+    padded = (batch.q_mask == 0).any(1)
     assert (a.hidden[padded] - c.hidden[padded]).abs().max() > 1e-3
 
 
 def test_each_latent_pass_feeds_one_input_over_the_growing_cache(build_model, monkeypatch):
     model, _, builder = build_model("tiny-llama", mode="sequential")
     _, batch = _batch(builder)
-    B, Lq = batch["q_ids"].shape
+    B, Lq = batch.q_ids.shape
     M = model.num_latents
     seen = []
     orig = model.lm
@@ -197,7 +197,7 @@ def test_each_latent_pass_feeds_one_input_over_the_growing_cache(build_model, mo
 
     monkeypatch.setattr(model, "lm", lm)
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"])
+        state = run_latents(model, batch.q_ids, batch.q_mask)
         assert seen == [(Lq, None)] + [(1, Lq + i) for i in range(M)] and state.passes == len(seen)
         seen.clear()
         student_forward(model, batch)
@@ -245,12 +245,12 @@ def test_latent_mask_batch_equals_each_example_alone(build_model, mode):
     counts = [2, 0, 5]
     cot = [builder.cot_ids(e.steps[1:]) for e in enc]
     batch = builder.student_batch(enc, num_latents=counts, cot=cot)
-    assert batch["latent_mask"].tolist() == [[1, 1, 0, 0, 0], [0] * 5, [1] * 5]
+    assert batch.latent_mask.tolist() == [[1, 1, 0, 0, 0], [0] * 5, [1] * 5]
     with torch.no_grad():
         out = student_forward(model, batch)
         for b, e in enumerate(enc):
             solo = student_forward(model, builder.student_batch([e], num_latents=[counts[b]], cot=[cot[b]]))
-            n = int(batch["suffix_mask"][b].sum())
+            n = int(batch.suffix_mask[b].sum())
             close(out.logits[b, :n], solo.logits[0, :n], atol=1e-4)
             for hb, ha in zip(out.codi_hidden, solo.codi_hidden):
                 close(hb[b], ha[0])
@@ -271,7 +271,7 @@ def test_latent_mask_all_zero_runs_no_latent_pass(build_model, monkeypatch):
         orig = model.lm
         monkeypatch.setattr(model, "lm", lambda **kw: calls.append(1) or orig(**kw))
         with torch.no_grad():
-            state = run_latents(model, batch["q_ids"], batch["q_mask"], latent_mask=batch["latent_mask"])
+            state = run_latents(model, batch.q_ids, batch.q_mask, latent_mask=batch.latent_mask)
         assert state.passes == 1 == len(calls) and state.hidden.shape[1] == 0
         monkeypatch.undo()
 
@@ -306,7 +306,7 @@ def test_latent_controls_apply_to_sequential_latents(seq_model):
 
     model, _, builder = seq_model
     enc, batch = _batch(builder)
-    q_ids, q_mask = batch["q_ids"], batch["q_mask"]
+    q_ids, q_mask = batch.q_ids, batch.q_mask
     M = model.num_latents
     with torch.no_grad():
         own = controlled_latents(model, builder, q_ids, q_mask, None)
@@ -323,7 +323,7 @@ def test_latent_controls_apply_to_sequential_latents(seq_model):
         sh = controlled_latents(model, builder, q_ids, q_mask, "shuffled", donors=donors)
         for b in range(len(EXAMPLES)):
             d = builder.student_batch([builder.encode(EXAMPLES[(b + 1) % 3])])
-            alone = run_latents(model, d["q_ids"], d["q_mask"])
+            alone = run_latents(model, d.q_ids, d.q_mask)
             close(sh.latent_kv[-1][1][b], alone.latent_kv[-1][1][0])
         # teacher: the compressed CoT entries in the M latent slots
         te = controlled_latents(model, builder, q_ids, q_mask, "teacher", questions=questions,

@@ -12,13 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import EXAMPLES, perturb
 from kava.config import config_from_dict
+from kava.data.batches import make_batch
 from kava.model.capture import enable_capture
 from kava.model.kava_model import build_kava_model
 from kava.training.objective import KavaObjective
-from kava.training.trainer import forward_backward, make_batch
-
-from conftest import EXAMPLES, perturb
+from kava.training.trainer import forward_backward
 
 ATOL, RTOL = 1e-6, 1e-5
 
@@ -151,7 +151,8 @@ def test_shared_question_under_a_curriculum(stages):
     """A curriculum's per-example latents and kept CoT continue over the shared question too."""
     from kava.training.curriculum import Curriculum
 
-    cfg = _cfg(**{"curriculum.enabled": "true", "curriculum.stages": 3, "curriculum.thoughts_per_step": 2, "kava.alpha_kv": 0,
+    cfg = _cfg(**{"curriculum.enabled": "true", "curriculum.stages": 3, "curriculum.thoughts_per_step": 2,
+                  "kava.alpha_kv": 0,
                   "curriculum.steps_per_stage": 1})
     model, builder = _model(cfg)
     items = [builder.encode(e) for e in EXAMPLES]
@@ -178,3 +179,28 @@ def test_sequential_latents_run_their_own_question():
     from kava.config import shares_question
 
     assert shares_question(_cfg()) and not shares_question(_cfg(**{"latent.mode": "sequential"}))
+
+
+def test_teacher_forward_returns_the_question_it_continued():
+    """teacher_forward hands the question's pass that served its training pass on to the student
+    (TeacherOutput.question); a continuation without its question, or a question with a full
+    sequence, is refused."""
+    from kava.model.question import Question
+    from kava.model.teacher import TargetSpec, teacher_forward
+
+    cfg = _cfg()
+    model, builder = _model(cfg)
+    items = [builder.encode(e) for e in EXAMPLES]
+    cont, full, student = builder.continuation_batch(items), builder.teacher_batch(items), builder.student_batch(items)
+    question = Question(student.q_ids[:, :-1], student.q_mask[:, :-1])
+    spec = TargetSpec(budget=cfg.latent.num_latents)
+    with torch.no_grad():
+        out = teacher_forward(model, cont, spec, question=question)
+        assert out.question is not None and out.question.kv is not None  # its pass, made here
+        assert torch.equal(out.question.mask, question.mask)
+        assert teacher_forward(model, cont, spec, with_ce=False, question=question).question is None
+        assert teacher_forward(model, full, spec).question is None
+        with pytest.raises(ValueError, match="needs its question"):
+            teacher_forward(model, cont, spec)
+        with pytest.raises(ValueError, match="needs its question"):
+            teacher_forward(model, full, spec, question=question)

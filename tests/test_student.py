@@ -12,13 +12,15 @@ References used here:
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kava.model.cache import LMOutput, kv_of
 from kava.model.student import run_latents, student_forward
-from kava.model.teacher import teacher_forward
+from kava.model.teacher import TargetSpec, teacher_forward
 
 ATOL = 1e-5
 
@@ -48,11 +50,13 @@ def reference_latents(model, q_ids: list[int], T: int, detach_between: bool = Fa
     inputs = first = None
     for k in range(T + 1):
         if k == 0:  # pass 0 straight from token ids: Q + <bot> + <latent> x M
-            out = model.backbone(input_ids=torch.tensor([q_ids + [latent_id] * M]), use_cache=True, output_hidden_states=True)
+            out = model.backbone(input_ids=torch.tensor([q_ids + [latent_id] * M]), use_cache=True,
+                                 output_hidden_states=True)
             bot_hidden = out.hidden_states[-1][0, Lq - 1]  # q_ids ends with <bot>
             first = proj(bot_hidden) if model.first_input == "bot_hidden" else e_lat
         else:
-            out = model.backbone(inputs_embeds=torch.cat([e_q, inputs[None]], 1), use_cache=True, output_hidden_states=True)
+            out = model.backbone(inputs_embeds=torch.cat([e_q, inputs[None]], 1), use_cache=True,
+                                 output_hidden_states=True)
         h = out.hidden_states[-1][0, Lq:]
         kv = [(kk[0, :, Lq:], vv[0, :, Lq:]) for kk, vv in kv_of(LMOutput.of(out).past_key_values)]
         last_inputs = inputs
@@ -66,7 +70,8 @@ def reference_latents(model, q_ids: list[int], T: int, detach_between: bool = Fa
 
 
 def reference_student(model, tok, enc, T: int):
-    """Full training sequence from scratch; returns (per-example CE on P+A, logits over the suffix, codi hidden per layer)."""
+    """Full training sequence from scratch; returns (per-example CE on P+A, logits over the suffix,
+    codi hidden per layer)."""
     q_ids = enc.q + [model.special.bot]
     Lq, M = len(q_ids), model.num_latents
     suffix = [model.special.eot] + enc.p + enc.a
@@ -81,7 +86,8 @@ def reference_student(model, tok, enc, T: int):
     logits = out.logits[0, start : start + len(suffix)]
     nll = F.cross_entropy(logits[:-1], torch.tensor(suffix[1:]), reduction="none")
     # CODI position: the token whose next token is the answer's first digit or sign
-    first = next(i for i, t in enumerate(suffix) if i > len(enc.p) and any(c.isdigit() or c == "-" for c in tok.decode([t])))
+    first = next(i for i, t in enumerate(suffix)
+                 if i > len(enc.p) and any(c.isdigit() or c == "-" for c in tok.decode([t])))
     codi = [h[0, start + first - 1] for h in out.hidden_states[1:]]
     return nll, logits, codi
 
@@ -95,8 +101,8 @@ def test_fixture_model_is_perturbed(build_model, examples):
     noisy, _, _ = build_model("tiny-llama")
     _, batch = _batch(builder, examples)
     with torch.no_grad():
-        a = run_latents(plain, batch["q_ids"], batch["q_mask"]).hidden
-        b = run_latents(noisy, batch["q_ids"], batch["q_mask"]).hidden
+        a = run_latents(plain, batch.q_ids, batch.q_mask).hidden
+        b = run_latents(noisy, batch.q_ids, batch.q_mask).hidden
     assert (a - b).abs().max() > 1e-2
     lora_b = [p for n, p in noisy.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
@@ -109,16 +115,16 @@ def test_fixture_model_is_perturbed(build_model, examples):
 def test_run_latents_padded_batch_equals_alone(any_model, examples, T):
     model, _, builder = any_model
     enc, batch = _batch(builder, examples)
-    pads = (batch["q_mask"] == 0).sum(1)
+    pads = (batch.q_mask == 0).sum(1)
     assert (pads > 0).sum() == 2, "two of the three questions must be left padded"
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=T)
+        state = run_latents(model, batch.q_ids, batch.q_mask, num_iterations=T)
         assert state.passes == 1 + T
         M = model.num_latents
         for b, e in enumerate(enc):
             alone_batch = builder.student_batch([e])
-            assert alone_batch["q_mask"].all()
-            alone = run_latents(model, alone_batch["q_ids"], alone_batch["q_mask"], num_iterations=T)
+            assert alone_batch.q_mask.all()
+            alone = run_latents(model, alone_batch.q_ids, alone_batch.q_mask, num_iterations=T)
             close(state.hidden[b], alone.hidden[0])
             assert len(state.latent_kv) == model.num_layers
             for (k, v), (ka, va) in zip(state.latent_kv, alone.latent_kv):
@@ -135,8 +141,8 @@ def test_student_forward_ce_per_example_equals_alone(any_model, examples):
         total_nll, total_n = 0.0, 0
         for b, e in enumerate(enc):
             alone = student_forward(model, builder.student_batch([e]))
-            n = int(batch["suffix_mask"][b].sum())
-            labels = batch["suffix_labels"][b, :n]
+            n = int(batch.suffix_mask[b].sum())
+            labels = batch.suffix_labels[b, :n]
             ce_b = F.cross_entropy(out.logits[b, : n - 1], labels[1:], reduction="sum")
             n_lab = int((labels[1:] != -100).sum())
             close(ce_b / n_lab, alone.ce)
@@ -157,7 +163,7 @@ def test_run_latents_equals_recompute_reference(any_model, examples, T):
     model, _, builder = any_model
     enc, batch = _batch(builder, examples)
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=T)
+        state = run_latents(model, batch.q_ids, batch.q_mask, num_iterations=T)
         for b, e in enumerate(enc):
             h_ref, kv_ref, _ = reference_latents(model, e.q + [model.special.bot], T)
             close(state.hidden[b], h_ref)
@@ -188,7 +194,7 @@ def test_run_latents_latent_embedding_first_input_equals_reference(build_model, 
     model.first_input = "latent_embedding"
     enc, batch = _batch(builder, examples)
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=T)
+        state = run_latents(model, batch.q_ids, batch.q_mask, num_iterations=T)
         for b, e in enumerate(enc):
             h_ref, kv_ref, _ = reference_latents(model, e.q + [model.special.bot], T)
             close(state.hidden[b], h_ref)
@@ -203,7 +209,7 @@ def test_first_latent_input_depends_on_the_question(llama, examples):
     model, _, builder = llama
     _, batch = _batch(builder, examples)
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=1)
+        state = run_latents(model, batch.q_ids, batch.q_mask, num_iterations=1)
     first = state.inputs[:, 0]
     assert (first[0] - first[1]).abs().max() > 1e-3
 
@@ -213,7 +219,7 @@ def test_run_latents_without_projection_equals_reference(build_model, examples):
     assert model.projection is None
     enc, batch = _batch(builder, examples)
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=2)
+        state = run_latents(model, batch.q_ids, batch.q_mask, num_iterations=2)
         for b, e in enumerate(enc):
             h_ref, kv_ref, _ = reference_latents(model, e.q + [model.special.bot], 2)
             close(state.hidden[b], h_ref)
@@ -232,7 +238,7 @@ def test_student_forward_equals_full_sequence_reference(any_model, examples, T, 
             nll, logits, codi = reference_student(model, tok, e, T)
             n = logits.shape[0]
             close(out.logits[b, :n], logits, atol=1e-4)
-            close(F.cross_entropy(out.logits[b, : n - 1], batch["suffix_labels"][b, 1:n]), nll.mean())
+            close(F.cross_entropy(out.logits[b, : n - 1], batch.suffix_labels[b, 1:n]), nll.mean())
             for layer, h in enumerate(codi):
                 close(out.codi_hidden[layer][b], h)
             all_nll.append(nll)
@@ -243,7 +249,7 @@ def test_iterations_reuse_question_cache(llama, examples, monkeypatch):
     """Each Jacobi call feeds only the M latent inputs over a cache of exactly Q + <bot>."""
     model, _, builder = llama
     _, batch = _batch(builder, examples)
-    B, Lq = batch["q_ids"].shape
+    B, Lq = batch.q_ids.shape
     seen = []
     orig = model.lm
 
@@ -255,7 +261,7 @@ def test_iterations_reuse_question_cache(llama, examples, monkeypatch):
 
     monkeypatch.setattr(model, "lm", lm)
     with torch.no_grad():
-        run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=3)
+        run_latents(model, batch.q_ids, batch.q_mask, num_iterations=3)
     M = model.num_latents
     assert seen == [(Lq + M, None)] + [(M, Lq)] * 3
 
@@ -274,7 +280,7 @@ def _scramble_padding(ids: torch.Tensor, mask: torch.Tensor, seed: int) -> torch
 def test_run_latents_ignores_padding_tokens(any_model, examples):
     model, _, builder = any_model
     _, batch = _batch(builder, examples)
-    q_ids, q_mask = batch["q_ids"], batch["q_mask"]
+    q_ids, q_mask = batch.q_ids, batch.q_mask
     with torch.no_grad():
         a = run_latents(model, q_ids, q_mask)
         b = run_latents(model, _scramble_padding(q_ids, q_mask, 1), q_mask)
@@ -292,11 +298,11 @@ def test_run_latents_ignores_pad_embedding(build_model, examples):
     model, tok, builder = build_model("tiny-llama")
     _, batch = _batch(builder, examples)
     with torch.no_grad():
-        a = run_latents(model, batch["q_ids"], batch["q_mask"])
+        a = run_latents(model, batch.q_ids, batch.q_mask)
         weights = [p for n, p in model.named_parameters() if "embed_tokens" in n and n.endswith("base_layer.weight")]
         assert len(weights) == 1
         weights[0][tok.pad_token_id] = torch.randn(weights[0].shape[1]) * 10
-        b = run_latents(model, batch["q_ids"], batch["q_mask"])
+        b = run_latents(model, batch.q_ids, batch.q_mask)
     close(a.hidden, b.hidden)
     for (k, v), (kb, vb) in zip(a.latent_kv, b.latent_kv):
         close(k, kb)
@@ -306,15 +312,14 @@ def test_run_latents_ignores_pad_embedding(build_model, examples):
 def test_student_forward_ignores_padding_tokens(any_model, examples):
     model, _, builder = any_model
     _, batch = _batch(builder, examples)
-    assert (batch["suffix_mask"] == 0).any()
-    scrambled = dict(batch)
-    scrambled["q_ids"] = _scramble_padding(batch["q_ids"], batch["q_mask"], 2)
-    scrambled["suffix_ids"] = _scramble_padding(batch["suffix_ids"], batch["suffix_mask"], 3)
+    assert (batch.suffix_mask == 0).any()
+    scrambled = dataclasses.replace(batch, q_ids=_scramble_padding(batch.q_ids, batch.q_mask, 2),
+                                    suffix_ids=_scramble_padding(batch.suffix_ids, batch.suffix_mask, 3))
     with torch.no_grad():
         a = student_forward(model, batch)
         b = student_forward(model, scrambled)
     close(a.ce, b.ce)
-    real = batch["suffix_mask"].bool()
+    real = batch.suffix_mask.bool()
     close(a.logits[real], b.logits[real], atol=1e-4)
     for ha, hb in zip(a.codi_hidden, b.codi_hidden):
         close(ha, hb)
@@ -325,11 +330,10 @@ def test_teacher_ignores_padding_and_equals_alone(any_model, examples):
     enc = [builder.encode(e) for e in examples]
     tb = builder.teacher_batch(enc)
     M = model.num_latents
-    scrambled = dict(tb)
-    scrambled["input_ids"] = _scramble_padding(tb["input_ids"], tb["attention_mask"], 4)
+    scrambled = dataclasses.replace(tb, input_ids=_scramble_padding(tb.input_ids, tb.attention_mask, 4))
     with torch.no_grad():
-        a = teacher_forward(model, tb, budget=M)
-        b = teacher_forward(model, scrambled, budget=M)
+        a = teacher_forward(model, tb, TargetSpec(budget=M))
+        b = teacher_forward(model, scrambled, TargetSpec(budget=M))
         close(a.ce, b.ce)
         for sa, sb in zip(a.selections, b.selections):
             assert torch.equal(sa.positions, sb.positions)
@@ -339,7 +343,7 @@ def test_teacher_ignores_padding_and_equals_alone(any_model, examples):
             close(ha, hb)
         # each example alone gives the same targets (padding and batch neighbours are invisible)
         for i, e in enumerate(enc):
-            alone = teacher_forward(model, builder.teacher_batch([e]), budget=M)
+            alone = teacher_forward(model, builder.teacher_batch([e]), TargetSpec(budget=M))
             for sa, sl in zip(a.selections, alone.selections):
                 assert torch.equal(sa.positions[i], sl.positions[0])
                 assert torch.equal(sa.slot_mask[i], sl.slot_mask[0])
@@ -360,7 +364,7 @@ def test_run_latents_makes_one_plus_T_calls(llama, examples, monkeypatch, T):
     orig = model.lm
     monkeypatch.setattr(model, "lm", lambda **kw: calls.append(1) or orig(**kw))
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"], num_iterations=T)
+        state = run_latents(model, batch.q_ids, batch.q_mask, num_iterations=T)
     assert len(calls) == 1 + T == state.passes
     calls.clear()
     monkeypatch.setattr(model, "num_iterations", T)
@@ -376,7 +380,7 @@ def test_single_latent_equals_reference(build_model, examples):
     model, _, builder = build_model("tiny-qwen2", num_latents=1)
     enc, batch = _batch(builder, examples)
     with torch.no_grad():
-        state = run_latents(model, batch["q_ids"], batch["q_mask"])
+        state = run_latents(model, batch.q_ids, batch.q_mask)
         assert state.hidden.shape[1] == 1
         for b, e in enumerate(enc):
             h_ref, kv_ref, _ = reference_latents(model, e.q + [model.special.bot], model.num_iterations)
@@ -389,10 +393,10 @@ def test_teacher_separate_pass_and_targets_only_match_same_pass(llama, examples)
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
     M = model.num_latents
     with torch.no_grad():
-        same = teacher_forward(model, tb, budget=M)
-        sep = teacher_forward(model, tb, budget=M, separate_pass=True)
-        only = teacher_forward(model, tb, budget=M, with_ce=False)
-        ce_only = teacher_forward(model, tb, budget=M, want_targets=False)
+        same = teacher_forward(model, tb, TargetSpec(budget=M))
+        sep = teacher_forward(model, tb, TargetSpec(budget=M, separate_pass=True))
+        only = teacher_forward(model, tb, TargetSpec(budget=M), with_ce=False)
+        ce_only = teacher_forward(model, tb, None)
     assert only.ce is None and ce_only.selections is None and ce_only.codi_hidden is None
     close(sep.ce, same.ce)
     close(ce_only.ce, same.ce)
@@ -409,16 +413,16 @@ def test_teacher_crop_needs_no_capture_and_keeps_last_cot_tokens(build_model, ex
     tb = builder.teacher_batch([builder.encode(e) for e in examples])
     M = model.num_latents
     with torch.no_grad():
-        to = teacher_forward(model, tb, budget=M, method="crop")
+        to = teacher_forward(model, tb, TargetSpec(budget=M, compression="crop"))
         out = model.lm(
-            input_ids=tb["input_ids"],
-            attention_mask=tb["attention_mask"],
-            position_ids=(tb["attention_mask"].cumsum(-1) - 1).clamp(min=0),
+            input_ids=tb.input_ids,
+            attention_mask=tb.attention_mask,
+            position_ids=(tb.attention_mask.cumsum(-1) - 1).clamp(min=0),
             use_cache=True,
         )
     kv = kv_of(out.past_key_values)
     for b in range(3):
-        last = tb["cot_mask"][b].nonzero().flatten()[-M:]
+        last = tb.cot_mask[b].nonzero().flatten()[-M:]
         for layer, sel in enumerate(to.selections):
             assert sel.positions[b].tolist() == [last.tolist()] * sel.positions.shape[1]
             close(sel.keys[b], kv[layer][0][b][:, last])

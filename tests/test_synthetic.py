@@ -190,7 +190,8 @@ def test_infeasible_config_fails_loudly():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(operations=("pow",)), dict(operations=()), dict(operations=("add", "add")), dict(num_steps=0), dict(max_value=5)],
+    [dict(operations=("pow",)), dict(operations=()), dict(operations=("add", "add")), dict(num_steps=0),
+     dict(max_value=5)],
 )
 def test_config_validation(kwargs):
     with pytest.raises(KavaError):
@@ -278,8 +279,9 @@ def test_results_format_reaches_the_training_rows_and_the_test_split():
     from kava.data.eval_sets import held_out_examples
     from kava.data.train_sets import load_training_examples
 
-    cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml", ["data.synthetic.cot_format=results", "data.synthetic.num_train=20",
-                                                                 "data.synthetic.num_val=2", "data.synthetic.num_test=3"])
+    cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml",
+                      ["data.synthetic.cot_format=results", "data.synthetic.num_train=20",
+                       "data.synthetic.num_val=2", "data.synthetic.num_test=3"])
     train, _ = load_training_examples(cfg.data)
     assert all(all(s.isdigit() for s in ex.steps) and ex.steps[-1] == ex.answer for ex in train)
     assert all(ex.steps[-1] == ex.answer_text for ex in held_out_examples(cfg))

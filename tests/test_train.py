@@ -44,11 +44,11 @@ def _cfg(tmp_path, data_file, **extra):
 
 @pytest.mark.parametrize("lora, factor", [(False, 0.8), (True, 0.99)])
 def test_loss_goes_down_on_a_repeated_batch(tmp_path, data_file, lora, factor):
+    from kava.data.batches import encode_dataset, make_batch
+    from kava.data.train_sets import load_training_examples
     from kava.model.capture import enable_capture
     from kava.model.kava_model import build_kava_model, trainable_parameters
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import encode_dataset, make_batch
-    from kava.data.train_sets import load_training_examples
 
     cfg = _cfg(tmp_path, data_file, **{"lora.dropout": 0.0, "lora.enabled": lora})
     torch.manual_seed(0)
@@ -113,9 +113,9 @@ def test_interrupted_and_resumed_run_reproduces_the_losses(tmp_path, data_file):
 
 def test_overlong_examples_are_dropped_and_counted(tmp_path, data_file, capsys):
     cfg = _cfg(tmp_path, data_file, **{"data.max_length": 75, "train.max_steps": 1})
+    from kava.data.batches import encode_dataset
     from kava.data.train_sets import load_training_examples
     from kava.model.kava_model import build_kava_model
-    from kava.training.trainer import encode_dataset
 
     _, _, builder = build_kava_model(cfg)
     rows = load_training_examples(cfg.data)[0]

@@ -173,7 +173,8 @@ def test_load_offline(dataset, gsm8k_rows):
 
 @needs_gsm8k
 def test_load_offline_max_train_examples():
-    train, val = load_training_examples(_data_cfg(dataset="gsm8k-train-equations", source="offline", max_train_examples=10))
+    train, val = load_training_examples(_data_cfg(dataset="gsm8k-train-equations", source="offline",
+                                                  max_train_examples=10))
     assert len(train) == 10 and len(val) == 200
 
 

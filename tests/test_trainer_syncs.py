@@ -13,7 +13,8 @@ from kava.training.trainer import train
 
 
 def _reads_per_run(tmp_path, micro: int, monkeypatch) -> int:
-    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?", "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
+    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?",
+             "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
              "answer": str(5 + i % 5)} for i in range(16)]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -89,7 +89,8 @@ def test_validation_accuracy_scores_each_answer(build_model, monkeypatch):
 
     def echo(model, builder, questions, mode="latent", **kw):
         modes.append(mode)
-        return [Generation(q, f" {q.split()[2]}", [1, 2], forward_passes=5 + i, mode=mode) for i, q in enumerate(questions)]
+        return [Generation(q, f" {q.split()[2]}", [1, 2], forward_passes=5 + i,
+                           mode=mode) for i, q in enumerate(questions)]
 
     monkeypatch.setattr(evaluate_module, "generate", echo)
     gold = [int(q.split()[2]) + (i % 3 == 0) for i, q in enumerate(QUESTIONS)]  # wrong for questions 0, 3, 6

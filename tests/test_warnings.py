@@ -5,9 +5,8 @@ from __future__ import annotations
 import warnings
 
 import kava.api
-from kava.model.kava_model import build_kava_model
-
 from conftest import make_config
+from kava.model.kava_model import build_kava_model
 
 pytest_plugins = ["fixtures_eval"]
 

@@ -48,14 +48,15 @@ def test_generated_text_round_trips_without_unk():
     for cfg in [SyntheticTaskConfig(), SyntheticTaskConfig(num_steps=6, max_value=1000, seed=1)]:
         tok = build_word_tokenizer(synthetic_vocabulary(cfg))
         for p in generate_problems(500, cfg):
-            for text in [p["question"], " ".join(p["steps"]), *p["steps"], p["answer"], f"The answer is: {p['answer']}"]:
+            for text in [p["question"], " ".join(p["steps"]), *p["steps"], p["answer"],
+                         f"The answer is: {p['answer']}"]:
                 ids = tok.encode(text)
                 assert tok.unk_token_id not in ids, text
                 assert tok.decode(ids) == text
 
 
 def test_digits_are_split(tok):
-    assert tok.convert_ids_to_tokens(tok.encode("<<16-3=13>>")) == ["<", "<", "1", "6", "-", "3", "=", "1", "3", ">", ">"]
+    assert tok.convert_ids_to_tokens(tok.encode("<<16-3=13>>")) == list("<<16-3=13>>")
     for n in [0, 7, 10, 99, 105, 123456789, -42]:
         ids = tok.encode(str(n))
         assert len(ids) == len(str(n))

@@ -102,7 +102,8 @@ def load_checkpoint_model(path: str | Path, device: torch.device, dtype: str | N
     KavaConfig); any load failure is a KavaError."""
     check_checkpoint(path)
     try:
-        model, tok, builder, cfg = load_checkpoint(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, tok, builder, cfg = load_checkpoint(path, device=device, dtype=dtype,
+                                                   trust_remote_code=trust_remote_code)
         model.merge_lora()
         return model, tok, builder, cfg
     except KavaError:

@@ -137,9 +137,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def _resume_command(argv: list[str]) -> str:
+def _resume_hint(argv: list[str], args) -> str:
+    """How to continue a pre-empted command: with --resume where it takes one (kava train), else
+    by running it again (kava bench quality and kava demo resume their finished parts by themselves)."""
+    if not hasattr(args, "resume"):
+        return f"run the same command again to continue: {shlex.join(['kava', *argv])}"
     resumes = "--resume" in argv or "--resume-if-exists" in argv
-    return shlex.join(["kava", *argv, *([] if resumes else ["--resume"])])
+    return f"resume with: {shlex.join(['kava', *argv, *([] if resumes else ['--resume'])])}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Preempted as stop:
-        print(f"kava: {stop}; resume with: {_resume_command(argv)}", file=sys.stderr)
+        print(f"kava: {stop}; {_resume_hint(argv, args)}", file=sys.stderr)
         return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)

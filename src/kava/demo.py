@@ -107,7 +107,8 @@ def _accuracy_plot(results: list[dict], out_dir: Path, eval_limit: int) -> None:
     """accuracy_vs_forward_passes.png: a panel per dataset, a point per model and mode (kava.plots)."""
     from kava.plots import Point, accuracy_figure, figure_png
 
-    points = [Point(f"{r['model']} {r['mode']}", r["dataset"], r["forward_passes_mean"], r["accuracy"]) for r in results]
+    points = [Point(f"{r['model']} {r['mode']}", r["dataset"], r["forward_passes_mean"],
+                    r["accuracy"]) for r in results]
     title = f"SmolLM2-135M-Instruct before and after KaVa training ({eval_limit} questions per dataset)"
     atomic_write_bytes(out_dir / "accuracy_vs_forward_passes.png", figure_png(accuracy_figure(points, title)))
 
@@ -119,7 +120,8 @@ def _quality_stage(out_dir: Path, args, extra: tuple[str, ...] = (), jobs: int =
 
     return run_quality(
         DEFAULT_CONFIG, [ALL_RUNS["no_cot"], ALL_RUNS["kava"]], seeds=1, output_dir=out_dir,
-        overrides=[f"train.max_steps={args.quality_steps}", f"data.synthetic.num_test={args.quality_test_size}", *extra],
+        overrides=[f"train.max_steps={args.quality_steps}",
+                   f"data.synthetic.num_test={args.quality_test_size}", *extra],
         threads=1, progress=False, base_steps=args.quality_base_steps, jobs=jobs,
     )
 

@@ -6,8 +6,8 @@ process reaches ``failpoint("checkpoint.tokenizer")`` it SIGKILLs itself, so the
 kill it *inside* a checkpoint write or a JSONL append, not only at a random moment.
 ``name:N:enospc`` raises ``OSError(ENOSPC)`` there instead, as a full disk would, and
 ``name:N:SIGTERM`` (any signal name) sends the process that signal and goes on, as a
-scheduler pre-empting the job at that moment would. Several specs are separated by commas. Unset (always, outside the harness), a failpoint
-is one dictionary lookup.
+scheduler pre-empting the job at that moment would. Several specs are separated by commas.
+Unset (always, outside the harness), a failpoint is one dictionary lookup.
 
 The points (where they sit):
 

@@ -78,7 +78,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
         if _offline():
             raise KavaError(f"{checkpoint}{at} is not in the hub cache and HF_HUB_OFFLINE=1 forbids downloading it; "
                             "unset HF_HUB_OFFLINE, or download it once where the hub is reachable") from None
-        raise KavaError(f"cannot download {checkpoint}{at}: the hub is not reachable and it is not in the cache") from None
+        raise KavaError(f"cannot download {checkpoint}{at}: the hub is not reachable and it is not in the "
+                        "cache") from None
     except RevisionNotFoundError:
         raise KavaError(f"{checkpoint} has no revision {revision!r}") from None
     except GatedRepoError:
@@ -137,22 +138,10 @@ def _fmt(x, digits=2) -> str:
     return "-" if x is None else f"{float(x):.{digits}f}"
 
 
-def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None = None):
-    """A ``huggingface_hub.ModelCard`` for the checkpoint folder (see the module docstring)."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from kava.config import EVAL_MODE
-    from kava.training.checkpoint import read_checkpoint_config
-
-    ckpt = Path(checkpoint)
-    cfg = read_checkpoint_config(ckpt)
-    state = _read_yaml(ckpt / "trainer_state.json")  # (JSON is YAML)
-    seed_results = _seed_results(ckpt.parent)
-    sweep = _sweep_of(ckpt)
-    summary = (sweep[1].get("datasets") or {}) if sweep else {}
-    base = cfg.model.name
-    mode = EVAL_MODE[cfg.train.method]
-    name = repo_id.split("/")[-1]
+def _eval_results(seed_results: dict, summary: dict) -> list:
+    """The model card's `EvalResult`s: accuracy per dataset (the mean over seeds when the run has
+    several) and forward passes per question."""
+    from huggingface_hub import EvalResult
 
     eval_results = []
     for ds, res in seed_results.items():
@@ -171,6 +160,45 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
                                            metric_type="forward_passes",
                                            metric_value=round(float(res["forward_passes_mean"]), 2),
                                            metric_name="forward passes per question"))
+    return eval_results
+
+
+def _reproduce_lines(sweep, cfg) -> list[str]:
+    """The model card's commands that train the model again: the sweep's, or from the resolved config."""
+    lines: list[str] = []
+    if sweep:
+        run, _ = sweep
+        config = Path(str(run.get("config")))  # (absolute in run.yaml: as the repository names it)
+        config = str(Path("configs") / config.name) if config.parent.name == "configs" else config.name
+        cmd = ["kava", "train", "--config", config, "--seed", str(cfg.seed), *(run.get("overrides") or [])]
+        lines += ["Reproduce (this seed, from the kava repository):", "", "```bash", shlex.join(cmd), "```", "",
+                  "or the whole run: `" + shlex.join(["kava", "sweep", "--config", config, "--seeds",
+                                                      *map(str, run.get("seeds") or []),
+                                                      *(run.get("overrides") or [])]) + "`", ""]
+    else:
+        lines += ["Reproduce from this repository's resolved config:", "", "```bash",
+                  "kava train --config kava_config.yaml --output-dir outputs/repro", "```", ""]
+    return lines
+
+
+def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None = None):
+    """A ``huggingface_hub.ModelCard`` for the checkpoint folder (see the module docstring)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from kava.config import EVAL_MODE
+    from kava.training.checkpoint import read_checkpoint_config
+
+    ckpt = Path(checkpoint)
+    cfg = read_checkpoint_config(ckpt)
+    state = _read_yaml(ckpt / "trainer_state.json")  # (JSON is YAML)
+    seed_results = _seed_results(ckpt.parent)
+    sweep = _sweep_of(ckpt)
+    summary = (sweep[1].get("datasets") or {}) if sweep else {}
+    base = cfg.model.name
+    mode = EVAL_MODE[cfg.train.method]
+    name = repo_id.split("/")[-1]
+
+    eval_results = _eval_results(seed_results, summary)
     data = ModelCardData(
         license=license or _license(base),
         library_name="kava",
@@ -201,7 +229,8 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
         f"| base model | `{base}` |",
         f"| training data | `{cfg.data.dataset}` ({size}) |",
         f"| method | `{cfg.train.method}` |",
-        f"| optimizer steps | {steps if steps is not None else '-'} (global batch {gbs}, {state.get('epoch', '-')} epochs) |",
+        f"| optimizer steps | {steps if steps is not None else '-'} (global batch {gbs}, {state.get('epoch', '-')} "
+        f"epochs) |",
         f"| learning rate | {cfg.train.lr:g} ({cfg.train.lr_scheduler}, warm-up {cfg.train.warmup_ratio:g}) |",
         f"| weight decay | {cfg.train.weight_decay:g} |",
         "| LoRA | " + (f"r={cfg.lora.r}, α={cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} |" if cfg.lora.enabled
@@ -209,27 +238,18 @@ def model_card(checkpoint: str | os.PathLike, repo_id: str, license: str | None 
         f"| latent tokens M | {cfg.latent.num_latents} |",
         f"| Jacobi iterations T | {cfg.latent.num_iterations} |",
         f"| compression | {cfg.kava.compression} (λ={cfg.kava.rkv_lambda:g}) |",
-        f"| loss weights | α₁ (CODI) = {cfg.kava.alpha_codi:g}, α₂ (KV) = {cfg.kava.alpha_kv:g}, KV loss {cfg.kava.kv_loss} |",
+        f"| loss weights | α₁ (CODI) = {cfg.kava.alpha_codi:g}, α₂ (KV) = {cfg.kava.alpha_kv:g}, KV loss "
+        f"{cfg.kava.kv_loss} |",
         f"| seed | {cfg.seed} |", "",
     ]
-    if sweep:
-        run, _ = sweep
-        config = Path(str(run.get("config")))  # (absolute in run.yaml: as the repository names it)
-        config = str(Path("configs") / config.name) if config.parent.name == "configs" else config.name
-        cmd = ["kava", "train", "--config", config, "--seed", str(cfg.seed), *(run.get("overrides") or [])]
-        lines += ["Reproduce (this seed, from the kava repository):", "", "```bash", shlex.join(cmd), "```", "",
-                  "or the whole run: `" + shlex.join(["kava", "sweep", "--config", config, "--seeds",
-                                                      *map(str, run.get("seeds") or []),
-                                                      *(run.get("overrides") or [])]) + "`", ""]
-    else:
-        lines += ["Reproduce from this repository's resolved config:", "", "```bash",
-                  "kava train --config kava_config.yaml --output-dir outputs/repro", "```", ""]
+    lines += _reproduce_lines(sweep, cfg)
     lines += ["## Evaluation", ""]
     if seed_results:
         lines += [f"Greedy decoding, {mode} mode, `kava evaluate` (accuracy in %, forward passes per question).", "",
                   "| dataset | questions | accuracy (%) | forward passes |", "|---|---|---|---|"]
         for ds, res in seed_results.items():
-            lines.append(f"| {ds} | {res.get('n', '-')} | {_fmt(res['accuracy'])} | {_fmt(res.get('forward_passes_mean'), 1)} |")
+            lines.append(f"| {ds} | {res.get('n', '-')} | {_fmt(res['accuracy'])} | "
+                         f"{_fmt(res.get('forward_passes_mean'), 1)} |")
         lines.append("")
     if summary:
         s_seeds = sweep[1].get("seeds") or []

@@ -72,7 +72,8 @@ class FolderLock:
                 f"{what} is in use by another kava process ({holder}); wait for it to finish, "
                 "stop it, or write somewhere else"
             )
-        info = {"pid": os.getpid(), "command": self.what, "since": _dt.datetime.now().replace(microsecond=0).isoformat()}
+        info = {"pid": os.getpid(), "command": self.what,
+                "since": _dt.datetime.now().replace(microsecond=0).isoformat()}
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, (json.dumps(info) + "\n").encode())

@@ -7,7 +7,8 @@
            reduction "mean": mean over layers of ½·(ρ(K) + ρ(V)) averaged over the valid slots,
              heads and dims (kava before 0.3): L·H·d times smaller than "paper" at equal errors.
            ρ ∈ {smooth-L1, L1, MSE}; optionally each layer divided by the teacher's per-layer std.
-    L_CODI = mean over layers of smooth-L1(h_s, sg[h_t]) / std(h_t), at the CODI position (the token whose next token is the answer's first digit or sign);
+    L_CODI = mean over layers of smooth-L1(h_s, sg[h_t]) / std(h_t), at the CODI position (the
+             token whose next token is the answer's first digit or sign);
              `kava.codi_layer_std: false`: the mean smooth-L1 over all layers / one std of all of h_t.
     L      = CE_student + CE_teacher + α₁·L_CODI + α₂·L_KV
 """

@@ -232,7 +232,8 @@ class TrainRun:
         from kava.config import config_from_dict, config_to_dict
 
         return config_from_dict(config_to_dict(cfg), [f"train.method={self.method}"]
-                                + [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.overrides.items()])
+                                + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                   for k, v in self.overrides.items()])
 
 
 def setup_runs(cfg, device, items, runs: list[TrainRun]) -> dict:
@@ -241,10 +242,10 @@ def setup_runs(cfg, device, items, runs: list[TrainRun]) -> dict:
     import torch
 
     from kava.config import shares_question
+    from kava.data.batches import make_batch
     from kava.model.capture import enable_capture
     from kava.model.kava_model import trainable_parameters
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
 
     models: dict[str, tuple] = {}
     out = {}

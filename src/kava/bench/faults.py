@@ -96,7 +96,8 @@ def command(kind: str, work: dict[str, Path], out: Path, checkpoint: Path | None
     if kind == "evaluate":
         return ["evaluate", "--checkpoint", str(checkpoint), "--datasets", str(work["eval"]), "--output-dir", str(out),
                 "--batch-size", "3", "--max-new-tokens", "6", "--no-progress"]
-    return ["sweep", "--config", str(work["config"]), "--seeds", "1", "2", "--output-dir", str(out), "--run-name", "faults",
+    return ["sweep", "--config", str(work["config"]), "--seeds", "1", "2", "--output-dir", str(out),
+            "--run-name", "faults",
             "--datasets", str(work["eval"]), "--eval-batch-size", "3", "train.max_steps=4"]
 
 
@@ -290,7 +291,8 @@ def check_sweep(out_dir: Path, ref_dir: Path) -> list[str]:
         if (run / name).read_text() != (ref / name).read_text():
             problems.append(f"{name} differs from the uninterrupted sweep's")
     for seed in ("seed_1", "seed_2"):
-        problems += [f"{seed}: {p}" for p in check_train(run / seed, ref / seed) + check_evaluate(run / seed, ref / seed)]
+        problems += [f"{seed}: {p}"
+                     for p in check_train(run / seed, ref / seed) + check_evaluate(run / seed, ref / seed)]
     return problems
 
 
@@ -388,7 +390,8 @@ def reference(kind: str, launcher: Launcher, work: dict[str, Path], root: Path,
     t0 = time.perf_counter()
     rc = run(launcher, command(kind, work, out, checkpoint, False), root / f"reference-{kind}.log")
     if rc != 0:
-        raise RuntimeError(f"the uninterrupted {kind} run failed (exit code {rc}); log: {root / f'reference-{kind}.log'}")
+        raise RuntimeError(f"the uninterrupted {kind} run failed (exit code {rc}); log: "
+                           f"{root / f'reference-{kind}.log'}")
     return out, time.perf_counter() - t0
 
 
@@ -401,7 +404,8 @@ def run_faults(root: Path, kinds=("train", "evaluate", "sweep"), kills: int = 10
     checkpoint = ref_train / "checkpoint-final"
     tallies = {}
     for kind in kinds:
-        ref, seconds = (ref_train, train_seconds) if kind == "train" else reference(kind, launcher, work, root, checkpoint)
+        ref, seconds = ((ref_train, train_seconds) if kind == "train"
+                        else reference(kind, launcher, work, root, checkpoint))
         rng = random.Random(f"{seed}-{kind}")
         tally = Tally(kind)
         n = 0
@@ -447,7 +451,8 @@ def register(sub) -> None:
         "appends, or timed), resume it, and check the result equals an uninterrupted run's.",
         epilog="example: kava bench faults --kills 100 --seed 0",
     )
-    p.add_argument("--commands", nargs="+", choices=("train", "evaluate", "sweep"), default=["train", "evaluate", "sweep"],
+    p.add_argument("--commands", nargs="+", choices=("train", "evaluate", "sweep"),
+                   default=["train", "evaluate", "sweep"],
                    help="the commands to kill and resume (default: train evaluate sweep)")
     p.add_argument("--kills", type=int, default=30, help="kills per command (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")

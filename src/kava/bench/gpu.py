@@ -81,7 +81,8 @@ def register(sub) -> None:
     p.add_argument("--config", default=None,
                    help="the config to check: a file or a shipped config's name (default: llama1b_aug)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a tiny dry run)")
-    p.add_argument("--micro-batch-sizes", nargs="+", type=int, help="memory at these sizes (default: 16 32 64 on a GPU)")
+    p.add_argument("--micro-batch-sizes", nargs="+", type=int,
+                   help="memory at these sizes (default: 16 32 64 on a GPU)")
     p.add_argument("--steps", type=int, help="timed optimizer steps per run, and steps of each config in `losses` "
                                              "(default: 3 on a GPU)")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to run (default: all)")
@@ -245,9 +246,10 @@ def part_padding(cfg, device) -> dict:
     model, _tok, builder = build_model(cfg, device)
     items = _items(cfg, builder, 4)
     batch = builder.student_batch(items)
-    ids, mask = batch["q_ids"].to(device), batch["q_mask"].to(device)
+    ids, mask = batch.q_ids.to(device), batch.q_mask.to(device)
     backbone = model.backbone
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), output_hidden_states=True)
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                  output_hidden_states=True)
     base = cfg.model.attn_implementation
     out = {"padding_rows": int((mask == 0).sum())}
     with torch.no_grad(), autocast(cfg, device):
@@ -255,7 +257,8 @@ def part_padding(cfg, device) -> dict:
             backbone.set_attn_implementation(base)
             pad = (mask == 0)
             hidden = backbone(**kwargs).hidden_states
-            out["non_finite_in_padding_rows_transformers_mask"] = int(sum((~torch.isfinite(h[pad])).sum() for h in hidden))
+            non_finite = sum((~torch.isfinite(h[pad])).sum() for h in hidden)
+            out["non_finite_in_padding_rows_transformers_mask"] = int(non_finite)
         enable_capture(backbone)
         hidden = backbone(**kwargs).hidden_states
         out["non_finite_kava_mask"] = int(sum((~torch.isfinite(h)).sum() for h in hidden))
@@ -355,8 +358,8 @@ def format_gpu(r: dict) -> str:
         t = p["training"]
         s = t["seconds_per_step"]
         lines += ["", f"**training** (micro-batch {t['micro_batch_size']}): KaVa {s['kava']:.3f} s/step, CoT "
-                      f"{s['cot']:.3f} s/step (KaVa/CoT {t['kava_over_cot']:.2f}); {t['tokens_per_second']:.0f} tokens/s; "
-                      f"{t['flops_per_step'] / 1e9:.3g} GFLOP per step (counted); MFU "
+                      f"{s['cot']:.3f} s/step (KaVa/CoT {t['kava_over_cot']:.2f}); {t['tokens_per_second']:.0f} "
+                      f"tokens/s; {t['flops_per_step'] / 1e9:.3g} GFLOP per step (counted); MFU "
                       f"{_cell(t['mfu'] and 100 * t['mfu'], '{:.1f}%')}"]
     if "memory" in p:
         m = p["memory"]["peak_gib"]
@@ -371,7 +374,9 @@ def format_gpu(r: dict) -> str:
     if "gemm_dtypes" in p:
         g = p["gemm_dtypes"]
         shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in g["share_by_dtype"].items())
-        lines += ["", f"**matrix products by dtype**, share of the step's {g['seconds_per_step']:.3f} s: {shares or 'none'}"]
+        lines += ["",
+                  f"**matrix products by dtype**, share of the step's {g['seconds_per_step']:.3f} s: "
+                  f"{shares or 'none'}"]
     if "inference" in p:
         lines += [""] + [f"**inference** batch {b}: latent is {s['latent_vs_cot_seconds']:.2f}x faster per question "
                          f"than CoT ({s['latent_vs_cot_forward_passes']:.2f}x fewer forward passes)"

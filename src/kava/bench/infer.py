@@ -43,7 +43,8 @@ def register(sub) -> None:
                                      "an untrained KaVa model is built around it (speed only)")
     p.add_argument("--config", help="base config for --model (default: configs/smollm2_offline.yaml)")
     p.add_argument("--dataset", default="gsm8k", help="evaluation set (default: %(default)s)")
-    p.add_argument("--source", default="offline", choices=("offline", "hub"), help="dataset source (default: %(default)s)")
+    p.add_argument("--source", default="offline", choices=("offline", "hub"),
+                   help="dataset source (default: %(default)s)")
     p.add_argument("--limit", type=int, default=16, help="questions (default: %(default)s)")
     p.add_argument("--modes", nargs="+", default=["latent", "cot", "direct"], choices=("latent", "cot", "direct"),
                    help="generation modes to time side by side (default: latent cot direct)")
@@ -52,8 +53,10 @@ def register(sub) -> None:
                    "(default: natural for --checkpoint, fixed for --model)")
     p.add_argument("--cot-tokens", type=int, help="CoT tokens decoded with --lengths fixed (default: the mean "
                    "CoT + answer length of GSM8k training examples for this tokenizer, else 65)")
-    p.add_argument("--answer-tokens", type=int, default=3, help="answer tokens with --lengths fixed (default: %(default)s)")
-    p.add_argument("--cot-max-new-tokens", type=int, default=256, help="CoT budget with --lengths natural (default: %(default)s)")
+    p.add_argument("--answer-tokens", type=int, default=3,
+                   help="answer tokens with --lengths fixed (default: %(default)s)")
+    p.add_argument("--cot-max-new-tokens", type=int, default=256,
+                   help="CoT budget with --lengths natural (default: %(default)s)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default: %(default)s)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
@@ -189,7 +192,8 @@ def measure_inference(
             gens = first[(mode, bs)]
             bound = sum(sum(max(cost["call_s"], n * cost["token_s"]) for n in pass_tokens(model, builder, mode, chunk))
                         for chunk in (gens[i:i + bs] for i in range(0, len(gens), bs)))
-            correct = sum(bool(is_correct(extract_prediction(g.text, mode, prefix), ex.answer)) for g, ex in zip(gens, examples))
+            correct = sum(bool(is_correct(extract_prediction(g.text, mode, prefix),
+                                          ex.answer)) for g, ex in zip(gens, examples))
             med = statistics.median(times[(mode, bs)])
             rows.append({
                 "mode": mode, "batch_size": bs, "n": len(gens),
@@ -207,10 +211,13 @@ def measure_inference(
         if "latent" in by and "cot" in by:
             speedups[str(bs)] = {
                 "latent_vs_cot_seconds": by["cot"]["seconds_per_question"] / by["latent"]["seconds_per_question"],
-                "latent_vs_cot_forward_passes": by["cot"]["forward_passes_per_question"] / by["latent"]["forward_passes_per_question"],
-                "latent_vs_cot_lower_bounds": by["cot"]["lower_bound_seconds_per_question"] / by["latent"]["lower_bound_seconds_per_question"],
+                "latent_vs_cot_forward_passes": (by["cot"]["forward_passes_per_question"]
+                                                 / by["latent"]["forward_passes_per_question"]),
+                "latent_vs_cot_lower_bounds": (by["cot"]["lower_bound_seconds_per_question"]
+                                               / by["latent"]["lower_bound_seconds_per_question"]),
                 # the same ratio from each repetition (cot and latent ran side by side): a spread for the median
-                "latent_vs_cot_seconds_per_rep": [round(c / lt, 3) for c, lt in zip(times[("cot", bs)], times[("latent", bs)])],
+                "latent_vs_cot_seconds_per_rep": [round(c / lt, 3)
+                                                  for c, lt in zip(times[("cot", bs)], times[("latent", bs)])],
             }
     return {"rows": rows, "speedup": speedups, "lengths": lengths, "budgets": budget, "reps": reps, "warmup": warmup,
             "questions": len(questions), "pass_cost": cost}
@@ -267,14 +274,17 @@ def format_inference(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['mode']} | {r['batch_size']} | {r['accuracy']:.1f} | {r['forward_passes_per_question']:.2f} "
-                     f"| {r['generated_tokens_per_question']:.1f} | {r['seconds_per_question']:.4f} "
-                     f"| {r['lower_bound_seconds_per_question']:.4f} | {r['over_lower_bound']:.2f}x |")
+        lines.append(f"| {r['mode']} | {r['batch_size']} | {r['accuracy']:.1f} | "
+                     f"{r['forward_passes_per_question']:.2f} | {r['generated_tokens_per_question']:.1f} | "
+                     f"{r['seconds_per_question']:.4f} | {r['lower_bound_seconds_per_question']:.4f} | "
+                     f"{r['over_lower_bound']:.2f}x |")
     c = result["pass_cost"]
-    lines.append(f"\nlower bound: a pass of n tokens costs at least max({1e3 * c['call_s']:.2f} ms, n x {1e3 * c['token_s']:.3f} ms) "
+    lines.append(f"\nlower bound: a pass of n tokens costs at least max({1e3 * c['call_s']:.2f} ms, n x "
+                 f"{1e3 * c['token_s']:.3f} ms) "
                  "(measured: the fastest one-token step, and the per-token time of a 512-token pass)")
     for bs, s in result["speedup"].items():
         lines.append(f"\nbatch {bs}: latent is {s['latent_vs_cot_seconds']:.2f}x faster per question than CoT "
-                     f"({s['latent_vs_cot_forward_passes']:.2f}x fewer forward passes, {s['latent_vs_cot_lower_bounds']:.2f}x "
-                     f"by the lower bounds; per rep {s['latent_vs_cot_seconds_per_rep']})")
+                     f"({s['latent_vs_cot_forward_passes']:.2f}x fewer forward passes, "
+                     f"{s['latent_vs_cot_lower_bounds']:.2f}x by the lower bounds; per rep "
+                     f"{s['latent_vs_cot_seconds_per_rep']})")
     return "\n".join(lines)

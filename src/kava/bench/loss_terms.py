@@ -46,7 +46,8 @@ def register(sub) -> None:
     p.add_argument("--config", nargs="+",
                    help="config files or shipped configs' names (default: the six Table 6 configs)")
     p.add_argument("--examples", type=int, default=4, help="examples in the step (default: %(default)s)")
-    p.add_argument("--layers", type=int, help="keep the first N layers of each model (default: all; random weights only)")
+    p.add_argument("--layers", type=int,
+                   help="keep the first N layers of each model (default: all; random weights only)")
     p.add_argument("--weights", choices=("random", "pretrained"), default="random",
                    help="random: the config's architecture with random weights, nothing downloaded (default); "
                         "pretrained: the config's own model as it loads (the hub, a local folder, or "
@@ -85,8 +86,8 @@ def bench_examples(cfg, builder, n: int, seed: int = 0) -> tuple[list, str]:
     import random
 
     from kava.bench.common import gsm8k_like_items, is_nl_dataset
+    from kava.data.batches import encode_dataset
     from kava.data.train_sets import load_training_examples
-    from kava.training.trainer import encode_dataset
 
     try:
         rows, _ = load_training_examples(cfg.data)
@@ -172,11 +173,12 @@ def loss_terms(cfg, model, builder, items, device) -> dict:
     import torch
 
     from kava.config import shares_question
+    from kava.data.batches import make_batch
     from kava.training.objective import KavaObjective
-    from kava.training.trainer import make_batch
 
     k = cfg.kava
-    weights = {"ce_student": 1.0, "ce_teacher": 1.0, "codi": k.alpha_codi, "kv_mean": k.alpha_kv, "kv_paper": k.alpha_kv}
+    weights = {"ce_student": 1.0, "ce_teacher": 1.0, "codi": k.alpha_codi, "kv_mean": k.alpha_kv,
+               "kv_paper": k.alpha_kv}
     params, groups = _param_groups(model)
     model.train()
     batch = make_batch(builder, items, cfg.train.method, device, shares_question(cfg))
@@ -192,7 +194,8 @@ def loss_terms(cfg, model, builder, items, device) -> dict:
             kv_grads[name] = flat
         else:
             base = base + flat
-    totals = {r: _norms(base + kv_grads[f"kv_{r}"] if f"kv_{r}" in kv_grads else base, groups) for r in ("mean", "paper")}
+    totals = {r: _norms(base + kv_grads[f"kv_{r}"] if f"kv_{r}" in kv_grads else base,
+                        groups) for r in ("mean", "paper")}
     del kv_grads, base
     rows = {}
     for name in [t for t in TERMS if t in live]:
@@ -203,7 +206,8 @@ def loss_terms(cfg, model, builder, items, device) -> dict:
                       "grad_share": {r: norms[name]["all"] / totals[r]["all"] for r in reductions},
                       "grad_share_by_group": {r: {g: norms[name][g] / totals[r][g] for g in groups if totals[r][g] > 0}
                                               for r in reductions}}
-    loss = {r: sum(rows[n]["weighted"] for n in rows if not n.startswith("kv_") or n == f"kv_{r}") for r in ("mean", "paper")}
+    loss = {r: sum(rows[n]["weighted"] for n in rows if not n.startswith("kv_") or n == f"kv_{r}")
+            for r in ("mean", "paper")}
     return {"terms": rows, "grad_norm_total": {r: t["all"] for r, t in totals.items()},
             "grad_norm_total_by_group": totals, "loss": loss, "config_reduction": k.kv_loss_reduction,
             "unexplained_loss": float(reported["loss"].detach()) - loss[k.kv_loss_reduction],
@@ -225,7 +229,8 @@ def measure_config(path, device, examples: int, layers: int | None = None, seed:
     with autocast(cfg, device):
         out = loss_terms(cfg, model, builder, items, device)
     text = model.backbone.config.get_text_config()
-    out.update(config=str(path), model=cfg.model.name, weights=weights, layers=text.num_hidden_layers, examples=len(items),
+    out.update(config=str(path), model=cfg.model.name, weights=weights, layers=text.num_hidden_layers,
+               examples=len(items),
                source=source, teacher_lengths=[len(e.q) + len(e.c) + len(e.p) + len(e.a) for e in items],
                cot_lengths=[len(e.c) for e in items], seconds=time.perf_counter() - t0,
                dims={"layers": text.num_hidden_layers, "kv_heads": text.num_key_value_heads,
@@ -252,12 +257,14 @@ def _lora_table(results: list[dict]) -> str:
             g, s = t["grad_norm_by_group"], t["grad_share_by_group"]
             cells = [f"{100 * s[k]['lora']:.1f}%" if "lora" in s.get(k, {}) else "-" for k in ("mean", "paper")]
             lines.append(f"| {Path(r['config']).stem} | {term} | " + " | ".join(
-                f"{g[k]:.4g}" if k in g else "-" for k in ("lora", "projection", "token_rows")) + f" | {cells[0]} | {cells[1]} |")
+                f"{g[k]:.4g}" if k in g else "-" for k in ("lora", "projection", "token_rows"))
+                + f" | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
 def _terms_table(results: list[dict]) -> str:
-    lines = ["| config | term | value | α | α × value | ‖∇(α·term)‖ | share of ‖∇L‖, KV mean | share of ‖∇L‖, KV paper |",
+    lines = ["| config | term | value | α | α × value | ‖∇(α·term)‖ | share of ‖∇L‖, KV mean | share of ‖∇L‖, KV paper "
+             "|",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         name = Path(r["config"]).stem

@@ -50,7 +50,8 @@ def cpu_peak_memory(cfg, items, run: TrainRun, steps: int = 2) -> dict:
         path = Path(tmp) / "probe.json"
         path.write_text(json.dumps(spec))
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-        proc = subprocess.run([sys.executable, "-m", "kava.bench.memory", str(path)], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, "-m", "kava.bench.memory", str(path)], capture_output=True,
+                              text=True, env=env)
         if proc.returncode != 0:
             raise KavaError(f"the memory probe for {run.name} failed: {proc.stderr.strip()[-800:]}")
         return json.loads((Path(tmp) / "probe.out.json").read_text())

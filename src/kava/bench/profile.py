@@ -114,7 +114,7 @@ def profile_step(cfg, device, items, steps: int = 2, warmup: int = 2) -> dict:
     ops = operator_times(step, steps, device)
     text = objective.model.backbone.config.get_text_config()
     dtype = next(objective.model.parameters()).dtype
-    rows = int(batch["student"]["q_ids"].numel())  # the question pass's tokens
+    rows = int(batch["student"].q_ids.numel())  # the question pass's tokens
     rate = matmul_rate(rows, text.hidden_size, text.intermediate_size, device, dtype)
     mm = ops["by_kind"]["matrix products"]
     return {
@@ -141,7 +141,8 @@ def format_profile(p: dict) -> str:
     ref = p["reference_matmul"]
     got = p["matmul_flops_per_second"]
     achieved = f"matrix products run at {got / 1e9:.1f} GFLOP/s" if got else "no matrix product was timed"
-    lines += ["", f"{achieved}; a {'x'.join(map(str, ref['shape']))} product reaches {ref['flops_per_second'] / 1e9:.1f} "
+    lines += ["",
+              f"{achieved}; a {'x'.join(map(str, ref['shape']))} product reaches {ref['flops_per_second'] / 1e9:.1f} "
                   f"GFLOP/s here: the step's matrix products alone need {p['matmul_floor_seconds']:.3f} s at that rate"]
     lines += ["", "| top operator | s / step | calls / step |", "|---|---|---|"]
     for r in ops["top"]:

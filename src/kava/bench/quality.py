@@ -53,6 +53,7 @@ from pathlib import Path
 
 from kava.config import CONFIGS_DIR
 from kava.errors import KavaError
+from kava.methods import METHODS
 
 DEFAULT_CONFIG = CONFIGS_DIR / "synthetic_tiny.yaml"
 DEFAULT_BASE_STEPS = 1500
@@ -72,26 +73,25 @@ class Run:
     removal_fraction: float | None = None  # iCoT: its whole CoT is removed over this share of train.max_steps
 
 
+# Each method's own settings are kava.methods.METHODS (also checked against the shipped configs);
+# a run adds only the benchmark's: a curriculum starts at stage 1 (the base model is CoT-pretrained).
 _CURRICULUM = ("curriculum.enabled=true", "curriculum.stages=3", "curriculum.start_stage=1")
 # CODI and Coconut compute their latents one a pass, with their own papers' 6 latents (CODI: 6;
 # Coconut: 2 per stage over 3 stages), not KaVa's 24: 24 sequential passes a step made them the
 # benchmark's slowest runs by far, in a setting neither method uses.
-_SEQUENTIAL_M = "latent.num_latents=6"
-_COCONUT = ("latent.mode=sequential", "latent.projection=false", "kava.alpha_codi=0", "kava.alpha_kv=0",
-            "kava.teacher_ce=false", "data.drop_last_step=false", _SEQUENTIAL_M, *_CURRICULUM)
 BASELINES = (
-    Run("no_cot", "No-CoT", "direct", ("train.method=direct",)),
-    Run("cot", "CoT", "cot", ("train.method=cot", "data.drop_last_step=false")),
-    Run("pccot", "PCCoT", "latent", ("kava.alpha_kv=0",)),
-    Run("codi", "CODI", "latent", ("latent.mode=sequential", "kava.alpha_kv=0", "kava.codi_position=answer_start",
-                                    _SEQUENTIAL_M)),
-    Run("coconut", "Coconut", "latent", _COCONUT, stage_fraction=1 / 6, split_latents=True),
-    Run("kava", "KaVa", "latent", ()),
+    Run("no_cot", "No-CoT", "direct", METHODS["no_cot"]),
+    Run("cot", "CoT", "cot", METHODS["cot"]),
+    Run("pccot", "PCCoT", "latent", METHODS["pccot"]),
+    Run("codi", "CODI", "latent", METHODS["codi"]),
+    Run("coconut", "Coconut", "latent", (*METHODS["coconut"], "curriculum.start_stage=1"), stage_fraction=1 / 6,
+        split_latents=True),
+    Run("kava", "KaVa", "latent", METHODS["kava"]),
     # The pause control: the same student and losses, but the latent inputs are never fed back — every
     # slot reads the fixed <latent> embedding and pass 0 is the only latent pass (T = 0), so the M
     # positions add computation but no refinement. KaVa above it shows the fed-back latents compute;
     # KaVa equal to it, that extra positions are all it gains (Coconut's pause-token control).
-    Run("pause", "Pause tokens (latents not fed back)", "latent", ("latent.num_iterations=0",)),
+    Run("pause", "Pause tokens (latents not fed back)", "latent", METHODS["pause"]),
 )
 # The base model learns the teacher's format (drop-last: the CoT without its last step, the last
 # operation done at the answer), so the teacher knows the answer from the first fine-tuning step;
@@ -112,7 +112,7 @@ ABLATIONS = (
     # R-KV must then choose which CoT entries the latents imitate
     Run("kava_m_half", "KaVa, M = 12 (½ of the CoT's tokens)", "latent", ("latent.num_latents=12",)),
     Run("kava_m_quarter", "KaVa, M = 6 (¼ of the CoT's tokens)", "latent", ("latent.num_latents=6",)),
-    Run("pccot_curriculum", "PCCoT, curriculum", "latent", ("kava.alpha_kv=0", *_CURRICULUM), stage_fraction=1 / 6),
+    Run("pccot_curriculum", "PCCoT, curriculum", "latent", (*METHODS["pccot"], *_CURRICULUM), stage_fraction=1 / 6),
     Run("kava_curriculum", "KaVa, curriculum", "latent", _CURRICULUM, stage_fraction=1 / 6),
 )
 # iCoT removes the CoT a token at a time over the first half of the steps (as Coconut's curriculum
@@ -120,12 +120,13 @@ ABLATIONS = (
 # 32 = the task's CoT with every step kept (4 steps of 8 tokens; tests/test_icot.py checks it). It
 # needs at least 64 steps, so it runs by name only (--only icot), not in the default set.
 ICOT_COT_TOKENS = 32
-ICOT = Run("icot", "iCoT", "direct", ("train.method=icot", "data.drop_last_step=false", "prompt.teacher_delimiters=false",
-                                      f"icot.remove_all_when_remove_beyond={ICOT_COT_TOKENS}"), removal_fraction=1 / 2)
+ICOT = Run("icot", "iCoT", "direct", (*METHODS["icot"], f"icot.remove_all_when_remove_beyond={ICOT_COT_TOKENS}"),
+           removal_fraction=1 / 2)
 # The benchmark config's departures from the paper's recipe, each undone alone (`--departures`):
 # the evidence that each is needed at this scale.
 DEPARTURES = (
-    Run("kava_same_pass", "KaVa, targets from the same pass (the paper)", "latent", ("kava.teacher_targets=same_pass",)),
+    Run("kava_same_pass", "KaVa, targets from the same pass (the paper)", "latent",
+        ("kava.teacher_targets=same_pass",)),
     Run("kava_lora", "KaVa, LoRA r = 8 (the paper trains LoRA)", "latent",
         ("lora.enabled=true", "lora.r=8", "lora.alpha=16")),
 )
@@ -148,7 +149,8 @@ def register(sub) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base config (default: configs/synthetic_tiny.yaml)")
     p.add_argument("--output-dir", default="runs/bench_quality", help="where runs and tables go (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per method (default: 1)")
-    p.add_argument("--ablations", action="store_true", help="also the compression, CODI, projection and last-step ablations")
+    p.add_argument("--ablations", action="store_true",
+                   help="also the compression, CODI, projection and last-step ablations")
     p.add_argument("--departures", action="store_true",
                    help="also KaVa with each of the config's departures from the paper undone (targets from the same "
                         "pass; LoRA)")
@@ -157,7 +159,8 @@ def register(sub) -> None:
     p.add_argument("--base-steps", type=int, default=DEFAULT_BASE_STEPS,
                    help="steps of the shared base model's CoT pretraining; 0 trains every method from scratch "
                         "(default: %(default)s)")
-    p.add_argument("--test-size", type=int, help="held-out test problems (default: the config's data.synthetic.num_test)")
+    p.add_argument("--test-size", type=int,
+                   help="held-out test problems (default: the config's data.synthetic.num_test)")
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="evaluate on the held-out test split (report) or the validation split (choose settings on it); "
                         "each split's results are kept apart (result.json, result-validation.json; default: test)")
@@ -176,7 +179,8 @@ def _cmd_quality(args) -> int:
     if args.seeds < 1:
         raise KavaError(f"--seeds must be at least 1, got {args.seeds}")
     if args.jobs < 0 or args.threads < 1:
-        raise KavaError(f"--jobs must be 0 (automatic) or more and --threads at least 1, got {args.jobs} and {args.threads}")
+        raise KavaError(f"--jobs must be 0 (automatic) or more and --threads at least 1, got {args.jobs} and "
+                        f"{args.threads}")
     if args.base_steps < 0:
         raise KavaError(f"--base-steps must be 0 (no base model) or more, got {args.base_steps}")
     runs = list(BASELINES + (ABLATIONS if args.ablations else ()) + (DEPARTURES if args.departures else ()))
@@ -221,7 +225,8 @@ def run_config(config: str | Path, run: Run, seed: int, run_dir: Path, overrides
     every.append(f"curriculum.steps_per_stage={max(1, round(run.stage_fraction * steps))}")
     if run.split_latents:
         if M % stages:
-            raise KavaError(f"run {run.name} shares latent.num_latents ({M}) out over {stages} stages; use a multiple of {stages}")
+            raise KavaError(f"run {run.name} shares latent.num_latents ({M}) out over {stages} stages; use a multiple "
+                            f"of {stages}")
         every.append(f"curriculum.thoughts_per_step={M // stages}")
     return load_config(config, every)
 
@@ -344,7 +349,8 @@ def run_quality(
     summary["split"] = split
     summary["table"] = format_table(summary)
     suffix = split_suffix(split)
-    atomic_write_json(out / f"results{suffix}.json", {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
+    atomic_write_json(out / f"results{suffix}.json",
+                      {k: v for k, v in summary.items() if k != "table"} | {"runs": results})
     atomic_write_text(out / f"results{suffix}.md", summary["table"] + "\n")
     return summary
 
@@ -432,7 +438,8 @@ def _same_config(run_dir: Path, cfg) -> bool:
     return not saved.is_file() or yaml.safe_load(saved.read_text()) == config_to_dict(cfg)
 
 
-def _other_finished_runs(config, out: Path, overrides: list[str], results: list[dict], split: str = "test") -> list[dict]:
+def _other_finished_runs(config, out: Path, overrides: list[str], results: list[dict],
+                         split: str = "test") -> list[dict]:
     """Finished runs of earlier invocations (say, with --only) made with the same settings, for one table."""
     import json
 
@@ -539,8 +546,8 @@ def format_table(summary: dict) -> str:
     else:
         start = "trained from scratch"
     lines = [
-        f"Synthetic {summary.get('split', 'test')} split: {n_test} problems; every method {start} for {steps} optimizer steps; "
-        f"{seeds} seed{'s' if seeds != 1 else ''}" + (" (mean ± sample std)" if seeds > 1 else ""),
+        f"Synthetic {summary.get('split', 'test')} split: {n_test} problems; every method {start} for {steps} "
+        f"optimizer steps; {seeds} seed{'s' if seeds != 1 else ''}" + (" (mean ± sample std)" if seeds > 1 else ""),
         "",
         "| method | eval mode | accuracy (%) | forward passes | × CoT passes | gap closed | train s | eval s |",
         "|---|---|---|---|---|---|---|---|",
@@ -549,9 +556,11 @@ def format_table(summary: dict) -> str:
         gap = "-" if m["gap_closed"] is None else f"{100 * m['gap_closed']:.0f}%"
         ratio = "-" if m["forward_pass_ratio_to_cot"] is None else f"{m['forward_pass_ratio_to_cot']:.2f}"
         lines.append(
-            f"| {m['label']} | {m['mode']} | {format_mean_std(m['accuracy_mean'], m['accuracy_std'] if len(m['seeds']) > 1 else None)} "
-            f"| {format_mean_std(m['forward_passes_mean'], m['forward_passes_std'] if len(m['seeds']) > 1 else None)} | {ratio} "
-            f"| {gap} | {format_number(m['train_seconds_mean'], 0)} | {format_number(m['eval_seconds_mean'], 0)} |"
+            f"| {m['label']} | {m['mode']} | "
+            f"{format_mean_std(m['accuracy_mean'], m['accuracy_std'] if len(m['seeds']) > 1 else None)} | "
+            f"{format_mean_std(m['forward_passes_mean'], m['forward_passes_std'] if len(m['seeds']) > 1 else None)} | "
+            f"{ratio} | {gap} | {format_number(m['train_seconds_mean'], 0)} | "
+            f"{format_number(m['eval_seconds_mean'], 0)} |"
         )
     lines += format_controls_table(methods, seeds)
     lines.append("")

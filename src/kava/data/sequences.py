@@ -32,6 +32,7 @@ whatever follows it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,64 @@ class SpecialIds:
     bot: int
     eot: int
     latent: int
+
+
+@dataclass(eq=False)  # (tensors: compare fields with torch.equal)
+class TeacherBatch:
+    """The teacher's right-padded rows ([B, S] tensors, codi_index [B]): its sequence
+    (`SequenceBuilder.teacher_batch`, also No-CoT's Q + P + A) or, with `continues_question`,
+    its continuation C + P + A over the question the student reads (`continuation_batch`).
+
+    labels: the CE targets (IGNORE elsewhere); position_ids: each token's position (the
+    continuation's continue the question's real tokens); cot_mask: C; query_mask: P + A (the
+    rows R-KV scores C with); codi_index: the CODI position of each row.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    cot_mask: torch.Tensor
+    query_mask: torch.Tensor
+    codi_index: torch.Tensor
+    continues_question: bool = False
+
+    def to(self, device) -> TeacherBatch:
+        return _to(self, device)
+
+    def token_count(self) -> torch.Tensor:
+        """Real tokens, as a tensor on the batch's device (no host read)."""
+        return self.attention_mask.sum()
+
+
+@dataclass(eq=False)
+class StudentBatch:
+    """The student's rows (`SequenceBuilder.student_batch`): the left-padded question Q + <bot>
+    (q_ids, q_mask [B, Q]) and the right-padded suffix <eot> (+ kept CoT) + P + A after the
+    latents (suffix_ids, suffix_mask, suffix_labels [B, S]; suffix_codi_index [B], the CODI
+    position inside the suffix); latent_mask [B, max M]: under a curriculum, 1 on each row's
+    latents (None: every row has the config's M)."""
+
+    q_ids: torch.Tensor
+    q_mask: torch.Tensor
+    suffix_ids: torch.Tensor
+    suffix_mask: torch.Tensor
+    suffix_labels: torch.Tensor
+    suffix_codi_index: torch.Tensor
+    latent_mask: torch.Tensor | None = None
+
+    def to(self, device) -> StudentBatch:
+        return _to(self, device)
+
+    def token_count(self) -> torch.Tensor:
+        """The question's and the suffix's real tokens (not the latents), as a tensor on the device."""
+        return self.q_mask.sum() + self.suffix_mask.sum()
+
+
+def _to(batch, device):
+    """A copy of a batch dataclass with its tensors on `device`."""
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)
+                                         if isinstance(getattr(batch, f.name), torch.Tensor)})
 
 
 @dataclass
@@ -133,29 +192,23 @@ class SequenceBuilder:
 
     # ----- batches -------------------------------------------------------------------------
 
-    def teacher_batch(self, items: list[Encoded], with_cot: bool = True) -> dict[str, torch.Tensor]:
+    def teacher_batch(self, items: list[Encoded], with_cot: bool = True) -> TeacherBatch:
         """Right-padded Q + C + P + A (Q + <bot> + C + <eot> + P + A with delimiters; Q + P + A with
-        with_cot=False).
+        with_cot=False): labels on C, P, A (or P, A); positions from 0 (padding: the row's last)."""
+        return self._teacher_rows(items, with_cot, with_question=True)
 
-        Returns input_ids, attention_mask, labels (C, P, A; or P, A), cot_mask, query_mask
-        (P + A rows, for R-KV importance), codi_index (the CODI position), all [B, S] / [B].
-        """
-        batch = self._teacher_rows(items, with_cot, with_question=True)
-        del batch["position_ids"]  # its absence marks a full teacher sequence (KavaObjective._question)
-        return batch
-
-    def continuation_batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+    def continuation_batch(self, items: list[Encoded]) -> TeacherBatch:
         """The teacher's C + P + A (<bot> + C + <eot> + P + A with delimiters), right-padded, to
         run over the question's cache (`kava.shared_question`; the question is the student's
         `q_ids` without `<bot>`).
 
         The labels are those of `teacher_batch` after Q: the first is predicted by the question's
         last position, each other one by the token before it. position_ids continue the
-        question's real tokens; cot_mask, query_mask and codi_index index the continuation.
+        question's real tokens (padding: 0); cot_mask, query_mask and codi_index index the continuation.
         """
         return self._teacher_rows(items, with_cot=True, with_question=False)
 
-    def _teacher_rows(self, items: list[Encoded], with_cot: bool, with_question: bool) -> dict[str, torch.Tensor]:
+    def _teacher_rows(self, items: list[Encoded], with_cot: bool, with_question: bool) -> TeacherBatch:
         """The teacher's sequence, with its question (`teacher_batch`) or without it, continuing
         the question's positions (`continuation_batch`); right-padded."""
         seqs, labels, cot, query, codi, pos = [], [], [], [], [], []
@@ -176,15 +229,18 @@ class SequenceBuilder:
         def pad(rows, value):
             return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
-        return {
-            "input_ids": pad(seqs, self.pad_id),
-            "attention_mask": pad([[1] * len(s) for s in seqs], 0),
-            "labels": pad(labels, IGNORE),
-            "position_ids": pad(pos, 0),
-            "cot_mask": pad(cot, 0).bool(),
-            "query_mask": pad(query, 0).bool(),
-            "codi_index": torch.tensor(codi),
-        }
+        # a full sequence's padding repeats its last position (as kava.model.positions gives it)
+        positions = pad(pos, 0) if not with_question else torch.tensor([r + [r[-1]] * (width - len(r)) for r in pos])
+        return TeacherBatch(
+            input_ids=pad(seqs, self.pad_id),
+            attention_mask=pad([[1] * len(s) for s in seqs], 0),
+            labels=pad(labels, IGNORE),
+            position_ids=positions,
+            cot_mask=pad(cot, 0).bool(),
+            query_mask=pad(query, 0).bool(),
+            codi_index=torch.tensor(codi),
+            continues_question=not with_question,
+        )
 
     def question_batch(self, questions: list[list[int]], add_bot: bool) -> dict[str, torch.Tensor]:
         """Left-padded question ids (+ <bot>), so latent blocks and answers line up."""
@@ -196,7 +252,7 @@ class SequenceBuilder:
         }
 
     def student_batch(self, items: list[Encoded], num_latents: list[int] | None = None,
-                      cot: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+                      cot: list[list[int]] | None = None) -> StudentBatch:
         """Left-padded Q + <bot>; right-padded suffix <eot> + P + A with labels on P and A.
 
         suffix_codi_index is the CODI position inside the suffix (the last P token, or with
@@ -212,15 +268,16 @@ class SequenceBuilder:
         ids = [s + [self.pad_id] * (width - len(s)) for s in suffixes]
         mask = [[1] * len(s) + [0] * (width - len(s)) for s in suffixes]
         labels = [[IGNORE] + s[1:] + [IGNORE] * (width - len(s)) for s in suffixes]
-        batch = {
-            "q_ids": q["input_ids"],
-            "q_mask": q["attention_mask"],
-            "suffix_ids": torch.tensor(ids),
-            "suffix_mask": torch.tensor(mask),
-            "suffix_labels": torch.tensor(labels),
-            "suffix_codi_index": torch.tensor([len(c) + len(e.p) + e.codi_shift for e, c in zip(items, cot)]),
-        }
+        latent_mask = None
         if num_latents is not None:
             k = max(num_latents)
-            batch["latent_mask"] = torch.tensor([[1] * n + [0] * (k - n) for n in num_latents], dtype=torch.long)
-        return batch
+            latent_mask = torch.tensor([[1] * n + [0] * (k - n) for n in num_latents], dtype=torch.long)
+        return StudentBatch(
+            q_ids=q["input_ids"],
+            q_mask=q["attention_mask"],
+            suffix_ids=torch.tensor(ids),
+            suffix_mask=torch.tensor(mask),
+            suffix_labels=torch.tensor(labels),
+            suffix_codi_index=torch.tensor([len(c) + len(e.p) + e.codi_shift for e, c in zip(items, cot)]),
+            latent_mask=latent_mask,
+        )

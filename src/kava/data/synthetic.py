@@ -150,7 +150,8 @@ class SyntheticTaskConfig:
         self.operations = tuple(self.operations)
         unknown = [op for op in self.operations if op not in OPERATIONS]
         if unknown or not self.operations:
-            raise KavaError(f"synthetic task: operations must be a non-empty subset of {OPERATIONS}, got {self.operations}")
+            raise KavaError(f"synthetic task: operations must be a non-empty subset of {OPERATIONS}, got "
+                            f"{self.operations}")
         if len(set(self.operations)) != len(self.operations):
             raise KavaError(f"synthetic task: operations repeat: {self.operations}")
         if self.num_steps < 1:

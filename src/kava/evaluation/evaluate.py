@@ -35,8 +35,9 @@ the file is rewritten atomically in the dataset's order. When the file already h
 records for some ids of this evaluation, they are kept and not generated again (resume);
 a record made in another mode, with another `max_new_tokens` or another decoding protocol
 (sampling parameters or seed), or for another question under the same id, is an error (use
-another file); a sampled file resumed with more samples keeps the samples it has. Records of ids outside this evaluation (say, from a run with a larger
-`limit`) stay in the file but do not count.
+another file); a sampled file resumed with more samples keeps the samples it has. Records of
+ids outside this evaluation (say, from a run with a larger `limit`) stay in the file but do
+not count.
 """
 
 from __future__ import annotations
@@ -327,7 +328,8 @@ def _rewrite_in_order(path: Path, examples: list[EvalExample], done: dict[tuple,
     ours = {(ex.id, sample) for sample in passes for ex in examples}
     others = ([r for r in read_jsonl(path) if (str(r.get("id")), r.get("sample")) not in ours]
               if path.is_file() else [])
-    lines = [json.dumps(done[(ex.id, sample)]) for sample in passes for ex in examples] + [json.dumps(r) for r in others]
+    lines = [json.dumps(done[(ex.id,
+                              sample)]) for sample in passes for ex in examples] + [json.dumps(r) for r in others]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -357,7 +359,7 @@ def evaluate_latent_controls(model, builder, examples: list[EvalExample], contro
     path = Path(predictions_path) if predictions_path is not None else None
 
     def run(control):
-        p = None if path is None else (path if control is None else path.with_name(f"{path.stem}.{control}{path.suffix}"))
+        p = path if path is None or control is None else path.with_name(f"{path.stem}.{control}{path.suffix}")
         return evaluate_dataset(model, builder, examples, mode="latent", predictions_path=p, latent_control=control,
                                 keep_records=True, **kwargs)
 

@@ -199,7 +199,8 @@ def _simple_evaluate(lm, tasks: list[str], limit, num_fewshot, include_path) -> 
         why = ("HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE
                else "check the network (or set HF_HUB_OFFLINE=1 to fail at once)")
         raise KavaError(f"lm-evaluation-harness cannot load the data of {', '.join(tasks)}: {_first_line(e)}; {why}; "
-                        "or give a task YAML with local data_files (--harness-include DIR, docs/inference.md)") from None
+                        "or give a task YAML with local data_files (--harness-include DIR, docs/inference.md)"
+                        ) from None
     except FileNotFoundError as e:  # a task YAML's data_files, or a data set name, that does not exist
         raise KavaError(f"lm-evaluation-harness cannot load the data of {', '.join(tasks)}: {_first_line(e)} "
                         "(check the task's dataset_path and data_files)") from None

@@ -278,7 +278,8 @@ def _summarize_loaded(run: dict) -> dict:
     return summary
 
 
-def write_run_summary(run_dir: str | os.PathLike, warnings: list[str] | None = None, *, _run: dict | None = None) -> dict:
+def write_run_summary(run_dir: str | os.PathLike, warnings: list[str] | None = None, *,
+                      _run: dict | None = None) -> dict:
     """(Re)write ``all_seeds_results.yaml``, ``summary.yaml`` and ``summary.csv`` of a run.
 
     Safe to call at any time (``kava sweep`` calls it after every seed): it reads what is
@@ -474,7 +475,8 @@ def aggregate(experiments_dir: str | os.PathLike, output: str | os.PathLike | No
 
     datasets = sort_datasets(ds for s in summaries for ds in s["datasets"])
     for ds in datasets:
-        one_protocol(((f"run {s['run_name']}", s["datasets"][ds]["protocol"]) for s in summaries if ds in s["datasets"]),
+        one_protocol(((f"run {s['run_name']}",
+                       s["datasets"][ds]["protocol"]) for s in summaries if ds in s["datasets"]),
                      f"the {ds} column")
     header, rows = table_rows(summaries, datasets)
     paths = _table_paths(output if output is not None else experiments_dir / "table.csv")

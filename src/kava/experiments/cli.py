@@ -250,7 +250,8 @@ def _add_sweep(sub) -> None:
     )
     p.add_argument("--config", help="a YAML config file, or the name of a shipped config (kava configs lists them)")
     p.add_argument("--status", metavar="RUN_DIR",
-                   help="show which seeds of a run (OUTPUT_DIR/RUN_NAME) are queued, running, done or failed; run nothing")
+                   help="show which seeds of a run (OUTPUT_DIR/RUN_NAME) are queued, running, done or failed; run "
+                        "nothing")
     p.add_argument("--seeds", nargs="+", default=list(DEFAULT_SEEDS), metavar="SEED",
                    help="seeds to run (default: 42 43 44)")
     p.add_argument("--output-dir", default="experiments", help="experiments folder (default: experiments)")

@@ -395,7 +395,8 @@ class _Sweep:
         self._write_status(seed_dir, status)
         self._say(seed, device, f"evaluating {' '.join(missing)} (log: {seed_dir / EVAL_LOG})")
         ran.append("eval")
-        err = self._run("evaluation", eval_command(seed_dir, missing, self.eval_args, progress=self.display is not None),
+        err = self._run("evaluation",
+                        eval_command(seed_dir, missing, self.eval_args, progress=self.display is not None),
                         seed_dir, EVAL_LOG, device)
         still = [d for d in missing if not self._results_ok(seed_dir, d)]
         if err is None and still:
@@ -474,6 +475,15 @@ def _update_run_yaml(run_dir: Path, *, run_name: str, config: Path, sha: str | N
     return meta
 
 
+def _check_modes(train_only: bool, eval_only: bool, launcher: str, devices) -> None:
+    if train_only and eval_only:
+        raise KavaError("--train-only and --eval-only exclude each other")
+    if launcher not in LAUNCHERS:
+        raise KavaError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    if launcher != "local" and devices is not None:
+        raise KavaError("--devices is for --launcher local; a cluster job gets its GPUs from --gpus-per-job")
+
+
 def run_sweep(
     config: str | os.PathLike,
     seeds: Iterable[int],
@@ -516,12 +526,7 @@ def run_sweep(
     should exit non-zero when ``n_failed`` > 0. Raises KavaError for user mistakes
     (seed given twice, missing config, both --train-only and --eval-only, ...).
     """
-    if train_only and eval_only:
-        raise KavaError("--train-only and --eval-only exclude each other")
-    if launcher not in LAUNCHERS:
-        raise KavaError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
-    if launcher != "local" and devices is not None:
-        raise KavaError("--devices is for --launcher local; a cluster job gets its GPUs from --gpus-per-job")
+    _check_modes(train_only, eval_only, launcher, devices)
     seed_list = validate_seeds(seeds)
     ds_list = _validate_datasets(datasets, required=not train_only)
     device_list = _validate_devices(devices)
@@ -571,16 +576,20 @@ def run_sweep(
 
         with sweep.summary_lock:
             summary = write_run_summary(run_dir)
-        ordered = {s: results[s] for s in seed_list}
-        failed = [s for s, r in ordered.items() if r["action"] == "failed"]
-        return {
-            "run_name": name,
-            "run_dir": str(run_dir),
-            "seeds": ordered,
-            "done": [s for s, r in ordered.items() if r["action"] == "ran"],
-            "skipped": [s for s, r in ordered.items() if r["action"] == "skipped"],
-            "failed": failed,
-            "submitted": [s for s, r in ordered.items() if r["action"] in ("submitted", "queued")],
-            "n_failed": len(failed),
-            "summary": summary,
-        }
+        return _sweep_result(name, run_dir, {s: results[s] for s in seed_list}, summary)
+
+
+def _sweep_result(name: str, run_dir: Path, seeds: dict[int, dict], summary) -> dict:
+    """`run_sweep`'s answer: every seed's result (in the order given) and the seeds by action."""
+    failed = [s for s, r in seeds.items() if r["action"] == "failed"]
+    return {
+        "run_name": name,
+        "run_dir": str(run_dir),
+        "seeds": seeds,
+        "done": [s for s, r in seeds.items() if r["action"] == "ran"],
+        "skipped": [s for s, r in seeds.items() if r["action"] == "skipped"],
+        "failed": failed,
+        "submitted": [s for s, r in seeds.items() if r["action"] in ("submitted", "queued")],
+        "n_failed": len(failed),
+        "summary": summary,
+    }

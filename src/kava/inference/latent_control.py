@@ -31,7 +31,7 @@ from kava.model.kava_model import KavaModel
 from kava.model.latents import LatentState, latent_positions, selections_state, with_latent_kv
 from kava.model.rope import move_keys
 from kava.model.student import run_latents
-from kava.model.teacher import teacher_forward
+from kava.model.teacher import TargetSpec, teacher_forward
 
 CONTROLS = ("shuffled", "pass0", "teacher")
 
@@ -52,9 +52,9 @@ def teacher_state(model: KavaModel, builder, state: LatentState, questions: list
     # Q + C + P: the answer is not given (its tokens are dropped after encoding)
     items = [dataclasses.replace(builder.encode(ReasoningExample(q, tuple(s), "0")), a=[], codi_shift=0)
              for q, s in zip(questions, steps, strict=True)]
-    batch = {k: t.to(model.device) for k, t in builder.teacher_batch(items).items()}
+    batch = builder.teacher_batch(items).to(model.device)
     # (a no-grad, eval-mode pass: targets only; the query rows are those of P, no answer is given)
-    teacher = teacher_forward(model, batch, budget=M, lam=lam, method=compression, with_ce=False,
+    teacher = teacher_forward(model, batch, TargetSpec(budget=M, compression=compression, lam=lam), with_ce=False,
                               generator=torch.Generator(device=model.device).manual_seed(0))
     return selections_state(model, state, teacher.selections, move)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kava.data.sequences import StudentBatch
 from kava.model.cache import KV, cache_from_kv, kv_of, pass_cache, replays_layers, slice_kv
 from kava.model.kava_model import KavaModel
 from kava.model.latents import LatentState
@@ -115,7 +116,7 @@ class StudentOutput:
     logits: torch.Tensor
 
 
-def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=None,
+def student_forward(model: KavaModel, batch: StudentBatch, question=None,
                     latent_override=None) -> StudentOutput:
     """Training pass over Q + <bot> + latents + <eot> + P + A; CE on P and A (with a curriculum,
     the suffix is <eot> + the remaining CoT + P + A, CE on all but <eot>).
@@ -123,10 +124,10 @@ def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=N
     question: the question's pass shared with the teacher (see `run_latents`).
     latent_override(state) -> state: replaces the latents the answer pass reads (the
     `kava.student_latents: teacher` diagnostic)."""
-    state = run_latents(model, batch["q_ids"], batch["q_mask"], latent_mask=batch.get("latent_mask"), question=question)
+    state = run_latents(model, batch.q_ids, batch.q_mask, latent_mask=batch.latent_mask, question=question)
     if latent_override is not None:
         state = latent_override(state)
-    suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
+    suffix_ids, suffix_mask = batch.suffix_ids, batch.suffix_mask
     mask = extend_mask(state.mask, suffix_ids.shape[1], suffix_mask)
     out = model.lm(
         input_ids=suffix_ids,
@@ -136,8 +137,8 @@ def student_forward(model: KavaModel, batch: dict[str, torch.Tensor], question=N
         use_cache=True,
         output_hidden_states=True,
     )
-    ce = causal_ce(out.logits, batch["suffix_labels"])
-    idx = batch["suffix_codi_index"]
+    ce = causal_ce(out.logits, batch.suffix_labels)
+    idx = batch.suffix_codi_index
     rows = torch.arange(idx.shape[0], device=idx.device)
     codi = [h[rows, idx] for h in out.hidden_states[1:]]
     return StudentOutput(ce=ce, latent_kv=state.latent_kv, codi_hidden=codi, logits=out.logits)

@@ -99,7 +99,8 @@ def build_word_tokenizer(
     """
     pattern = piece_pattern(number_digits, brackets)
     if len(special_tokens) != 4 or len(set(special_tokens)) != 4:
-        raise KavaError(f"word tokenizer: special_tokens must be 4 distinct tokens (pad, bos, eos, unk), got {special_tokens}")
+        raise KavaError(f"word tokenizer: special_tokens must be 4 distinct tokens (pad, bos, eos, unk), got "
+                        f"{special_tokens}")
     pad, bos, eos, unk = special_tokens
     word_pieces = {p for w in [*PROMPT_PIECES, *words] for p in pieces(w) if not p.isspace()}
     vocab: dict[str, int] = {}

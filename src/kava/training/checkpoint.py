@@ -162,8 +162,8 @@ def read_checkpoint_config(path: str | Path) -> KavaConfig:
                         f"fit this version: {str(err).removeprefix(f'invalid config {cfg_file}: ')}; "
                         f"load it with the kava version that wrote it") from None
     if meta.get("format", 1) > FORMAT:
-        raise KavaError(f"checkpoint {path} has format {meta['format']} (kava {written}); this kava {__version__} reads "
-                        f"format {FORMAT} and older: upgrade kava")
+        raise KavaError(f"checkpoint {path} has format {meta['format']} (kava {written}); this kava {__version__} "
+                        f"reads format {FORMAT} and older: upgrade kava")
     if isinstance(meta.get(EXPORT_KEY), dict):
         cfg = _exported_config(cfg, path, meta[EXPORT_KEY])
     for rel in _required_files(cfg, exported=EXPORT_KEY in meta):
@@ -219,7 +219,8 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
         return load_file(str(file))
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for bad files
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise KavaError(f"{file} is corrupt or truncated ({reason}); copy the checkpoint again or use another one") from None
+        raise KavaError(f"{file} is corrupt or truncated ({reason}); copy the checkpoint again "
+                        "or use another one") from None
 
 
 def check_weights_fit(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where) -> None:

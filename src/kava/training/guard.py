@@ -44,7 +44,8 @@ class StepGuard:
         if self.spike_factor is not None and len(self.recent) == self.window:
             mean = sum(self.recent) / len(self.recent)
             if loss > self.spike_factor * mean:
-                return f"loss spike: {loss:.4g} > {self.spike_factor:g} × {mean:.4g} (mean of the last {self.window} steps)"
+                return (f"loss spike: {loss:.4g} > {self.spike_factor:g} × {mean:.4g} "
+                        f"(mean of the last {self.window} steps)")
         return None
 
     def applied(self, loss: float) -> None:

@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from kava.config import KavaConfig, shares_question
+from kava.data.sequences import StudentBatch, TeacherBatch
 from kava.losses import codi_loss, kv_loss
 from kava.model.kava_model import KavaModel
 from kava.model.latents import selections_state
 from kava.model.lm import lm_with_ce
-from kava.model.positions import position_ids_from_mask
 from kava.model.question import Question, question_gradient, question_pass
 from kava.model.rope import unrotate_keys
 from kava.model.student import student_forward
-from kava.model.teacher import teacher_forward
+from kava.model.teacher import TargetSpec, TeacherOutput, teacher_forward
 
 
 class KavaObjective(nn.Module):
@@ -30,7 +30,8 @@ class KavaObjective(nn.Module):
         self.model = model
         self.cfg = cfg
         # kava.teacher_targets: frozen: the trainable weights as they are now (built, not yet resumed)
-        self._frozen = FrozenWeights(model) if cfg.kava.teacher_targets == "frozen" and cfg.train.method == "kava" else None
+        frozen = cfg.kava.teacher_targets == "frozen" and cfg.train.method == "kava"
+        self._frozen = FrozenWeights(model) if frozen else None
 
     def two_phase(self) -> bool:
         """Whether `forward_backward` runs this objective in two phases (KaVa: the teacher's
@@ -39,41 +40,26 @@ class KavaObjective(nn.Module):
         the student's terms only see the teacher's detached targets."""
         return self.cfg.train.method == "kava"
 
-    def forward(self, batch: dict[str, dict[str, torch.Tensor]], phase: str | None = None, teacher=None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, TeacherBatch | StudentBatch], phase: str | None = None,
+                teacher: TeacherOutput | None = None) -> dict[str, torch.Tensor]:
         """phase None: the whole objective. phase "teacher": the teacher pass only; returns its
         CE as `loss` (when trained) and its detached targets as `teacher`. phase "student": the
         student's CE and the distillation terms toward `teacher` (the teacher's CE excluded)."""
         method = self.cfg.train.method
         if method in ("cot", "icot"):  # iCoT: the teacher's sequence with its CoT cut (kava.training.icot)
-            t = batch["teacher"]
-            _, ce = lm_with_ce(self.model, t["labels"], **_lm_args(t))
+            _, ce = _sequence_ce(self.model, batch["teacher"])
             return {"loss": ce, "ce_teacher": ce.detach()}
         if method == "direct":
-            t = batch["direct"]
-            _, ce = lm_with_ce(self.model, t["labels"], **_lm_args(t))
+            _, ce = _sequence_ce(self.model, batch["direct"])
             return {"loss": ce, "ce_student": ce.detach()}
         k = self.cfg.kava
         reads_teacher = k.student_latents == "teacher"
-        want_targets = k.alpha_codi > 0 or k.alpha_kv > 0 or reads_teacher
         if phase in (None, "teacher"):
             question = self._question(batch)
             if question is not None and phase == "teacher":
                 question = question.detached()  # the teacher's backward stops at the question (kava.model.question)
-            teacher = teacher_forward(
-                self.model,
-                batch["teacher"],
-                budget=self.cfg.latent.num_latents,
-                lam=k.rkv_lambda,
-                method=k.compression,
-                with_ce=k.teacher_ce,
-                want_targets=want_targets,
-                separate_pass=k.teacher_targets in ("separate_pass", "frozen"),
-                target_weights=self._frozen,
-                want_kv=k.alpha_kv > 0 or reads_teacher,
-                question=question,
-            )
-            if question is not None and question.kv is not None:
-                teacher.question = question
+            teacher = teacher_forward(self.model, batch["teacher"], target_spec(self.cfg), with_ce=k.teacher_ce,
+                                      target_weights=self._frozen, question=question)
             if phase == "teacher":
                 first = {"teacher": teacher}
                 if teacher.ce is not None:
@@ -111,14 +97,14 @@ class KavaObjective(nn.Module):
 
     def _question(self, batch) -> Question | None:
         """kava.shared_question: the question both read (its pass made here when the teacher trains on it)."""
-        continuation = "position_ids" in batch["teacher"]
+        continuation = batch["teacher"].continues_question
         if continuation != shares_question(self.cfg):
             raise ValueError(f"the batch was built with shared_question={continuation} but shares_question(cfg) is "
                              f"{shares_question(self.cfg)}: pass make_batch(..., shared_question=shares_question(cfg))")
         if not continuation:
             return None
         s = batch["student"]
-        question = Question(s["q_ids"][:, :-1], s["q_mask"][:, :-1])
+        question = Question(s.q_ids[:, :-1], s.q_mask[:, :-1])
         if self.cfg.kava.teacher_ce:  # the teacher's training pass and the student read one question pass
             question = question_pass(self.model, question, with_logits=True)
         return question
@@ -157,19 +143,33 @@ class FrozenWeights:
 def _unrotated(model: KavaModel, batch, student_kv, selections):
     """RoPE undone on the student's latent keys and the teacher's kept keys (`kava.kv_keys: pre_rope`)."""
     M = student_kv[0][0].shape[2]
-    q_mask = batch["student"]["q_mask"]
+    q_mask = batch["student"].q_mask
     # latent slot i follows the real tokens of Q + <bot>: its position is their count + i
     s_pos = q_mask.sum(-1, keepdim=True) + torch.arange(M, device=q_mask.device)
     t = batch["teacher"]
-    t_pos_all = None if "position_ids" in t else position_ids_from_mask(t["attention_mask"])
     out_s, out_t = [], []
     for (ks, vs), sel in zip(student_kv, selections, strict=True):
         out_s.append((unrotate_keys(model.backbone, ks, s_pos), vs))
         # (after a shared question the selections already hold positions, not indices)
-        t_pos = sel.positions if t_pos_all is None else t_pos_all.gather(1, sel.positions.flatten(1)).view_as(sel.positions)
+        t_pos = (sel.positions if t.continues_question
+                 else t.position_ids.gather(1, sel.positions.flatten(1)).view_as(sel.positions))
         out_t.append(sel._replace(keys=unrotate_keys(model.backbone, sel.keys, t_pos)))
     return out_s, out_t
 
 
-def _lm_args(t: dict[str, torch.Tensor]) -> dict:
-    return dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=position_ids_from_mask(t["attention_mask"]))
+def _sequence_ce(model: KavaModel, t: TeacherBatch):
+    """A plain language-model pass over a teacher (or No-CoT) sequence and its CE."""
+    return lm_with_ce(model, t.labels, input_ids=t.input_ids, attention_mask=t.attention_mask,
+                      position_ids=t.position_ids)
+
+
+def target_spec(cfg: KavaConfig) -> TargetSpec | None:
+    """What the config's losses need from the teacher (None: its CE only): the CODI targets for
+    α₁ > 0, the R-KV selections for α₂ > 0 or `kava.student_latents: teacher`."""
+    k = cfg.kava
+    reads_teacher = k.student_latents == "teacher"
+    if not (k.alpha_codi > 0 or k.alpha_kv > 0 or reads_teacher):
+        return None
+    return TargetSpec(budget=cfg.latent.num_latents, compression=k.compression, lam=k.rkv_lambda,
+                      kv=k.alpha_kv > 0 or reads_teacher,
+                      separate_pass=k.teacher_targets in ("separate_pass", "frozen"))

@@ -57,10 +57,3 @@ def run_summary(records: list[dict], start: int, seconds: float, final: Path, pl
                      f"{best.step}: {best.path}")
     lines.append(f"kava: wrote {final}" + (f"; loss plot: {plot}" if plot is not None else ""))
     return lines
-
-
-def batch_token_count(batch: dict):
-    """Tokens in a micro-batch, as a tensor on the batch's device (no host read): each sequence's
-    attention mask (the student's question and answer parts, not its latents)."""
-    return sum(p["attention_mask"].sum() if "attention_mask" in p else p["q_mask"].sum() + p["suffix_mask"].sum()
-               for p in batch.values())

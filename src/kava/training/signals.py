@@ -48,7 +48,8 @@ class StopRequest:
 
 
 class Preempted(Exception):
-    """Training stopped on a signal after writing `checkpoint`; resume with `--resume`."""
+    """Training stopped on a signal after writing `checkpoint`; `kava train` resumes it with
+    `--resume`, a command without one (`kava bench quality`) when run again."""
 
     def __init__(self, signum: int, step: int, total_steps: int, checkpoint):
         self.signum = signum
@@ -58,6 +59,9 @@ class Preempted(Exception):
         super().__init__(
             f"stopped by {signal.Signals(signum).name} at step {step}/{total_steps}; checkpoint written to {checkpoint}"
         )
+
+    def __reduce__(self):  # (a worker process's Preempted pickles back with its fields)
+        return type(self), (self.signum, self.step, self.total_steps, self.checkpoint)
 
 
 def _signal(name: str | int) -> signal.Signals:

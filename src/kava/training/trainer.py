@@ -9,6 +9,11 @@ on a CPU the losses and weights are bit-identical to an uninterrupted run's, and
 holds each step once). A stop signal ends the run at a step boundary with a checkpoint
 (`kava.training.signals`); a step with a non-finite loss or gradient is skipped
 (`kava.training.guard`). docs/reliability.md lists what is promised and how it is tested.
+
+`train` reads like a torchtune recipe: `_setup` (model, data, optimizer, resume, trackers),
+`_fit` (one `_train_step` per optimizer step, then `_log_step`, `_validate` and
+`_checkpoint_if_due`) and `_save_final`; the run's pieces travel in one `_Run`. The data's
+side (encoding, order, micro-batches, token counts) is `kava.data.batches`.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +38,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from kava.config import KavaConfig, check_distillation_start, config_to_dict, shares_question
+from kava.data.batches import batch_token_count, encode_dataset, make_batch, micro_batches, step_indices, step_tokens
 from kava.data.sequences import Encoded, SequenceBuilder
 from kava.data.synthetic import synthetic_vocabulary, task_config
 from kava.data.train_sets import load_training_examples
@@ -54,7 +61,7 @@ from kava.training.hardware import check_trainable_precision, make_accelerator
 from kava.training.latent_warmup import keep_latent_gradients
 from kava.training.objective import KavaObjective
 from kava.training.plots import plot_training_losses
-from kava.training.report import batch_token_count, run_header, run_summary
+from kava.training.report import run_header, run_summary
 from kava.training.resume import (
     Resume,
     check_length,
@@ -87,34 +94,6 @@ def word_vocabulary_for(cfg: KavaConfig) -> list[str] | None:
     return synthetic_vocabulary(task_config(cfg.data.synthetic), cfg.data.synthetic.cot_format)
 
 
-def encode_dataset(examples, builder: SequenceBuilder, cfg: KavaConfig) -> tuple[list[Encoded], int]:
-    """Tokenise; drop (and count) examples longer than data.max_length — never truncate them."""
-    kept, dropped = [], 0
-    M = cfg.latent.num_latents
-    for ex in examples:
-        e = builder.encode(ex)
-        if builder.teacher_length(e) > cfg.data.max_length or builder.student_length(e, M) > cfg.data.max_length + M + 2:
-            dropped += 1
-            continue
-        kept.append(e)
-    return kept, dropped
-
-
-def make_batch(builder: SequenceBuilder, items: list[Encoded], method: str, device, shared_question: bool = True,
-               student: dict | None = None) -> dict:
-    """The tensors of `method`'s objective; shared_question (`shares_question(cfg)`): the
-    teacher's part is its C + P + A, to continue the student's question. student: keyword
-    arguments of `builder.student_batch` (a curriculum's latents and kept CoT)."""
-    if method == "direct":
-        parts = {"direct": builder.teacher_batch(items, with_cot=False)}
-    elif method in ("cot", "icot"):  # iCoT: the CoT teacher's sequence with its CoT cut (kava.training.icot)
-        parts = {"teacher": builder.teacher_batch(items)}
-    else:
-        teacher = builder.continuation_batch(items) if shared_question else builder.teacher_batch(items)
-        parts = {"teacher": teacher, "student": builder.student_batch(items, **(student or {}))}
-    return {k: {n: t.to(device) for n, t in v.items()} for k, v in parts.items()}
-
-
 @dataclass
 class Schedule:
     steps_per_epoch: int
@@ -138,15 +117,6 @@ def plan_schedule(cfg: KavaConfig, num_examples: int, world_size: int) -> Schedu
         )
     total = t.max_steps if t.max_steps is not None else max(1, math.ceil(t.epochs * spe))
     return Schedule(spe, total, t.global_batch_size // per_step)
-
-
-def step_indices(step: int, n: int, cfg: KavaConfig, spe: int) -> list[int]:
-    """The dataset indices consumed by optimizer step `step` (all processes together)."""
-    epoch, offset = divmod(step, spe)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    G = cfg.train.global_batch_size
-    return perm[offset * G : (offset + 1) * G].tolist()
 
 
 def forward_backward(objective, batch: dict, backward, no_sync=None) -> dict:
@@ -178,7 +148,8 @@ def forward_backward(objective, batch: dict, backward, no_sync=None) -> dict:
 
 def _make_scheduler(optimizer, cfg: KavaConfig, total: int):
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.train.lr_scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total), num_training_steps=total)
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
+                         num_training_steps=total)
 
 
 def _trackers(cfg: KavaConfig):
@@ -253,21 +224,78 @@ def train(cfg: KavaConfig, resume: Resume = False, show_progress: bool = True,
         return _train(cfg, accelerator, trackers, train_rows, val_rows, resume, show_progress, stop)
 
 
+@dataclass
+class _Run:
+    """What a training run holds from its setup to its final checkpoint (the attributes of a
+    torchtune recipe): `_setup` makes it, `_fit` runs the steps, `_save_final` ends it."""
+
+    cfg: KavaConfig
+    accelerator: Any
+    trackers: list[str]
+    log: Callable[..., None]
+    model: Any
+    tok: Any
+    builder: SequenceBuilder
+    data: list[Encoded]
+    val_data: list[Encoded]
+    val_examples: list
+    sched: Schedule
+    curriculum: Any  # a curriculum or iCoT's schedule (kava.training.curriculum), or None
+    objective: Any = None
+    params: list = field(default_factory=list)
+    optimizer: Any = None
+    scheduler: Any = None
+    start: int = 0  # the first step this process runs (the checkpoint's step when resumed)
+    state: dict = field(default_factory=dict)  # trainer_state.json of the next checkpoint
+    guard: StepGuard | None = None
+    last_good: Path | None = None  # the latest checkpoint written by a periodic save (or resumed from)
+    best: BestCheckpoint | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "train_log.jsonl"
+
+
 def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume: Resume, show_progress: bool,
            stop) -> Path:
     check_validation_split(cfg, val_rows)
-    is_main = accelerator.is_main_process
-    log = (lambda *a: print(*a, file=sys.stderr)) if is_main else (lambda *a: None)
+    log = (lambda *a: print(*a, file=sys.stderr)) if accelerator.is_main_process else (lambda *a: None)
     out_dir = Path(cfg.output_dir)
     final = out_dir / "checkpoint-final"
-    if is_main:
+    if accelerator.is_main_process:
         recover_output_dir(out_dir)
     accelerator.wait_for_everyone()
     point = find_resume_point(out_dir, cfg, resume)
     if point is not None and point.complete:
         log(f"kava: {final} exists; the run is complete, nothing to resume")
         return final
+    run = _setup(cfg, accelerator, trackers, log, train_rows, val_rows, point)
+    began = time.perf_counter()
+    try:
+        _fit(run, show_progress, stop)
+    finally:
+        if trackers:
+            accelerator.end_training()
+    accelerator.wait_for_everyone()
+    if run.is_main:
+        _save_final(run, final, time.perf_counter() - began)
+    return final
 
+
+# ----- setup ------------------------------------------------------------------------------------
+
+
+def _setup(cfg: KavaConfig, accelerator, trackers: list[str], log, train_rows, val_rows, point) -> _Run:
+    """The model, the encoded data, the schedule, the optimizer; resumed from `point` when given;
+    the output folder, the trackers and the run header."""
     model, tok, builder = build_kava_model(cfg, accelerator.device, word_vocabulary=word_vocabulary_for(cfg))
     data, dropped = encode_dataset(train_rows, builder, cfg)
     log(f"kava: {len(data)} training examples ({dropped} dropped as longer than data.max_length={cfg.data.max_length})")
@@ -282,179 +310,241 @@ def _train(cfg: KavaConfig, accelerator, trackers, train_rows, val_rows, resume:
         check_length(point, sched.total_steps)
     curriculum = training_schedule(cfg, sched.steps_per_epoch, sched.total_steps, data,  # a curriculum or iCoT
                                    lambda s: step_indices(s, len(data), cfg, sched.steps_per_epoch))
+    run = _Run(cfg, accelerator, trackers, log, model, tok, builder, data, val_data, val_examples, sched, curriculum)
+    _make_optimizer(run, point)
+    saved = _resume(run, point) if point is not None else _start_fresh(run)
+    _start_tracking(run, point, saved)
+    return run
 
-    objective = KavaObjective(model, cfg)
-    params = trainable_parameters(model)
-    check_trainable_precision(params, cfg)
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=cfg.train.weight_decay)
-    scheduler = _make_scheduler(optimizer, cfg, sched.total_steps - int(point.state.get("schedule_start", 0) if point else 0))
-    objective, optimizer = accelerator.prepare(objective, optimizer)
 
-    start = 0
-    saved: dict = {}
-    log_path = out_dir / "train_log.jsonl"
-    if point is not None:
-        load_trainable_state(model, point.path)
-        saved = load_resume_state(point.path, optimizer, scheduler)
-        if curriculum is not None:
-            curriculum.check_resume(saved)
-        start = saved["step"]
-        scheduler = restore_schedule(optimizer, scheduler, cfg, point, sched.total_steps, _make_scheduler)
-        if is_main and log_path.is_file():
-            _truncate_log(log_path, start)
-        changed = f"; changed: {describe(point, cfg, sched.total_steps)}" if point.changed else ""
-        log(f"kava: resuming from {point.path} (step {start}/{sched.total_steps}){changed}")
-        if point.changed:
-            saved["resumes"] = [*saved.get("resumes", []), resume_record(point, cfg, sched.total_steps)]
-            if is_main:
-                append_jsonl(log_path, {"step": start, "event": "resume", **saved["resumes"][-1]})
-    elif is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if log_path.exists():
-            log_path.unlink()
-        remove_stale_best(out_dir, log)
-    if is_main:
-        atomic_write_yaml(out_dir / "config.yaml", config_to_dict(cfg))
+def _make_optimizer(run: _Run, point) -> None:
+    """The objective, AdamW over the trainable weights and the LR schedule (the part of it left
+    after `point`'s schedule start), prepared by accelerate."""
+    cfg = run.cfg
+    objective = KavaObjective(run.model, cfg)
+    run.params = trainable_parameters(run.model)
+    check_trainable_precision(run.params, cfg)
+    optimizer = torch.optim.AdamW(run.params, lr=cfg.train.lr, betas=cfg.train.adam_betas,
+                                  weight_decay=cfg.train.weight_decay)
+    run.scheduler = _make_scheduler(optimizer, cfg,
+                                    run.sched.total_steps - int(point.state.get("schedule_start", 0) if point else 0))
+    run.objective, run.optimizer = run.accelerator.prepare(objective, optimizer)
+
+
+def _resume(run: _Run, point) -> dict:
+    """The weights, optimizer, scheduler and RNG of checkpoint `point`; the log cut back to its
+    step and the resume's changes recorded. Returns its saved trainer state."""
+    cfg, total = run.cfg, run.sched.total_steps
+    load_trainable_state(run.model, point.path)
+    saved = load_resume_state(point.path, run.optimizer, run.scheduler)
+    if run.curriculum is not None:
+        run.curriculum.check_resume(saved)
+    run.start = saved["step"]
+    run.scheduler = restore_schedule(run.optimizer, run.scheduler, cfg, point, total, _make_scheduler)
+    if run.is_main and run.log_path.is_file():
+        _truncate_log(run.log_path, run.start)
+    changed = f"; changed: {describe(point, cfg, total)}" if point.changed else ""
+    run.log(f"kava: resuming from {point.path} (step {run.start}/{total}){changed}")
+    if point.changed:
+        saved["resumes"] = [*saved.get("resumes", []), resume_record(point, cfg, total)]
+        if run.is_main:
+            append_jsonl(run.log_path, {"step": run.start, "event": "resume", **saved["resumes"][-1]})
+    run.last_good = point.path
+    return saved
+
+
+def _start_fresh(run: _Run) -> dict:
+    """A new run's folder: no log, no checkpoint-best from an earlier attempt."""
+    if run.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        if run.log_path.exists():
+            run.log_path.unlink()
+        remove_stale_best(run.out_dir, run.log)
+    return {}
+
+
+def _start_tracking(run: _Run, point, saved: dict) -> None:
+    """config.yaml, the trackers, the step guard, the trainer state and the run header."""
+    cfg, accelerator, sched = run.cfg, run.accelerator, run.sched
+    if run.is_main:
+        atomic_write_yaml(run.out_dir / "config.yaml", config_to_dict(cfg))
     wandb_id = saved.get("wandb_run_id") or uuid.uuid4().hex[:12]
-    if trackers:
+    if run.trackers:
         accelerator.init_trackers(cfg.run_name, config=tracker_config(cfg),
-                                  init_kwargs=tracker_init_kwargs(trackers, start, wandb_id))
-
-    rank = accelerator.process_index
-    micro = cfg.train.micro_batch_size
-    per_rank = micro * sched.accumulation
+                                  init_kwargs=tracker_init_kwargs(run.trackers, run.start, wandb_id))
     t = cfg.train
-    guard = StepGuard(t.max_skipped_in_a_row, t.loss_spike_factor, t.loss_spike_window, saved)
-    state = {"step": start, "total_steps": sched.total_steps, "steps_per_epoch": sched.steps_per_epoch,
-             "wandb_run_id": wandb_id, "schedule_start": point.schedule_start if point else 0,
-             "resumes": saved.get("resumes", []), **guard.state_dict()}
-    last_good = point.path if point is not None else None
-    if is_main:
-        tokens = _step_tokens(builder, data, cfg, sched, start, curriculum) if start < sched.total_steps else 0
-        for line in run_header(model, cfg, sched.total_steps, start, sched.accumulation, accelerator.num_processes, tokens, accelerator.device):
-            log(line)
-    began = time.perf_counter()
-    bar = tqdm(total=sched.total_steps, initial=start, desc="train", disable=not (is_main and show_progress), dynamic_ncols=True)
+    run.guard = StepGuard(t.max_skipped_in_a_row, t.loss_spike_factor, t.loss_spike_window, saved)
+    run.state = {"step": run.start, "total_steps": sched.total_steps, "steps_per_epoch": sched.steps_per_epoch,
+                 "wandb_run_id": wandb_id, "schedule_start": point.schedule_start if point else 0,
+                 "resumes": saved.get("resumes", []), **run.guard.state_dict()}
+    if run.is_main:
+        tokens = (step_tokens(run.builder, run.data, cfg, sched.steps_per_epoch, run.start, run.curriculum)
+                  if run.start < sched.total_steps else 0)
+        for line in run_header(run.model, cfg, sched.total_steps, run.start, sched.accumulation,
+                               accelerator.num_processes, tokens, accelerator.device):
+            run.log(line)
+
+
+# ----- the loop ---------------------------------------------------------------------------------
+
+
+def _fit(run: _Run, show_progress: bool, stop) -> None:
+    """The optimizer steps from `run.start`: each logged, validated and checkpointed when due."""
+    total = run.sched.total_steps
+    bar = tqdm(total=total, initial=run.start, desc="train", disable=not (run.is_main and show_progress),
+               dynamic_ncols=True)
     postfix: dict[str, str] = {}
-    best = BestCheckpoint(out_dir)
-    objective.train()
+    run.best = BestCheckpoint(run.out_dir)
+    run.objective.train()
     try:
-        for step in range(start, sched.total_steps):
-            t0 = time.perf_counter()
-            if curriculum is not None and curriculum.resets_optimizer(step):
-                reset_optimizer_state(optimizer)
-            idx = step_indices(step, len(data), cfg, sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
-            sums: dict[str, torch.Tensor] = {}
-            tokens = 0
-            for a in range(sched.accumulation):
-                chunk = idx[a * micro : (a + 1) * micro]
-                items = [data[i] for i in chunk]
-                items, student = curriculum.batch(builder, items, step, chunk) if curriculum is not None else (items, None)
-                batch = make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student)
-                tokens += batch_token_count(batch)
-                sync = a == sched.accumulation - 1
-                ctx = accelerator.no_sync(objective) if not sync else _null()
-                with ctx:
-                    losses = forward_backward(objective, batch, lambda loss: accelerator.backward(loss / sched.accumulation),
-                                              no_sync=lambda: accelerator.no_sync(objective))
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() / sched.accumulation
-            failpoint("train.step")
-            if step < cfg.train.latent_warmup_steps and cfg.train.method == "kava":
-                keep_latent_gradients(model, params)  # kava.training.latent_warmup: backbone frozen
-            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.train.grad_clip))
-            sums, tokens = step_totals(sums, tokens, accelerator)
-            skip = guard.reason_to_skip(sums["loss"], grad_norm)
-            if skip is None:
-                optimizer.step()
-                guard.applied(sums["loss"])
-            else:
-                release_skipped_step(optimizer)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            must_stop = skip is not None and guard.skipped_step(step + 1)
-            state.update(guard.state_dict())
-            state["step"] = step + 1
-            state["epoch"] = (step + 1) / sched.steps_per_epoch
-            stage = curriculum.record(step) if curriculum is not None else {}
-            state.update(stage)
-            record = {"step": step + 1, "epoch": round(state["epoch"], 4), **stage, **{k: round(v, 6) for k, v in sums.items()},
-                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "seconds": round(time.perf_counter() - t0, 4),
-                      "tokens": tokens}
-            if skip is not None:
-                record["skipped"] = skip
-            if guard.skipped:
-                record["skipped_steps"] = guard.skipped
-            if is_main:
-                if skip is not None or (step + 1) % cfg.train.log_every == 0 or step + 1 == sched.total_steps:
-                    append_jsonl(log_path, record)
-                    if trackers:
-                        accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=step + 1)
-                if skip is not None:
-                    log(f"kava: step {step + 1} skipped ({skip}); {guard.in_a_row} in a row, {guard.skipped} in all")
-                postfix["loss"] = f"{sums['loss']:.4f}"
+        for step in range(run.start, total):
+            record, loss, skip, must_stop = _train_step(run, step)
+            if run.is_main:
+                _log_step(run, step, record, skip)
+                postfix["loss"] = f"{loss:.4f}"
                 bar.set_postfix(postfix)
                 bar.update(1)
             if must_stop:
-                kept = (f"the last good checkpoint, {last_good}, is untouched. Resume it with --resume and a lower "
-                        "train.lr (a new schedule starts at the checkpoint) or train.grad_clip" if last_good else
-                        "no checkpoint was written. Start again with a lower train.lr or train.grad_clip")
-                raise KavaError(
-                    f"{guard.in_a_row} steps in a row were skipped (steps {guard.first_of_streak}-{step + 1}, the last "
-                    f"because the {skip}); the run stopped and {kept}, or raise train.max_skipped_in_a_row"
-                )
-            if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == sched.total_steps):
-                val = validation_losses(objective, builder, val_data, cfg, accelerator, curriculum, step) if val_data else {}
-                val.update(validation_accuracy(model, builder, val_examples, cfg, accelerator))
-                if is_main:
-                    val["best"] = best.offer(val, model, tok, cfg, state)
-                    append_jsonl(log_path, {"step": step + 1, "split": "validation", **val, **best.fields()})
-                    if trackers:
-                        accelerator.log({f"val_{k}": v for k, v in val.items() if type(v) in (int, float)}, step=step + 1)
+                raise _skipped_in_a_row(run, step, skip)
+            every = run.cfg.train.eval_every
+            if every and ((step + 1) % every == 0 or step + 1 == total):
+                val = _validate(run, step)
+                if run.is_main:
                     postfix["val_acc"] = f"{val['accuracy']:.1f}%"
                     bar.set_postfix(postfix)
-            last = step + 1 == sched.total_steps
-            due = cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and not last and not guard.in_streak
-            stopping = _stop_requested(stop, accelerator) and not last
-            if due or stopping:
-                accelerator.wait_for_everyone()
-                path = out_dir / f"checkpoint-{step + 1}"
-                if is_main:
-                    save_checkpoint(path, model, tok, cfg, state, optimizer, scheduler)
-                    if due:
-                        prune_checkpoints(out_dir, cfg.train.keep_last)
-                if due:
-                    last_good = path
-                if stopping:
-                    accelerator.wait_for_everyone()
-                    raise Preempted(stop.signum or signal.SIGTERM, step + 1, sched.total_steps, path)
+            _checkpoint_if_due(run, step, stop)
     finally:
         bar.close()
-        if trackers:
-            accelerator.end_training()
+
+
+def _train_step(run: _Run, step: int) -> tuple[dict, float, str | None, bool]:
+    """Optimizer step `step`: its log record, its mean loss, why it was skipped (None: it was
+    applied; kava.training.guard) and whether the run must stop (too many skipped in a row)."""
+    t0 = time.perf_counter()
+    cfg, guard, optimizer = run.cfg, run.guard, run.optimizer
+    if run.curriculum is not None and run.curriculum.resets_optimizer(step):
+        reset_optimizer_state(optimizer)
+    sums, tokens = _accumulate_gradients(run, step)
+    failpoint("train.step")
+    if step < cfg.train.latent_warmup_steps and cfg.train.method == "kava":
+        keep_latent_gradients(run.model, run.params)  # kava.training.latent_warmup: backbone frozen
+    grad_norm = float(run.accelerator.clip_grad_norm_(run.params, cfg.train.grad_clip))
+    sums, tokens = step_totals(sums, tokens, run.accelerator)
+    skip = guard.reason_to_skip(sums["loss"], grad_norm)
+    if skip is None:
+        optimizer.step()
+        guard.applied(sums["loss"])
+    else:
+        release_skipped_step(optimizer)
+    run.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    must_stop = skip is not None and guard.skipped_step(step + 1)
+    state = run.state
+    state.update(guard.state_dict())
+    state["step"] = step + 1
+    state["epoch"] = (step + 1) / run.sched.steps_per_epoch
+    stage = run.curriculum.record(step) if run.curriculum is not None else {}
+    state.update(stage)
+    record = {"step": step + 1, "epoch": round(state["epoch"], 4), **stage,
+              **{k: round(v, 6) for k, v in sums.items()}, "lr": run.scheduler.get_last_lr()[0],
+              "grad_norm": grad_norm, "seconds": round(time.perf_counter() - t0, 4), "tokens": tokens}
+    if skip is not None:
+        record["skipped"] = skip
+    if guard.skipped:
+        record["skipped_steps"] = guard.skipped
+    return record, sums["loss"], skip, must_stop
+
+
+def _accumulate_gradients(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """This process's micro-batches of step `step`, forward and backward (gradients reduced
+    across processes on the last one only); their mean loss terms and tokens, on the device."""
+    accelerator, objective, accumulation = run.accelerator, run.objective, run.sched.accumulation
+    per_rank = run.cfg.train.micro_batch_size * accumulation
+    rank = accelerator.process_index
+    idx = step_indices(step, len(run.data), run.cfg, run.sched.steps_per_epoch)[rank * per_rank : (rank + 1) * per_rank]
+    sums: dict[str, torch.Tensor] = {}
+    tokens = 0
+    batches = micro_batches(run.builder, run.data, idx, step, run.cfg, accelerator.device, run.curriculum)
+    for a, batch in enumerate(batches):
+        tokens += batch_token_count(batch)
+        last = a == accumulation - 1
+        with accelerator.no_sync(objective) if not last else contextlib.nullcontext():
+            losses = forward_backward(objective, batch, lambda loss: accelerator.backward(loss / accumulation),
+                                      no_sync=lambda: accelerator.no_sync(objective))
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() / accumulation
+    return sums, tokens
+
+
+def _log_step(run: _Run, step: int, record: dict, skip: str | None) -> None:
+    """train_log.jsonl and the trackers get every `train.log_every`-th step, the last and every skipped one."""
+    if skip is not None or (step + 1) % run.cfg.train.log_every == 0 or step + 1 == run.sched.total_steps:
+        append_jsonl(run.log_path, record)
+        if run.trackers:
+            run.accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=step + 1)
+    if skip is not None:
+        run.log(f"kava: step {step + 1} skipped ({skip}); {run.guard.in_a_row} in a row, {run.guard.skipped} in all")
+
+
+def _skipped_in_a_row(run: _Run, step: int, skip: str) -> KavaError:
+    guard, last_good = run.guard, run.last_good
+    kept = (f"the last good checkpoint, {last_good}, is untouched. Resume it with --resume and a lower "
+            "train.lr (a new schedule starts at the checkpoint) or train.grad_clip" if last_good else
+            "no checkpoint was written. Start again with a lower train.lr or train.grad_clip")
+    return KavaError(
+        f"{guard.in_a_row} steps in a row were skipped (steps {guard.first_of_streak}-{step + 1}, the last "
+        f"because the {skip}); the run stopped and {kept}, or raise train.max_skipped_in_a_row"
+    )
+
+
+def _validate(run: _Run, step: int) -> dict:
+    """Validation losses and accuracy after step `step`; checkpoint-best when the accuracy is the best so far."""
+    cfg, accelerator = run.cfg, run.accelerator
+    val = (validation_losses(run.objective, run.builder, run.val_data, cfg, accelerator, run.curriculum, step)
+           if run.val_data else {})
+    val.update(validation_accuracy(run.model, run.builder, run.val_examples, cfg, accelerator))
+    if run.is_main:
+        val["best"] = run.best.offer(val, run.model, run.tok, cfg, run.state)
+        append_jsonl(run.log_path, {"step": step + 1, "split": "validation", **val, **run.best.fields()})
+        if run.trackers:
+            accelerator.log({f"val_{k}": v for k, v in val.items() if type(v) in (int, float)}, step=step + 1)
+    return val
+
+
+# ----- checkpointing ----------------------------------------------------------------------------
+
+
+def _checkpoint_if_due(run: _Run, step: int, stop) -> None:
+    """checkpoint-<step> every `train.save_every` steps (not in a streak of skipped steps), and
+    before stopping on a signal, which then raises `Preempted`."""
+    cfg, accelerator = run.cfg, run.accelerator
+    last = step + 1 == run.sched.total_steps
+    due = cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and not last and not run.guard.in_streak
+    stopping = _stop_requested(stop, accelerator) and not last
+    if not (due or stopping):
+        return
     accelerator.wait_for_everyone()
-    if is_main:
-        save_checkpoint(final, model, tok, cfg, state, optimizer, scheduler)  # with its optimizer: it can be extended
-        records = read_jsonl(log_path) if log_path.is_file() else []
-        plot = plot_training_losses(records, out_dir / "training_losses.png",
-                                    title=f"{cfg.run_name}: {cfg.model.name}, method {cfg.train.method}")
-        for line in run_summary(records, start, time.perf_counter() - began, final, plot,
-                                best if cfg.train.eval_every else None):
-            log(line)
-    return final
+    path = run.out_dir / f"checkpoint-{step + 1}"
+    if run.is_main:
+        save_checkpoint(path, run.model, run.tok, cfg, run.state, run.optimizer, run.scheduler)
+        if due:
+            prune_checkpoints(run.out_dir, cfg.train.keep_last)
+    if due:
+        run.last_good = path
+    if stopping:
+        accelerator.wait_for_everyone()
+        raise Preempted(stop.signum or signal.SIGTERM, step + 1, run.sched.total_steps, path)
 
 
-def _step_tokens(builder: SequenceBuilder, data: list[Encoded], cfg: KavaConfig, sched: Schedule, step: int,
-                 curriculum=None) -> int:
-    """Tokens of optimizer step `step`, all processes together (for the run header)."""
-    idx, micro, total = step_indices(step, len(data), cfg, sched.steps_per_epoch), cfg.train.micro_batch_size, 0
-    for a in range(0, len(idx), micro):
-        chunk = idx[a : a + micro]
-        items = [data[i] for i in chunk]
-        items, student = curriculum.batch(builder, items, step, chunk) if curriculum is not None else (items, None)
-        total = total + batch_token_count(make_batch(builder, items, cfg.train.method, "cpu", shares_question(cfg),
-                                                     student))
-    return int(total)  # one host read for the header
+def _save_final(run: _Run, final: Path, seconds: float) -> None:
+    """checkpoint-final (with its optimizer: it can be extended), the loss plot and the run summary."""
+    cfg = run.cfg
+    save_checkpoint(final, run.model, run.tok, cfg, run.state, run.optimizer, run.scheduler)
+    records = read_jsonl(run.log_path) if run.log_path.is_file() else []
+    plot = plot_training_losses(records, run.out_dir / "training_losses.png",
+                                title=f"{cfg.run_name}: {cfg.model.name}, method {cfg.train.method}")
+    for line in run_summary(records, run.start, seconds, final, plot, run.best if cfg.train.eval_every else None):
+        run.log(line)
 
 
 def _stop_requested(stop, accelerator) -> bool:
@@ -480,8 +570,10 @@ def validation_losses(objective, builder: SequenceBuilder, data: list[Encoded], 
     try:
         for start in range(0, len(mine), micro):
             items = mine[start : start + micro]
-            items, student = curriculum.validation_batch(builder, items, step) if curriculum is not None else (items, None)
-            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg), student))
+            items, student = (curriculum.validation_batch(builder, items, step) if curriculum is not None
+                              else (items, None))
+            losses = objective(make_batch(builder, items, cfg.train.method, accelerator.device, shares_question(cfg),
+                                          student))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(items)
     finally:
@@ -506,10 +598,3 @@ def step_totals(sums: dict[str, torch.Tensor], tokens: torch.Tensor, accelerator
     *means, total = torch.cat([values, tokens.reshape(1).to(values)]).tolist()
     return dict(zip(keys, means)), int(total)
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
