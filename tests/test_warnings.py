@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
+
+import pytest
 
 import kava.api
 from conftest import make_config
 from kava.model.kava_model import build_kava_model
 
 pytest_plugins = ["fixtures_eval"]
+RECIPE_MODEL = Path(__file__).parent / "data" / "recipe" / "tiny-llama"  # a base with its config.json
 
 
 def _deprecations(fn) -> list[str]:
@@ -33,13 +37,15 @@ def test_the_filter_is_not_global(tiny_checkpoint):
     assert warnings.filters == before
 
 
-def test_saving_a_lora_checkpoint_raises_no_peft_note(tmp_path):
-    """peft notes on every adapter save that it cannot compare the base's vocabulary (a model built
-    in memory) or that the embeddings grew; printed in the middle of the training bar (on peft 0.18
+@pytest.mark.parametrize("base", ["tiny-llama", str(RECIPE_MODEL)], ids=["built-in-memory", "from-a-folder"])
+def test_saving_a_lora_checkpoint_raises_no_peft_note(tmp_path, base):
+    """peft notes on every adapter save, and on every read of its state dict, that it cannot
+    compare the base's vocabulary (a model built in memory) or that the embeddings grew (a base
+    from a folder with its config.json); printed in the middle of the training bar (on peft 0.18
     it split the bar in `kava sweep`'s train.out). kava.training.checkpoint silences those two."""
     from kava.training.checkpoint import save_checkpoint
 
-    cfg = make_config()
+    cfg = make_config(base)
     model, tok, _ = build_kava_model(cfg)
     before = list(warnings.filters)
     with warnings.catch_warnings(record=True) as caught:
@@ -48,3 +54,8 @@ def test_saving_a_lora_checkpoint_raises_no_peft_note(tmp_path):
     assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
     assert (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").is_file()
     assert warnings.filters == before
+    # ... nor when the checkpoint is read back (its adapter is checked against peft's state dict)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kava.api.load(checkpoint=tmp_path / "ckpt", device="cpu")
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []

@@ -30,6 +30,7 @@ import json
 import re
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,18 +60,26 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-# peft's notes on a save whose base config it cannot compare (a model built in memory has no
-# base_model_name_or_path folder) or whose vocabulary grew (kava adds <bot>, <eot>, <latent>):
-# they describe what it saves, not something the user should act on, and arrive mid-progress-bar
+# peft's notes when it gathers an adapter's weights (to save them, or to check a checkpoint
+# against them) and cannot compare the base's vocabulary (a model built in memory has no
+# base_model_name_or_path folder) or finds it grew (kava adds <bot>, <eot>, <latent>): they
+# describe what it keeps, not something the user should act on, and arrive mid-progress-bar
 _PEFT_SAVE_NOTES = ("Could not find a config file in", "Setting `save_embedding_layers` to `True`")
+
+
+@contextmanager
+def _peft_notes_silenced():
+    """Only peft's two notes above are ignored, and only inside the block."""
+    with warnings.catch_warnings():
+        for note in _PEFT_SAVE_NOTES:
+            warnings.filterwarnings("ignore", message=re.escape(note), category=UserWarning)
+        yield
 
 
 def save_adapter(peft_model, folder: Path) -> None:
     """`peft_model.save_pretrained(folder)` without peft's two notes on the embedding check
-    (only those; the files written are unchanged)."""
-    with warnings.catch_warnings():
-        for note in _PEFT_SAVE_NOTES:
-            warnings.filterwarnings("ignore", message=re.escape(note), category=UserWarning)
+    (the files written are unchanged)."""
+    with _peft_notes_silenced():
         peft_model.save_pretrained(folder)
 
 
@@ -268,7 +277,9 @@ def _load_adapter(backbone, path: Path) -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     weights = _read_safetensors(path / "adapter" / "adapter_model.safetensors")
-    check_weights_fit(weights, get_peft_model_state_dict(backbone), path / "adapter" / "adapter_model.safetensors")
+    with _peft_notes_silenced():
+        expected = get_peft_model_state_dict(backbone)
+    check_weights_fit(weights, expected, path / "adapter" / "adapter_model.safetensors")
     set_peft_model_state_dict(backbone, weights)
 
 
