@@ -8,6 +8,7 @@ special-token rows, the projection), so the tests exercise the real code paths.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -46,6 +47,23 @@ EXAMPLES = (
         "1027",
     ),
 )
+
+
+def pens_run_config(folder, rows: int, **train) -> dict:
+    """A raw config of a 2-layer tiny Llama (LoRA r 4, M = 2, T = 1) training on `rows` one-step
+    "Sam has N pens" problems written to folder/train.jsonl; `train` sets the train section."""
+    data = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?",
+             "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
+             "answer": str(5 + i % 5)} for i in range(rows)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    return {
+        "model": {"name": "tiny-llama", "dtype": "float32", "tiny": {"hidden_size": 32, "num_layers": 2}},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "latent": {"num_latents": 2, "num_iterations": 1},
+        "data": {"dataset": str(folder / "train.jsonl"), "source": "local", "val_size": 0},
+        "train": {"warmup_ratio": 0.0, **train},
+        "output_dir": str(folder / "out"),
+    }
 
 
 def make_config(name: str = "tiny-llama", **latent_overrides):

@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 import kava.training.trainer as trainer
+from conftest import pens_run_config
 from kava.cli import main
 from kava.io import read_jsonl
 from kava.training.guard import StepGuard
@@ -46,19 +47,8 @@ def test_the_spike_guard_compares_with_the_mean_of_its_window():
 
 @pytest.fixture
 def run(tmp_path):
-    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?",
-             "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
-             "answer": str(5 + i % 5)} for i in range(16)]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = {
-        "model": {"name": "tiny-llama", "dtype": "float32", "tiny": {"hidden_size": 32, "num_layers": 2}},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "latent": {"num_latents": 2, "num_iterations": 1},
-        "data": {"dataset": str(tmp_path / "train.jsonl"), "source": "local", "val_size": 0},
-        "train": {"lr": 3e-3, "max_steps": 6, "global_batch_size": 4, "micro_batch_size": 2, "warmup_ratio": 0.0,
-                  "save_every": 2, "keep_last": 5},
-        "output_dir": str(tmp_path / "out"),
-    }
+    config = pens_run_config(tmp_path, 16, lr=3e-3, max_steps=6, global_batch_size=4, micro_batch_size=2,
+                             save_every=2, keep_last=5)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
 

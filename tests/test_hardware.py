@@ -3,12 +3,11 @@ precision, and a second run in one process with another mixed precision."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import yaml
 
+from conftest import pens_run_config
 from kava.cli import main
 from kava.io import read_jsonl
 from kava.training.hardware import set_tf32
@@ -16,18 +15,7 @@ from kava.training.hardware import set_tf32
 
 @pytest.fixture
 def config(tmp_path):
-    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?",
-             "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
-             "answer": str(5 + i % 5)} for i in range(8)]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    raw = {
-        "model": {"name": "tiny-llama", "dtype": "float32", "tiny": {"hidden_size": 32, "num_layers": 2}},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "latent": {"num_latents": 2, "num_iterations": 1},
-        "data": {"dataset": str(tmp_path / "train.jsonl"), "source": "local", "val_size": 0},
-        "train": {"lr": 3e-3, "max_steps": 2, "global_batch_size": 4, "micro_batch_size": 4, "warmup_ratio": 0.0},
-        "output_dir": str(tmp_path / "out"),
-    }
+    raw = pens_run_config(tmp_path, 8, lr=3e-3, max_steps=2, global_batch_size=4, micro_batch_size=4)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

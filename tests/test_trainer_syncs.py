@@ -4,28 +4,16 @@ pause of the GPU). Counted on CPU: every Tensor.item / float / int / tolist the 
 
 from __future__ import annotations
 
-import json
-
 import torch
 
+from conftest import pens_run_config
 from kava.config import config_from_dict
 from kava.training.trainer import train
 
 
 def _reads_per_run(tmp_path, micro: int, monkeypatch) -> int:
-    rows = [{"question": f"Sam has {3 + i % 5} pens and buys 2 more. How many?",
-             "steps": [f"<<{3 + i % 5}+2={5 + i % 5}>>"],
-             "answer": str(5 + i % 5)} for i in range(16)]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = config_from_dict({
-        "model": {"name": "tiny-llama", "dtype": "float32", "tiny": {"hidden_size": 32, "num_layers": 2}},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "latent": {"num_latents": 2, "num_iterations": 1},
-        "data": {"dataset": str(data), "source": "local", "val_size": 0},
-        "train": {"max_steps": 2, "global_batch_size": 8, "micro_batch_size": micro, "warmup_ratio": 0.0},
-        "output_dir": str(tmp_path / f"run{micro}"),
-    })
+    raw = pens_run_config(tmp_path, 16, max_steps=2, global_batch_size=8, micro_batch_size=micro)
+    cfg = config_from_dict({**raw, "output_dir": str(tmp_path / f"run{micro}")})
     reads = []
     for name in ("item", "__float__", "__int__", "tolist"):
         real = getattr(torch.Tensor, name)
